@@ -1,0 +1,529 @@
+"""Parse benchmark output and render benchmarks/RESULTS.md.
+
+Used by benchmarks/run.sh:
+
+    report.py wrk FILE                     one-line summary of a wrk --latency output
+    report.py render --results DIR --out F  Markdown report from DIR (printed and written)
+
+The results directory holds what run.sh collected:
+
+    meta.env                   key=value: settings of the run (wrk flags, ports, commands, ...)
+    mem.env                    key=value: memory measurements (RSS in KiB), may be absent
+    wrk_<target>_<round>.txt   raw `wrk --latency` output, target in backend/nginx/pointsman
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+TARGETS: tuple[tuple[str, str], ...] = (
+    ("backend", "backend direct (nginx)"),
+    ("nginx", "nginx proxy"),
+    ("pointsman", "Pointsman"),
+)
+
+# Targets from the project brief.
+MIN_RPS_RATIO = 0.7
+MAX_P99_RATIO = 1.5
+P99_TARGET_CONNS = 50
+MAX_IDLE_RSS_MIB = 150.0
+IDLE_TARGET_CONNS = 10_000
+MAX_STREAM_GROWTH_MIB = 64.0
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+NUMBER_UNIT = re.compile(r"^([0-9.]+)([a-z]+)$")
+
+
+class ParseError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int = 0
+    seconds: float = 0.0
+    socket_errors: int = 0
+    non_2xx: int = 0
+    error_detail: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+
+def latency_ms(text: str) -> float:
+    m = NUMBER_UNIT.match(text.strip())
+    if not m or m.group(2) not in UNIT_MS:
+        raise ParseError(f"cannot parse latency {text!r}")
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def parse_wrk(text: str) -> WrkResult:
+    rps_m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    p50_m = re.search(r"^\s+50%\s+(\S+)", text, re.M)
+    p99_m = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+    if not (rps_m and p50_m and p99_m):
+        raise ParseError("no 'Requests/sec' or latency distribution (was --latency given?)")
+    result = WrkResult(
+        rps=float(rps_m.group(1)),
+        p50_ms=latency_ms(p50_m.group(1)),
+        p99_ms=latency_ms(p99_m.group(1)),
+    )
+    total_m = re.search(r"^\s*(\d+) requests in ([0-9.]+)(\w+)", text, re.M)
+    if total_m:
+        result.requests = int(total_m.group(1))
+        result.seconds = latency_ms(total_m.group(2) + total_m.group(3)) / 1000.0
+    sock_m = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if sock_m:
+        names = ("connect", "read", "write", "timeout")
+        for name, value in zip(names, sock_m.groups(), strict=True):
+            if int(value):
+                result.error_detail[name] = int(value)
+        result.socket_errors = sum(int(v) for v in sock_m.groups())
+    non2xx_m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non2xx_m:
+        result.non_2xx = int(non2xx_m.group(1))
+        result.error_detail["non-2xx/3xx"] = result.non_2xx
+    return result
+
+
+def combine(results: list[WrkResult]) -> WrkResult:
+    """Median of the rounds; error counts are summed."""
+    detail: dict[str, int] = {}
+    for r in results:
+        for key, value in r.error_detail.items():
+            detail[key] = detail.get(key, 0) + value
+    return WrkResult(
+        rps=statistics.median(r.rps for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        requests=sum(r.requests for r in results),
+        seconds=sum(r.seconds for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        error_detail=detail,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def read_env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def as_int(values: dict[str, str], key: str) -> int | None:
+    try:
+        return int(values[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def as_float(values: dict[str, str], key: str) -> float | None:
+    try:
+        return float(values[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def command_output(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (proc.stdout + proc.stderr).strip()
+
+
+def fmt_ms(value: float) -> str:
+    if value < 1.0:
+        return f"{value * 1000:.0f} µs"
+    if value < 100.0:
+        return f"{value:.2f} ms"
+    return f"{value:.0f} ms"
+
+
+def fmt_mib(kib: float) -> str:
+    return f"{kib / 1024:.1f} MiB"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
+    return f"{n} B"
+
+
+def md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info(meta: dict[str, str]) -> list[tuple[str, str]]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+                break
+    except OSError:
+        pass
+    os_name = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    nginx_v = command_output([meta.get("nginx_bin", "nginx"), "-v"])
+    nginx_v = nginx_v.removeprefix("nginx version:").strip()
+    wrk_v = command_output([meta.get("wrk_bin", "wrk"), "-v"]).splitlines()
+    wrk_version = wrk_v[0].split("Copyright")[0].strip() if wrk_v else ""
+    revision = command_output(["git", "rev-parse", "--short", "HEAD"])
+    if not re.fullmatch(r"[0-9a-f]{4,40}", revision):
+        revision = "(no commit)"
+    rows = [
+        ("CPUs (nproc)", str(cpus)),
+        ("CPU model", model or platform.processor() or "unknown"),
+        ("Memory", mem or "unknown"),
+        ("OS", os_name or "unknown"),
+        ("Kernel", f"{platform.system()} {platform.release()} {platform.machine()}"),
+        ("Python", f"{platform.python_version()} ({sys.executable})"),
+        ("nginx", nginx_v or "unknown"),
+        ("wrk", wrk_version or "unknown"),
+        ("Open-files limit", meta.get("nofile", "?")),
+        (
+            "Load average (start / end of run)",
+            f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}",
+        ),
+        ("Source revision", revision),
+        ("Pointsman command", f"`{meta.get('pointsman_cmd', '?')}`"),
+    ]
+    return rows
+
+
+# --------------------------------------------------------------------------- render
+
+
+@dataclass
+class Check:
+    name: str
+    measured: str
+    required: str
+    result: str  # PASS / FAIL / SKIPPED, optionally with a note
+
+
+def status(ok: bool, note: str = "") -> str:
+    word = "PASS" if ok else "FAIL"
+    return f"**{word}** ({note})" if note else f"**{word}**"
+
+
+def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], bool]:
+    meta = read_env(results / "meta.env")
+    mem = read_env(results / "mem.env")
+    standin = meta.get("pointsman_label", "")
+    lines: list[str] = []
+    checks: list[Check] = []
+    summary: dict[str, object] = {"meta": meta, "memory": mem}
+
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines.append("# Pointsman benchmark results")
+    lines.append("")
+    lines.append(f"Generated by `benchmarks/run.sh` on {now}.")
+    if standin:
+        lines.append("")
+        lines.append(
+            "> **Stand-in run:** the rows labelled Pointsman were measured against "
+            f"`{meta.get('pointsman_cmd', standin)}`, not Pointsman. Only useful to check "
+            "the harness."
+        )
+    lines.append("")
+    lines.append("## Machine")
+    lines.append("")
+    lines.append("| | |")
+    lines.append("|---|---|")
+    for key, value in machine_info(meta):
+        lines.append(f"| {key} | {md_escape(value)} |")
+    lines.append("")
+
+    # ---- throughput / latency
+    lines.append("## Throughput and latency")
+    lines.append("")
+    conns = as_int(meta, "wrk_conns") or 0
+    pointsman_label = "Pointsman" + (f" ({standin})" if standin else "")
+    if meta.get("skip_wrk") == "1":
+        lines.append("Skipped (BENCH_SKIP_WRK=1).")
+        lines.append("")
+        checks.append(
+            Check("Pointsman req/s vs nginx proxy", "-", f"≥ {MIN_RPS_RATIO:.2f}x", "SKIPPED")
+        )
+        checks.append(
+            Check("Pointsman p99 vs nginx proxy", "-", f"≤ {MAX_P99_RATIO:.2f}x", "SKIPPED")
+        )
+    else:
+        wrk_cmd = (
+            f"wrk -t{meta.get('wrk_threads', '?')} -c{conns} -d{meta.get('wrk_seconds', '?')}s "
+            f"--latency -s benchmarks/sticky.lua"
+        )
+        rounds = meta.get("rounds", "1")
+        lines.append(
+            f"wrk settings: `{wrk_cmd}`, {meta.get('wrk_warmup', '?')} s warm-up per target, "
+            f"{rounds} round(s) run one target after another (median reported). Half of the "
+            "requests carry `X-User-Id: <random id>`. All processes share the same "
+            f"{os.cpu_count()} CPUs with wrk."
+        )
+        lines.append("")
+        lines.append("| Target | Requests/s | p50 | p99 | Requests | Errors |")
+        lines.append("|---|---:|---:|---:|---:|---|")
+        combined: dict[str, WrkResult] = {}
+        for key, label in TARGETS:
+            files = sorted(results.glob(f"wrk_{key}_*.txt"))
+            shown = pointsman_label if key == "pointsman" else label
+            parsed: list[WrkResult] = []
+            problems: list[str] = []
+            for f in files:
+                try:
+                    parsed.append(parse_wrk(f.read_text()))
+                except ParseError as exc:
+                    problems.append(f"{f.name}: {exc}")
+            if not parsed:
+                why = "; ".join(problems) or "no wrk output"
+                lines.append(f"| {shown} | - | - | - | - | {md_escape(why)} |")
+                continue
+            r = combine(parsed)
+            combined[key] = r
+            err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
+            lines.append(
+                f"| {shown} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} "
+                f"| {r.requests:,} | {err} |"
+            )
+        summary["wrk"] = {k: asdict(v) for k, v in combined.items()}
+        ng, pm = combined.get("nginx"), combined.get("pointsman")
+        if ng and pm and ng.rps > 0 and ng.p99_ms > 0:
+            rps_ratio = pm.rps / ng.rps
+            p99_ratio = pm.p99_ms / ng.p99_ms
+            lines.append(
+                f"| **Pointsman / nginx proxy** | **{rps_ratio:.2f}x** | "
+                f"{pm.p50_ms / ng.p50_ms:.2f}x | **{p99_ratio:.2f}x** | | |"
+            )
+            summary["ratios"] = {"rps": rps_ratio, "p99": p99_ratio}
+            errors_note = "Pointsman had errors" if pm.errors else ""
+            checks.append(
+                Check(
+                    "Pointsman req/s vs nginx proxy",
+                    f"{rps_ratio:.2f}x ({pm.rps:,.0f} vs {ng.rps:,.0f})",
+                    f"≥ {MIN_RPS_RATIO:.2f}x",
+                    status(rps_ratio >= MIN_RPS_RATIO and not pm.errors, errors_note),
+                )
+            )
+            note = errors_note
+            if conns != P99_TARGET_CONNS:
+                note = f"target is defined at {P99_TARGET_CONNS} connections"
+            checks.append(
+                Check(
+                    f"Pointsman p99 vs nginx proxy ({conns} connections)",
+                    f"{p99_ratio:.2f}x ({fmt_ms(pm.p99_ms)} vs {fmt_ms(ng.p99_ms)})",
+                    f"≤ {MAX_P99_RATIO:.2f}x",
+                    status(p99_ratio <= MAX_P99_RATIO and not pm.errors, note),
+                )
+            )
+        else:
+            for name, req in (
+                ("Pointsman req/s vs nginx proxy", f"≥ {MIN_RPS_RATIO:.2f}x"),
+                ("Pointsman p99 vs nginx proxy", f"≤ {MAX_P99_RATIO:.2f}x"),
+            ):
+                checks.append(Check(name, "-", req, status(False, "no result")))
+        lines.append("")
+
+    # ---- memory
+    lines.append("## Memory (RSS of the Pointsman process)")
+    lines.append("")
+    mem_rows, mem_checks = memory_section(meta, mem)
+    checks.extend(mem_checks)
+    if mem_rows:
+        lines.append(
+            f"VmRSS from `/proc/PID/status`, sampled every {meta.get('sample_interval', '?')} s; "
+            "growth = peak during the test minus the value just before it."
+        )
+        lines.append("")
+        lines.append("| Test | Before | Peak | Growth | Details |")
+        lines.append("|---|---:|---:|---:|---|")
+        lines.extend(mem_rows)
+    else:
+        lines.append("Skipped.")
+    lines.append("")
+
+    # ---- targets
+    lines.append("## Targets")
+    lines.append("")
+    lines.append("| Target | Measured | Required | Result |")
+    lines.append("|---|---|---|---|")
+    for c in checks:
+        lines.append(f"| {c.name} | {md_escape(c.measured)} | {c.required} | {c.result} |")
+    lines.append("")
+    failed = any("FAIL" in c.result for c in checks)
+    summary["checks"] = [asdict(c) for c in checks]
+    text = "\n".join(lines)
+    if out is not None:
+        out.write_text(text)
+    return text, summary, failed
+
+
+def memory_section(meta: dict[str, str], mem: dict[str, str]) -> tuple[list[str], list[Check]]:
+    rows: list[str] = []
+    checks: list[Check] = []
+    skip_idle = meta.get("skip_idle") == "1"
+    skip_stream = meta.get("skip_stream") == "1"
+
+    # idle connections
+    n_req = as_int(mem, "idle_requested") or as_int(meta, "idle_conns") or 0
+    idle_name = f"RSS holding {n_req:,} idle keep-alive connections"
+    before, peak = as_int(mem, "idle_rss_before_kib"), as_int(mem, "idle_rss_peak_kib")
+    if skip_idle:
+        checks.append(Check(idle_name, "-", f"< {MAX_IDLE_RSS_MIB:.0f} MiB", "SKIPPED"))
+    elif before is None or peak is None:
+        checks.append(
+            Check(idle_name, "-", f"< {MAX_IDLE_RSS_MIB:.0f} MiB", status(False, "no result"))
+        )
+    else:
+        opened = as_int(mem, "idle_opened") or 0
+        alive = as_int(mem, "idle_alive") or 0
+        per_conn = (peak - before) / opened if opened else 0.0
+        detail = (
+            f"{opened:,}/{n_req:,} opened in {mem.get('idle_open_seconds', '?')} s, "
+            f"{alive:,} still open after {mem.get('idle_hold_seconds', '?')} s idle; "
+            f"{per_conn:.1f} KiB/connection"
+        )
+        if mem.get("idle_errors", "none") != "none":
+            detail += f"; errors: {mem['idle_errors']}"
+        rows.append(
+            f"| {n_req:,} idle keep-alive connections | {fmt_mib(before)} | {fmt_mib(peak)} "
+            f"| +{fmt_mib(peak - before)} | {md_escape(detail)} |"
+        )
+        notes: list[str] = []
+        if opened < n_req or alive < n_req:
+            notes.append(f"only {min(opened, alive):,}/{n_req:,} connections held")
+        if n_req < IDLE_TARGET_CONNS:
+            notes.append(f"target is defined at {IDLE_TARGET_CONNS:,} connections")
+        ok = peak / 1024 < MAX_IDLE_RSS_MIB and opened >= n_req and alive >= n_req
+        checks.append(
+            Check(
+                idle_name,
+                fmt_mib(peak),
+                f"< {MAX_IDLE_RSS_MIB:.0f} MiB",
+                status(ok, "; ".join(notes)),
+            )
+        )
+
+    # streaming
+    size = as_int(meta, "stream_bytes") or 0
+    size_text = fmt_bytes(size) if size else "1 GiB"
+    for key, what in (
+        ("download", f"{size_text} response (download)"),
+        ("upload_cl", f"{size_text} upload, Content-Length"),
+        ("upload_chunked", f"{size_text} upload, chunked"),
+    ):
+        name = f"RSS growth streaming {what}"
+        required = f"< {MAX_STREAM_GROWTH_MIB:.0f} MiB"
+        if skip_stream or mem.get(f"{key}_skipped") == "1":
+            checks.append(Check(name, "-", required, "SKIPPED"))
+            continue
+        base, top = as_int(mem, f"{key}_rss_before_kib"), as_int(mem, f"{key}_rss_peak_kib")
+        if base is None or top is None:
+            checks.append(Check(name, "-", required, status(False, "no result")))
+            continue
+        moved = as_int(mem, f"{key}_bytes") or 0
+        seconds = as_float(mem, f"{key}_seconds") or 0.0
+        http = mem.get(f"{key}_http", "?")
+        samples = mem.get(f"{key}_samples", "?")
+        rate = f"{moved / (1 << 20) / seconds:.0f} MiB/s" if seconds > 0 else "?"
+        detail = f"HTTP {http}, {moved:,} bytes in {seconds:.1f} s ({rate}), {samples} samples"
+        if mem.get(f"{key}_curl_rc", "0") != "0":
+            detail += f", curl exit {mem[f'{key}_curl_rc']}"
+        growth = max(0, top - base)
+        rows.append(
+            f"| {what} | {fmt_mib(base)} | {fmt_mib(top)} | +{fmt_mib(growth)} "
+            f"| {md_escape(detail)} |"
+        )
+        notes = []
+        complete = moved == size and http.startswith("2")
+        if not complete:
+            notes.append(f"transfer incomplete: {moved:,}/{size:,} bytes, HTTP {http}")
+        if size and size != 1 << 30:
+            notes.append("target is defined for 1 GiB")
+        ok = growth / 1024 < MAX_STREAM_GROWTH_MIB and complete
+        checks.append(Check(name, f"+{fmt_mib(growth)}", required, status(ok, "; ".join(notes))))
+    return rows, checks
+
+
+# --------------------------------------------------------------------------- cli
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Pointsman benchmark report")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_wrk = sub.add_parser("wrk", help="summarise one wrk --latency output file")
+    p_wrk.add_argument("file", type=Path)
+    p_render = sub.add_parser("render", help="render the Markdown report")
+    p_render.add_argument("--results", type=Path, required=True)
+    p_render.add_argument("--out", type=Path)
+    p_render.add_argument("--json", type=Path, help="also write a machine-readable summary")
+    p_render.add_argument("--strict", action="store_true", help="exit 3 if a target fails")
+    args = parser.parse_args()
+
+    if args.cmd == "wrk":
+        try:
+            r = parse_wrk(args.file.read_text())
+        except (OSError, ParseError) as exc:
+            print(f"cannot parse {args.file}: {exc}")
+            sys.exit(1)
+        err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "no errors"
+        print(f"{r.rps:,.0f} req/s, p50 {fmt_ms(r.p50_ms)}, p99 {fmt_ms(r.p99_ms)}, {err}")
+        return
+
+    text, summary, failed = render(args.results, args.out)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if failed and args.strict:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,683 @@
+#!/usr/bin/env bash
+# Pointsman benchmark harness (`make bench` runs `bash benchmarks/run.sh` from the repo root).
+#
+# Starts, on 127.0.0.1 only and with ports picked at random:
+#   * backend nginx  (1 worker): `return 200 "ok\n"` on /, a sparse test file under /files/
+#   * nginx proxy    (1 worker): upstream keepalive 64, HTTP/1.1 to the backend
+#   * Pointsman      (one process, `pointsman run --config FILE`)
+#   * sink.py        (upload backend: reads and discards request bodies)
+# then measures
+#   1. req/s, p50, p99 with wrk + sticky.lua: backend direct, nginx proxy, Pointsman
+#   2. Pointsman RSS before/while holding N idle keep-alive connections (idle_conns.py)
+#   3. Pointsman RSS growth while streaming a 1 GiB response and 1 GiB uploads
+#      (Content-Length and chunked) through it
+# and writes a Markdown report (report.py) to stdout and benchmarks/RESULTS.md.
+# Every process started here is killed on exit, error, Ctrl-C or after BENCH_TIMEOUT.
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [10]        wrk duration per target        BENCH_WARMUP [2]   warm-up seconds
+#   BENCH_THREADS [2]         wrk -t                          BENCH_CONNS [50]   wrk -c
+#   BENCH_ROUNDS [1]          rounds of (backend, nginx, Pointsman); the median is reported
+#   BENCH_IDLE_CONNS [10000]  idle connections                BENCH_IDLE_HOLD [5] seconds held
+#   BENCH_STREAM_SIZE [1G]    size of the streamed file (truncate -s syntax, 1G = 1 GiB)
+#   BENCH_STREAM_TIMEOUT [180] max seconds per streaming transfer
+#   BENCH_SAMPLE_INTERVAL [0.2] RSS sampling interval
+#   BENCH_UPLOAD_VIA [direct] `direct`: Pointsman route /upload/ -> sink.py;
+#                             `nginx`: no extra route, backend nginx relays /upload/ to sink.py
+#   BENCH_SKIP_WRK=1  BENCH_SKIP_MEMORY=1  BENCH_SKIP_IDLE=1  BENCH_SKIP_STREAM=1
+#   BENCH_STRICT=1            exit 3 if a target fails
+#   BENCH_START_TIMEOUT [20]  seconds to wait for each server to answer
+#   BENCH_TIMEOUT [900]       hard limit for the whole run
+#   BENCH_WORKDIR [benchmarks/work]   BENCH_RESULTS_MD [benchmarks/RESULTS.md]
+#   PYTHON [.venv/bin/python]
+#   POINTSMAN_CMD [".venv/bin/pointsman run --config {config}"]
+#                             placeholders: {config} {port} {admin_port} {workdir}
+#                             POINTSMAN_CMD=nginx-standin runs a single-process nginx in
+#                             Pointsman's place (to test the harness before Pointsman exists)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR=$ROOT/benchmarks
+cd "$ROOT"
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_WARMUP=${BENCH_WARMUP:-2}
+BENCH_THREADS=${BENCH_THREADS:-2}
+BENCH_CONNS=${BENCH_CONNS:-50}
+BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+BENCH_IDLE_HOLD=${BENCH_IDLE_HOLD:-5}
+BENCH_STREAM_SIZE=${BENCH_STREAM_SIZE:-1G}
+BENCH_STREAM_TIMEOUT=${BENCH_STREAM_TIMEOUT:-180}
+BENCH_SAMPLE_INTERVAL=${BENCH_SAMPLE_INTERVAL:-0.2}
+BENCH_UPLOAD_VIA=${BENCH_UPLOAD_VIA:-direct}
+BENCH_SKIP_WRK=${BENCH_SKIP_WRK:-0}
+BENCH_SKIP_MEMORY=${BENCH_SKIP_MEMORY:-0}
+BENCH_SKIP_IDLE=${BENCH_SKIP_IDLE:-$BENCH_SKIP_MEMORY}
+BENCH_SKIP_STREAM=${BENCH_SKIP_STREAM:-$BENCH_SKIP_MEMORY}
+BENCH_STRICT=${BENCH_STRICT:-0}
+BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-20}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
+WORK=${BENCH_WORKDIR:-$BENCH_DIR/work}
+RESULTS_MD=${BENCH_RESULTS_MD:-$BENCH_DIR/RESULTS.md}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+DEFAULT_POINTSMAN_CMD="$ROOT/.venv/bin/pointsman run --config {config}"
+POINTSMAN_CMD=${POINTSMAN_CMD:-$DEFAULT_POINTSMAN_CMD}
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die() {
+    printf 'ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+for var in BENCH_SECONDS BENCH_WARMUP BENCH_THREADS BENCH_CONNS BENCH_ROUNDS BENCH_IDLE_CONNS \
+    BENCH_STREAM_TIMEOUT BENCH_START_TIMEOUT BENCH_TIMEOUT; do
+    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, got '${!var}'"
+done
+[[ $BENCH_IDLE_HOLD =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_IDLE_HOLD must be a number"
+[[ $BENCH_SAMPLE_INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] || die "BENCH_SAMPLE_INTERVAL must be a number"
+[[ $BENCH_UPLOAD_VIA == direct || $BENCH_UPLOAD_VIA == nginx ]] ||
+    die "BENCH_UPLOAD_VIA must be 'direct' or 'nginx'"
+((BENCH_SECONDS >= 1 && BENCH_ROUNDS >= 1 && BENCH_CONNS >= BENCH_THREADS)) ||
+    die "need BENCH_SECONDS >= 1, BENCH_ROUNDS >= 1 and BENCH_CONNS >= BENCH_THREADS"
+
+# --------------------------------------------------------------------------- tools
+
+find_bin() { # name -> path (also looks in sbin dirs, which are not on PATH for non-root users)
+    local p
+    p=$(command -v "$1" 2>/dev/null) && { echo "$p"; return 0; }
+    for p in "/usr/sbin/$1" "/usr/local/sbin/$1" "/sbin/$1"; do
+        [[ -x $p ]] && { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+NGINX_BIN=$(find_bin nginx || true)
+WRK_BIN=$(find_bin wrk || true)
+CURL_BIN=$(find_bin curl || true)
+missing=()
+[[ -n $NGINX_BIN ]] || missing+=(nginx-light)
+[[ -n $WRK_BIN ]] || missing+=(wrk)
+[[ -n $CURL_BIN ]] || missing+=(curl)
+if ((${#missing[@]})); then
+    if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+        log "installing missing packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y "${missing[@]}" ||
+            { apt-get update && apt-get install -y "${missing[@]}"; } ||
+            die "apt-get install ${missing[*]} failed"
+        NGINX_BIN=$(find_bin nginx || true)
+        WRK_BIN=$(find_bin wrk || true)
+        CURL_BIN=$(find_bin curl || true)
+        [[ -n $NGINX_BIN && -n $WRK_BIN && -n $CURL_BIN ]] || die "still missing after install"
+    else
+        die "missing: ${missing[*]} (install them, e.g. as root: apt-get install -y ${missing[*]})"
+    fi
+fi
+command -v timeout >/dev/null || die "missing: timeout (coreutils)"
+command -v setsid >/dev/null || die "missing: setsid (util-linux)"
+command -v truncate >/dev/null || die "missing: truncate (coreutils)"
+if [[ ! -x $PYTHON ]]; then
+    warn "$PYTHON not found, using python3 from PATH"
+    PYTHON=$(command -v python3) || die "no python3"
+fi
+
+# --------------------------------------------------------------------------- limits
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+log "open-files limit: $NOFILE"
+if ((BENCH_SKIP_IDLE != 1 && NOFILE < BENCH_IDLE_CONNS + 512)); then
+    warn "open-files limit $NOFILE is low for $BENCH_IDLE_CONNS idle connections"
+fi
+NGX_CONNS=$((NOFILE > 40000 ? 32768 : NOFILE - 256))
+
+# --------------------------------------------------------------------------- processes
+
+PIDS=()      # process group leaders we started (each via setsid)
+WATCHDOG=""
+
+stop_pids() {
+    local pid i any
+    for pid in "$@"; do
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    done
+    for ((i = 0; i < 50; i++)); do
+        any=0
+        for pid in "$@"; do
+            kill -0 -- "-$pid" 2>/dev/null && any=1
+        done
+        ((any)) || return 0
+        sleep 0.1
+    done
+    for pid in "$@"; do
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $WATCHDOG ]]; then
+        kill -TERM -- "-$WATCHDOG" 2>/dev/null || true
+    fi
+    if ((${#PIDS[@]})); then
+        log "stopping ${#PIDS[@]} processes"
+        stop_pids "${PIDS[@]}"
+    fi
+    wait 2>/dev/null || true
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'warn "interrupted"; exit 130' INT
+trap 'warn "terminated (BENCH_TIMEOUT=${BENCH_TIMEOUT}s reached or killed)"; exit 143' TERM
+
+# Hard time limit for the whole run: a separate session sleeping, then TERM to this script.
+setsid bash -c "sleep $BENCH_TIMEOUT; kill -TERM $$" </dev/null >/dev/null 2>&1 &
+WATCHDOG=$!
+
+LAST_PID=""
+start_bg() { # logfile cmd... : start in its own session; pid in LAST_PID
+    local logfile=$1
+    shift
+    setsid "$@" </dev/null >"$logfile" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+alive() { # pid -> running and not a zombie
+    local st=""
+    [[ -r /proc/$1/stat ]] || return 1
+    read -r _ _ st _ 2>/dev/null <"/proc/$1/stat" || return 1
+    [[ $st != Z ]]
+}
+
+forget_pid() { # pid : no longer needs killing at exit
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+wait_http() { # name url pid logfile: poll until it answers with 2xx, bounded
+    local name=$1 url=$2 pid=$3 logfile=$4
+    local deadline=$((SECONDS + BENCH_START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! alive "$pid"; then
+            warn "$name exited during start-up; last lines of $logfile:"
+            tail -n 30 "$logfile" >&2 || true
+            return 1
+        fi
+        if "$CURL_BIN" -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    warn "$name did not answer $url within ${BENCH_START_TIMEOUT}s; last lines of $logfile:"
+    tail -n 30 "$logfile" >&2 || true
+    return 1
+}
+
+RSS_KIB=0
+add_tree_rss() { # pid : adds VmRSS of pid and its descendants to RSS_KIB
+    local key val _unit kids f k
+    [[ -r /proc/$1/status ]] || return 0
+    while read -r key val _unit; do
+        if [[ $key == VmRSS: ]]; then
+            RSS_KIB=$((RSS_KIB + val))
+            break
+        fi
+    done 2>/dev/null <"/proc/$1/status" || true
+    for f in /proc/"$1"/task/*/children; do
+        [[ -r $f ]] || continue
+        kids=()
+        read -r -a kids 2>/dev/null <"$f" || true
+        for k in "${kids[@]}"; do add_tree_rss "$k"; done
+    done
+}
+rss_kib() { # pid -> RSS_KIB (process and its children)
+    RSS_KIB=0
+    add_tree_rss "$1"
+}
+
+SAMPLE_PEAK=0
+SAMPLE_COUNT=0
+sample_while() { # target_pid watch_pid : sample target's RSS until watch_pid exits
+    SAMPLE_PEAK=0
+    SAMPLE_COUNT=0
+    while alive "$2"; do
+        rss_kib "$1"
+        ((RSS_KIB > SAMPLE_PEAK)) && SAMPLE_PEAK=$RSS_KIB
+        SAMPLE_COUNT=$((SAMPLE_COUNT + 1))
+        sleep "$BENCH_SAMPLE_INTERVAL"
+    done
+    rss_kib "$1"
+    ((RSS_KIB > SAMPLE_PEAK)) && SAMPLE_PEAK=$RSS_KIB
+    SAMPLE_COUNT=$((SAMPLE_COUNT + 1))
+}
+
+# --------------------------------------------------------------------------- work dir
+
+RESULTS=$WORK/results
+mkdir -p "$WORK"
+rm -rf "$RESULTS" "$WORK"/backend "$WORK"/nginx-proxy "$WORK"/pointsman
+mkdir -p "$RESULTS" "$WORK"/{backend,nginx-proxy,pointsman}/tmp "$WORK/files"
+# nginx workers may run as an unprivileged user: the served file must be readable for them
+chmod 755 "$WORK" "$WORK/files"
+
+read -r P_BACKEND P_NGINX P_PM P_ADMIN P_SINK < <(
+    "$PYTHON" - <<'EOF'
+import socket
+socks = []
+for _ in range(5):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+)
+log "ports: backend $P_BACKEND, nginx proxy $P_NGINX, pointsman $P_PM (admin $P_ADMIN), sink $P_SINK"
+
+# Temp paths of every compiled-in module are set explicitly so nothing is created under
+# /var/lib/nginx; modules missing from this nginx build are left out (unknown directive).
+NGINX_V=$("$NGINX_BIN" -V 2>&1)
+nginx_temp_paths() { # dir
+    echo "client_body_temp_path $1/tmp/body;"
+    echo "proxy_temp_path $1/tmp/proxy;"
+    local m
+    for m in fastcgi uwsgi scgi; do
+        [[ $NGINX_V == *"--without-http_${m}_module"* ]] || echo "${m}_temp_path $1/tmp/$m;"
+    done
+}
+
+nginx_head() { # dir [extra main-context lines]
+    cat <<EOF
+# generated by benchmarks/run.sh
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile $NOFILE;
+${2:-}
+events { worker_connections $NGX_CONNS; }
+EOF
+}
+
+nginx_http_common() { # dir
+    cat <<EOF
+    access_log off;
+    $(nginx_temp_paths "$1")
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+EOF
+}
+
+# Backend: fast "ok", the big file, and (BENCH_UPLOAD_VIA=nginx) an unbuffered relay to sink.py.
+cat >"$WORK/backend/nginx.conf" <<EOF
+$(nginx_head "$WORK/backend")
+http {
+$(nginx_http_common "$WORK/backend")
+    upstream sink {
+        server 127.0.0.1:$P_SINK;
+        keepalive 8;
+    }
+    server {
+        listen 127.0.0.1:$P_BACKEND backlog=4096;
+        client_max_body_size 0;
+        location / {
+            default_type text/plain;
+            return 200 "ok\n";
+        }
+        location /files/ {
+            alias $WORK/files/;
+        }
+        location /upload/ {
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+
+# Reverse-proxy nginx: the reference Pointsman is compared with.
+cat >"$WORK/nginx-proxy/nginx.conf" <<EOF
+$(nginx_head "$WORK/nginx-proxy")
+http {
+$(nginx_http_common "$WORK/nginx-proxy")
+    upstream backend {
+        server 127.0.0.1:$P_BACKEND;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+# Pointsman config.
+PM_CONFIG=$WORK/pointsman/pointsman.yaml
+{
+    echo "# generated by benchmarks/run.sh"
+    echo "listen: 127.0.0.1:$P_PM"
+    echo "admin: {listen: 127.0.0.1:$P_ADMIN}"
+    echo "limits: {max_body_bytes: 0}        # 0 = no body limit (needed for the 1 GiB upload)"
+    echo "state: {path: $WORK/pointsman/state.json}   # keep run-time state out of the repo"
+    echo "routes:"
+    if [[ $BENCH_UPLOAD_VIA == direct ]]; then
+        cat <<EOF
+  - name: upload                          # 1 GiB upload test -> benchmarks/sink.py
+    hosts: ["*"]
+    path_prefix: /upload/
+    pools:
+      blue: {endpoints: ["127.0.0.1:$P_SINK"]}
+    weights: {blue: 100}
+EOF
+    fi
+    cat <<EOF
+  - name: shop
+    hosts: ["*"]
+    path_prefix: /
+    pools:
+      blue:  {endpoints: ["127.0.0.1:$P_BACKEND"]}
+      green: {endpoints: ["127.0.0.1:$P_BACKEND"]}
+    weights: {blue: 90, green: 10}
+    sticky: {header: X-User-Id, cookie: user_id}
+    rules:
+      - header: {X-Pointsman-Pool: green}
+        pool: green
+EOF
+} >"$PM_CONFIG"
+
+PM_LABEL=""
+if [[ $POINTSMAN_CMD == nginx-standin ]]; then
+    # Single-process nginx in Pointsman's place, with the same ports and the same behaviour
+    # the harness relies on: streaming both ways, no body limit, /healthz + /metrics on admin.
+    PM_LABEL="nginx stand-in"
+    upload_location=""
+    if [[ $BENCH_UPLOAD_VIA == direct ]]; then
+        upload_location="location /upload/ {
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }"
+    fi
+    cat >"$WORK/pointsman/nginx.conf" <<EOF
+$(nginx_head "$WORK/pointsman" "master_process off;")
+http {
+$(nginx_http_common "$WORK/pointsman")
+    upstream backend {
+        server 127.0.0.1:$P_BACKEND;
+        keepalive 64;
+    }
+    upstream sink {
+        server 127.0.0.1:$P_SINK;
+        keepalive 8;
+    }
+    server {
+        listen 127.0.0.1:$P_PM backlog=4096;
+        client_max_body_size 0;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }
+        $upload_location
+    }
+    server {
+        listen 127.0.0.1:$P_ADMIN;
+        location = /healthz { return 200 "ok\n"; }
+        location = /metrics { return 200 "# stand-in\n"; }
+        location / { return 404; }
+    }
+}
+EOF
+    PM_CMD_DISPLAY="nginx -c $WORK/pointsman/nginx.conf (master_process off)"
+    PM_ARGV=("$NGINX_BIN" -p "$WORK/pointsman" -c "$WORK/pointsman/nginx.conf" -e "$WORK/pointsman/error.log")
+else
+    cmd=$POINTSMAN_CMD
+    cmd=${cmd//\{config\}/$PM_CONFIG}
+    cmd=${cmd//\{port\}/$P_PM}
+    cmd=${cmd//\{admin_port\}/$P_ADMIN}
+    cmd=${cmd//\{workdir\}/$WORK}
+    read -r -a first <<<"$cmd"
+    if ! command -v "${first[0]}" >/dev/null 2>&1; then
+        die "Pointsman command not found: ${first[0]} (is the venv set up? 'make bench' needs it).
+       To test the harness without Pointsman: POINTSMAN_CMD=nginx-standin bash benchmarks/run.sh"
+    fi
+    PM_CMD_DISPLAY=${cmd//"$ROOT/"/}
+    PM_ARGV=(bash -c "exec $cmd")
+fi
+
+# The file streamed through the proxy: sparse, so it costs no disk space.
+BIG=$WORK/files/big.bin
+if [[ $BENCH_SKIP_STREAM != 1 ]]; then
+    truncate -s "$BENCH_STREAM_SIZE" "$BIG.tmp" && mv -f "$BIG.tmp" "$BIG"
+    chmod 644 "$BIG"
+    STREAM_BYTES=$(stat -c %s "$BIG")
+else
+    STREAM_BYTES=0
+fi
+
+{
+    echo "wrk_threads=$BENCH_THREADS"
+    echo "wrk_conns=$BENCH_CONNS"
+    echo "wrk_seconds=$BENCH_SECONDS"
+    echo "wrk_warmup=$BENCH_WARMUP"
+    echo "rounds=$BENCH_ROUNDS"
+    echo "skip_wrk=$BENCH_SKIP_WRK"
+    echo "skip_idle=$BENCH_SKIP_IDLE"
+    echo "skip_stream=$BENCH_SKIP_STREAM"
+    echo "idle_conns=$BENCH_IDLE_CONNS"
+    echo "stream_bytes=$STREAM_BYTES"
+    echo "sample_interval=$BENCH_SAMPLE_INTERVAL"
+    echo "upload_via=$BENCH_UPLOAD_VIA"
+    echo "nofile=$NOFILE"
+    echo "nginx_bin=$NGINX_BIN"
+    echo "wrk_bin=$WRK_BIN"
+    echo "pointsman_cmd=$PM_CMD_DISPLAY"
+    echo "pointsman_label=$PM_LABEL"
+    echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)"
+} >"$RESULTS/meta.env"
+
+# --------------------------------------------------------------------------- start servers
+
+log "starting backend nginx"
+start_bg "$WORK/backend/stdout.log" "$NGINX_BIN" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" \
+    -e "$WORK/backend/error.log"
+PID_BACKEND=$LAST_PID
+log "starting nginx proxy"
+start_bg "$WORK/nginx-proxy/stdout.log" "$NGINX_BIN" -p "$WORK/nginx-proxy" \
+    -c "$WORK/nginx-proxy/nginx.conf" -e "$WORK/nginx-proxy/error.log"
+PID_NGINX=$LAST_PID
+log "starting sink.py"
+start_bg "$WORK/sink.log" "$PYTHON" "$BENCH_DIR/sink.py" --port "$P_SINK" \
+    --max-seconds "$((BENCH_TIMEOUT + 60))"
+PID_SINK=$LAST_PID
+log "starting Pointsman: $PM_CMD_DISPLAY"
+start_bg "$WORK/pointsman/pointsman.log" "${PM_ARGV[@]}"
+PID_PM=$LAST_PID
+
+wait_http "backend nginx" "http://127.0.0.1:$P_BACKEND/" "$PID_BACKEND" "$WORK/backend/error.log" ||
+    die "backend nginx did not start"
+wait_http "nginx proxy" "http://127.0.0.1:$P_NGINX/" "$PID_NGINX" "$WORK/nginx-proxy/error.log" ||
+    die "nginx proxy did not start"
+wait_http "sink.py" "http://127.0.0.1:$P_SINK/" "$PID_SINK" "$WORK/sink.log" ||
+    die "sink.py did not start"
+wait_http "Pointsman admin" "http://127.0.0.1:$P_ADMIN/healthz" "$PID_PM" \
+    "$WORK/pointsman/pointsman.log" || die "Pointsman did not start (config: $PM_CONFIG)"
+wait_http "Pointsman" "http://127.0.0.1:$P_PM/" "$PID_PM" "$WORK/pointsman/pointsman.log" ||
+    die "Pointsman does not proxy GET / to the backend"
+for hdr in "X-User-Id: u42" "X-Pointsman-Pool: green"; do
+    body=$("$CURL_BIN" -fsS --max-time 5 -H "$hdr" "http://127.0.0.1:$P_PM/") ||
+        die "Pointsman failed GET / with '$hdr'"
+    [[ $body == ok ]] || die "Pointsman answered GET / with '$hdr' with unexpected body '$body'"
+done
+log "all servers up (Pointsman pid $PID_PM)"
+
+# --------------------------------------------------------------------------- wrk
+
+run_wrk() { # seconds url outfile
+    # In the background + `wait`, so Ctrl-C reaches this script's trap at once (wrk itself
+    # catches SIGINT and exits 0, which would make bash carry on with the next step).
+    start_bg "$3" timeout -k 5 "$(($1 + 30))" "$WRK_BIN" -t"$BENCH_THREADS" -c"$BENCH_CONNS" \
+        -d"$1"s --latency -s "$BENCH_DIR/sticky.lua" "$2"
+    local pid=$LAST_PID rc=0
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    return "$rc"
+}
+
+if [[ $BENCH_SKIP_WRK != 1 ]]; then
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+        for target in backend nginx pointsman; do
+            case $target in
+                backend) port=$P_BACKEND ;;
+                nginx) port=$P_NGINX ;;
+                pointsman) port=$P_PM ;;
+            esac
+            url="http://127.0.0.1:$port/"
+            out=$RESULTS/wrk_${target}_${round}.txt
+            if ((BENCH_WARMUP > 0)); then
+                log "round $round/$BENCH_ROUNDS: $target warm-up ${BENCH_WARMUP}s"
+                run_wrk "$BENCH_WARMUP" "$url" "$RESULTS/warmup_${target}_${round}.txt" ||
+                    warn "wrk warm-up against $target failed"
+            fi
+            log "round $round/$BENCH_ROUNDS: $target ${BENCH_SECONDS}s"
+            if run_wrk "$BENCH_SECONDS" "$url" "$out"; then
+                log "  $target: $("$PYTHON" "$BENCH_DIR/report.py" wrk "$out" || true)"
+            else
+                warn "wrk against $target failed:"
+                tail -n 20 "$out" >&2 || true
+            fi
+        done
+    done
+fi
+
+# --------------------------------------------------------------------------- memory
+
+MEM=$RESULTS/mem.env
+: >"$MEM"
+
+pm_alive_or_skip() {
+    if alive "$PID_PM"; then
+        return 0
+    fi
+    warn "Pointsman (pid $PID_PM) is no longer running; skipping the rest of the memory tests"
+    tail -n 30 "$WORK/pointsman/pointsman.log" >&2 || true
+    return 1
+}
+
+if [[ $BENCH_SKIP_IDLE != 1 ]] && pm_alive_or_skip; then
+    sleep 1
+    rss_kib "$PID_PM"
+    before=$RSS_KIB
+    ready=$WORK/idle.ready
+    rm -f "$ready"
+    open_timeout=$((BENCH_IDLE_CONNS / 100 + 30))
+    log "idle connections: opening $BENCH_IDLE_CONNS (RSS before: $((before / 1024)) MiB)"
+    start_bg "$WORK/idle_conns.log" "$PYTHON" "$BENCH_DIR/idle_conns.py" "$BENCH_IDLE_CONNS" \
+        --port "$P_PM" --hold "$BENCH_IDLE_HOLD" --ready-file "$ready" --timeout "$open_timeout"
+    PID_IDLE=$LAST_PID
+    while alive "$PID_IDLE" && [[ ! -e $ready ]]; do sleep 0.1; done
+    log "idle connections: $(cat "$ready" 2>/dev/null || echo 'not ready'), holding ${BENCH_IDLE_HOLD}s"
+    sample_while "$PID_PM" "$PID_IDLE"
+    idle_rc=0
+    wait "$PID_IDLE" || idle_rc=$?
+    forget_pid "$PID_IDLE"
+    ((idle_rc == 0)) || warn "idle_conns.py exited with $idle_rc; see $WORK/idle_conns.log"
+    grep -E '^idle_[a-z_]+=' "$WORK/idle_conns.log" >>"$MEM" || true
+    {
+        echo "idle_rss_before_kib=$before"
+        echo "idle_rss_peak_kib=$SAMPLE_PEAK"
+        echo "idle_samples=$SAMPLE_COUNT"
+    } >>"$MEM"
+    log "idle connections: RSS peak $((SAMPLE_PEAK / 1024)) MiB ($SAMPLE_COUNT samples)"
+fi
+
+stream_test() { # key description curl-args...
+    local key=$1 what=$2
+    shift 2
+    pm_alive_or_skip || {
+        echo "${key}_skipped=1" >>"$MEM"
+        return 0
+    }
+    sleep 0.5
+    rss_kib "$PID_PM"
+    local before=$RSS_KIB
+    local out=$WORK/$key.curl resp=$WORK/$key.body
+    rm -f "$resp"
+    log "$what: streaming $STREAM_BYTES bytes through Pointsman"
+    start_bg "$out" "$CURL_BIN" -sS --max-time "$BENCH_STREAM_TIMEOUT" -o "$resp" \
+        -w 'http=%{http_code} down=%{size_download} up=%{size_upload} seconds=%{time_total}\n' "$@"
+    local pid=$LAST_PID rc=0
+    sample_while "$PID_PM" "$pid"
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    local http down up secs
+    http=$(sed -n 's/.*http=\([0-9]*\).*/\1/p' "$out" | tail -n 1)
+    down=$(sed -n 's/.*down=\([0-9]*\).*/\1/p' "$out" | tail -n 1)
+    up=$(sed -n 's/.*up=\([0-9]*\).*/\1/p' "$out" | tail -n 1)
+    secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' "$out" | tail -n 1)
+    local bytes
+    if [[ $key == download ]]; then
+        bytes=${down:-0}
+    else
+        # what actually arrived at the sink (it answers with the byte count)
+        bytes=$(tr -dc '0-9' <"$resp" 2>/dev/null || true)
+        [[ -n $bytes ]] || bytes=0
+        # (for chunked uploads curl's count includes the chunk framing)
+        if [[ $key != upload_chunked && ${up:-0} != "$bytes" ]]; then
+            warn "$what: curl sent ${up:-?} bytes, sink received $bytes"
+        fi
+    fi
+    ((rc == 0)) || { warn "$what: curl exited with $rc:"; cat "$out" >&2; }
+    {
+        echo "${key}_rss_before_kib=$before"
+        echo "${key}_rss_peak_kib=$SAMPLE_PEAK"
+        echo "${key}_samples=$SAMPLE_COUNT"
+        echo "${key}_http=${http:-000}"
+        echo "${key}_bytes=$bytes"
+        echo "${key}_seconds=${secs:-0}"
+        echo "${key}_curl_rc=$rc"
+    } >>"$MEM"
+    log "$what: HTTP ${http:-000}, $bytes bytes in ${secs:-?}s, RSS $((before / 1024)) -> peak $((SAMPLE_PEAK / 1024)) MiB"
+}
+
+if [[ $BENCH_SKIP_STREAM != 1 ]]; then
+    base=http://127.0.0.1:$P_PM
+    stream_test download "download" "$base/files/big.bin"
+    stream_test upload_cl "upload (Content-Length)" -H 'Expect:' -T "$BIG" "$base/upload/big.bin"
+    stream_test upload_chunked "upload (chunked)" -H 'Expect:' -H 'Transfer-Encoding: chunked' \
+        -T "$BIG" "$base/upload/big.bin"
+fi
+
+# --------------------------------------------------------------------------- report
+
+log "stopping servers"
+stop_pids "${PIDS[@]}"
+PIDS=()
+
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)" >>"$RESULTS/meta.env"
+report_args=(render --results "$RESULTS" --out "$RESULTS_MD" --json "$RESULTS/summary.json")
+[[ $BENCH_STRICT == 1 ]] && report_args+=(--strict)
+report_rc=0
+"$PYTHON" "$BENCH_DIR/report.py" "${report_args[@]}" || report_rc=$?
+log "report written to ${RESULTS_MD#"$ROOT"/} (raw output: ${RESULTS#"$ROOT"/}/)"
+exit "$report_rc"

@@ -1,0 +1,80 @@
+"""Tiny demo upstreams for `make run`: one server per endpoint in the config, each answering
+with the name of its pool (its "version"), so routing decisions can be seen with curl."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from proxy.config import Address, ConfigError, load_config
+
+log = logging.getLogger("pointsman.demo")
+
+VERSION_KEY = web.AppKey("version", str)
+ADDRESS_KEY = web.AppKey("address", str)
+
+
+async def hello(request: web.Request) -> web.Response:
+    version = request.app[VERSION_KEY]
+    user = request.headers.get("X-User-Id") or request.cookies.get("user_id") or "-"
+    text = (
+        f"hello from {version} ({request.app[ADDRESS_KEY]}): "
+        f"{request.method} {request.path_qs} user={user}\n"
+    )
+    return web.Response(text=text, headers={"X-Version": version})
+
+
+def build_app(version: str, address: Address) -> web.Application:
+    app = web.Application()
+    app[VERSION_KEY] = version
+    app[ADDRESS_KEY] = str(address)
+    app.router.add_route("*", "/{tail:.*}", hello)
+    return app
+
+
+async def serve(endpoints: Sequence[tuple[str, Address]]) -> None:
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for version, address in endpoints:
+            runner = web.AppRunner(build_app(version, address), access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, address.host, address.port, reuse_address=True).start()
+            log.info("demo upstream %s on %s", version, address)
+        await stop.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Demo upstreams, one per endpoint of a config.")
+    parser.add_argument("--config", default="config/demo.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    endpoints: dict[Address, str] = {}
+    for route in config.routes:
+        for pool in route.pools:
+            for address in pool.endpoints:
+                endpoints.setdefault(address, pool.name)
+    asyncio.run(serve([(version, address) for address, version in endpoints.items()]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

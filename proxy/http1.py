@@ -1,0 +1,945 @@
+"""Downstream HTTP/1.1 connection: an asyncio.Protocol driving the httptools request parser.
+
+One DownstreamConnection serves one client connection. Requests are proxied one at a time in
+arrival order (pipelined requests wait in `pending`, with reading paused), each streamed to an
+upstream connection taken from the endpoint's keep-alive pool. Bodies flow both ways chunk by
+chunk under backpressure; nothing is buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+import orjson
+
+from proxy.config import Address
+from proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.router import Pool, Route
+    from proxy.server import ProxyContext
+
+log = logging.getLogger("pointsman.http1")
+
+# Client write buffer high-water mark: above it the upstream is no longer read (backpressure).
+DOWNSTREAM_WRITE_HIGH = 256 * 1024
+# Request body bytes held while no upstream connection is attached yet (connecting, or a pipelined
+# request waiting its turn); above it the client is no longer read.
+PENDING_BODY_LIMIT = 256 * 1024
+# Pipelined requests parsed ahead of the one in flight; reading pauses as soon as one is queued,
+# so this only bounds what a single read can carry.
+MAX_PIPELINED = 32
+
+# Why reading from the client is paused (bit flags; reading resumes when none is left).
+PAUSE_UPSTREAM_FULL = 1  # upstream write buffer above its high-water mark
+PAUSE_PIPELINE = 2  # a request is queued behind the one in flight
+PAUSE_BUFFERED = 4  # body bytes held for a request with no upstream yet
+PAUSE_ERROR = 8  # a pipelined request was malformed; answer it after the ones ahead, then close
+
+# Response framing towards the client.
+MODE_NONE = 0  # no body (HEAD, 204, 304)
+MODE_LENGTH = 1  # Content-Length from upstream, bytes passed through
+MODE_CHUNKED = 2  # re-chunked (upstream chunked or close-delimited; client speaks HTTP/1.1)
+MODE_CLOSE = 3  # close-delimited (HTTP/1.0 client without a length)
+
+# Request headers handled by the proxy itself rather than copied through as they came.
+_CONTROLLED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+    }
+)
+_CONNECTION_STANDARD_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+_NO_BODY_STATUS = frozenset({204, 304})
+VIA = b"1.1 pointsman"
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class Reject(Exception):
+    """A request the proxy refuses before forwarding it (raised from parser callbacks)."""
+
+    def __init__(self, status: int, reason: str, metric: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.metric = metric
+
+
+class Request:
+    """One parsed request head plus the body bytes held while it has no upstream."""
+
+    __slots__ = (
+        "begun",
+        "body",
+        "body_size",
+        "chunked",
+        "complete",
+        "connection_tokens",
+        "content_length",
+        "cookie",
+        "expect_continue",
+        "forwarded_for",
+        "head_size",
+        "host",
+        "keep_alive",
+        "lines",
+        "method",
+        "request_id",
+        "started",
+        "te",
+        "upgrade",
+        "upgrade_value",
+        "url",
+        "version",
+        "via",
+        "wanted",
+    )
+
+    def __init__(self, begun: float) -> None:
+        self.begun = begun  # loop time of the first byte, for the header-read timeout
+        self.started = 0.0  # perf_counter at head complete, for the duration histogram
+        self.url = b""
+        self.lines: list[tuple[bytes, bytes]] = []  # (lower-case name, "Name: value\r\n")
+        self.wanted: dict[bytes, bytes] = {}  # header values the routing table asked for
+        self.head_size = 0
+        self.host = b""
+        self.content_length: bytes | None = None
+        self.te: bytes | None = None
+        self.chunked = False
+        self.connection_tokens: list[bytes] = []
+        self.expect_continue = False
+        self.upgrade = False
+        self.upgrade_value = b""
+        self.forwarded_for: bytes | None = None
+        self.via: bytes | None = None
+        self.cookie: bytes | None = None
+        self.request_id: bytes | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+
+    def has_body(self) -> bool:
+        return self.chunked or (self.content_length is not None and self.content_length != b"0")
+
+
+class DownstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "activity",
+        "closed",
+        "connect_task",
+        "ctx",
+        "current",
+        "deferred_error",
+        "draining",
+        "idle_since",
+        "loop",
+        "out",
+        "parser",
+        "parsing",
+        "paused_by",
+        "peer",
+        "pending",
+        "pool",
+        "request_sent",
+        "resp_close",
+        "resp_mode",
+        "resp_started",
+        "resp_status",
+        "retried",
+        "reused",
+        "route",
+        "timer",
+        "timer_at",
+        "transport",
+        "tunnel",
+        "upstream",
+        "upstream_head",
+        "writing_paused",
+    )
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.parsing: Request | None = None
+        self.current: Request | None = None
+        self.pending: deque[Request] = deque()
+        self.upstream: UpstreamConnection | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.route: Route | None = None
+        self.pool: Pool | None = None
+        self.upstream_head = b""
+        self.out: list[bytes] = []
+        self.paused_by = 0
+        self.writing_paused = False
+        self.closed = False
+        self.draining = False
+        self.tunnel = False
+        self.deferred_error: Reject | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.idle_since = 0.0
+        self.activity = 0.0
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.resp_started = False
+        self.resp_mode = MODE_NONE
+        self.resp_close = False
+        self.resp_status = 0
+        self.request_sent = False
+        self.retried = False
+        self.reused = False
+
+    def __repr__(self) -> str:
+        if self.closed:
+            state = "closed"
+        elif self.tunnel:
+            state = "tunnel"
+        elif self.current is not None:
+            state = "busy"
+        else:
+            state = "idle"
+        return (
+            f"<DownstreamConnection {self.peer.decode()} {state} pending={len(self.pending)}"
+            f" paused_by={self.paused_by}>"
+        )
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=DOWNSTREAM_WRITE_HIGH)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b"unknown"
+        self.ctx.connections.add(self)
+        now = self.loop.time()
+        self.idle_since = now
+        # A fresh connection must send its first request head within header_read.
+        self._arm(now + self.ctx.timeouts.header_read)
+        if self.ctx.draining:
+            self.draining = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            self._tunnel_to_upstream(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self._reject(cause)
+            else:
+                log.error("internal error handling a request", exc_info=cause or exc)
+                self._reject(Reject(500, "internal error", "internal_error"))
+        except httptools.HttpParserError as exc:
+            self._reject(Reject(400, f"malformed request: {exc}", "malformed"))
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still be waiting for the response in flight: answer it,
+        # then close.
+        if self.current is None:
+            self.close()
+        self.draining = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        if ctx.draining and not ctx.connections:
+            ctx.drained.set()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            if self.current is not None and not self.tunnel:
+                self.ctx.metrics.reject("client_closed")
+            # Mid-exchange: the upstream connection's state is unknown, so it is not reused.
+            upstream.client = None
+            upstream.abort()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused_by and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused_by |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused_by & reason:
+            self.paused_by &= ~reason
+            if not self.paused_by and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def upstream_pause_writing(self) -> None:
+        self._pause(PAUSE_UPSTREAM_FULL)
+
+    def upstream_resume_writing(self) -> None:
+        self._resume(PAUSE_UPSTREAM_FULL)
+
+    # -- timers: one lazy timer per connection ---------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires no later than `deadline`; _tick works out what is due."""
+        timer = self.timer
+        if timer is not None:
+            if self.timer_at <= deadline:
+                return
+            timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        timeouts = self.ctx.timeouts
+        if self.tunnel:
+            deadline = self.activity + timeouts.idle
+            if now >= deadline:
+                self.close()
+                return
+        elif self.current is not None:
+            deadline = self.activity + timeouts.upstream
+            if now >= deadline:
+                self._upstream_timed_out()
+                return
+        elif self.parsing is not None:
+            deadline = self.parsing.begun + timeouts.header_read
+            if now >= deadline:
+                self._reject(Reject(408, "request head not received in time", "header_timeout"))
+                return
+        else:
+            deadline = self.idle_since + timeouts.idle
+            if now >= deadline:
+                self.close()
+                return
+        self._arm(deadline)
+
+    # -- httptools callbacks (request side) ------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        now = self.loop.time()
+        self.parsing = Request(now)
+        if self.current is None:
+            self._arm(now + self.ctx.timeouts.header_read)
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.url += url
+        req.head_size += len(url)
+        if req.head_size > self.ctx.limits.max_header_bytes:
+            raise Reject(431, "request head too large", "header_too_large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.head_size += len(name) + len(value) + 4
+        if req.head_size > self.ctx.limits.max_header_bytes:
+            raise Reject(431, "request head too large", "header_too_large")
+        lname = name.lower()
+        if lname in self.ctx.table.wanted_headers:
+            req.wanted.setdefault(lname, value)
+        if lname in _CONTROLLED:
+            if lname == b"transfer-encoding":
+                if req.te is not None:
+                    raise Reject(400, "more than one Transfer-Encoding", "ambiguous_framing")
+                req.te = value
+            elif lname == b"connection":
+                req.connection_tokens.extend(
+                    t.strip().lower() for t in value.split(b",") if t.strip()
+                )
+            elif lname == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    req.expect_continue = True
+                else:
+                    req.lines.append((lname, b"%s: %s\r\n" % (name, value)))
+            elif lname == b"upgrade":
+                req.upgrade_value = value
+            elif lname == b"x-forwarded-for":
+                req.forwarded_for = (
+                    value if req.forwarded_for is None else req.forwarded_for + b", " + value
+                )
+            elif lname == b"via":
+                req.via = value if req.via is None else req.via + b", " + value
+            return
+        if lname == b"host":
+            if req.host:
+                raise Reject(400, "more than one Host header", "bad_host")
+            req.host = value
+        elif lname == b"content-length":
+            req.content_length = value
+        elif lname == b"cookie":
+            req.cookie = value if req.cookie is None else req.cookie + b"; " + value
+        elif lname == b"x-request-id":
+            req.request_id = value
+        req.lines.append((lname, b"%s: %s\r\n" % (name, value)))
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.started = time.perf_counter()
+        parser = self.parser
+        req.method = parser.get_method()
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = parser.should_upgrade()
+        if req.te is not None:
+            # Only a lone, plain "chunked" is understood; anything else (xchunked, gzip, a
+            # list) could be read differently by the next hop: refuse rather than forward.
+            if req.te.strip().lower() != b"chunked":
+                raise Reject(400, "unsupported Transfer-Encoding", "ambiguous_framing")
+            if req.content_length is not None:
+                raise Reject(400, "both Content-Length and Transfer-Encoding", "ambiguous_framing")
+            req.chunked = True
+        max_body = self.ctx.limits.max_body_bytes
+        if req.content_length is not None and max_body and int(req.content_length) > max_body:
+            raise Reject(413, "request body too large", "body_too_large")
+        if req.version == "1.1" and not req.host:
+            raise Reject(400, "HTTP/1.1 request without Host", "bad_host")
+        if self.current is None and self.deferred_error is None:
+            self.current = req
+            self._start(req)
+        else:
+            self.pending.append(req)
+            self._pause(PAUSE_PIPELINE)
+            if len(self.pending) > MAX_PIPELINED:
+                raise Reject(400, "too many pipelined requests", "pipeline_overflow")
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.body_size += len(body)
+        max_body = self.ctx.limits.max_body_bytes
+        if max_body and req.body_size > max_body:
+            raise Reject(413, "request body too large", "body_too_large")
+        upstream = self.upstream
+        if upstream is not None and req is self.current and upstream.transport is not None:
+            self.activity = self.loop.time()
+            if req.chunked:
+                upstream.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            else:
+                upstream.transport.write(body)
+        else:
+            req.body.append(body)
+            if req.body_size > PENDING_BODY_LIMIT:
+                self._pause(PAUSE_BUFFERED)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.complete = True
+        self.parsing = None
+        upstream = self.upstream
+        if upstream is not None and req is self.current and upstream.transport is not None:
+            if req.chunked:
+                upstream.transport.write(b"0\r\n\r\n")
+            self.request_sent = True
+
+    # -- proxying one request --------------------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        ctx = self.ctx
+        url = req.url
+        if url[:1] == b"/":
+            path = url
+        elif url == b"*":
+            path = b"*"
+        else:
+            # absolute-form (RFC 9112 3.2.2): route by its host and forward the origin-form.
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._local_response(400, "malformed request target", close=True)
+                return
+            if parsed.host:
+                req.host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            path = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            req.url = path
+        query = path.find(b"?")
+        route = ctx.table.match(req.host, path if query == -1 else path[:query])
+        if route is None:
+            ctx.metrics.unrouted += 1
+            self._local_response(404, "no route matches this host and path")
+            return
+        pool = route.choose(req.wanted, req.cookie, random.random())
+        self.route = route
+        self.pool = pool
+        if pool is None:
+            self._local_response(503, "no pool of this route takes traffic")
+            return
+        self.upstream_head = self._build_upstream_head(req)
+        if req.expect_continue and not req.complete and req.version == "1.1":
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        endpoints = pool.endpoints
+        index = pool.rr
+        pool.rr = index + 1
+        self._dispatch(endpoints[index % len(endpoints)], fresh=False)
+
+    def _build_upstream_head(self, req: Request) -> bytes:
+        ctx = self.ctx
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+        tokens = req.connection_tokens
+        if tokens and not _CONNECTION_STANDARD_TOKENS.issuperset(tokens):
+            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+            named = frozenset(tokens)
+            parts.extend(line for lname, line in req.lines if lname not in named)
+        else:
+            parts.extend(line for _, line in req.lines)
+        if not req.host:
+            parts.append(b"Host: %s\r\n" % ctx.host_fallback)
+        if req.request_id is None:
+            req.request_id = ctx.next_request_id()
+            parts.append(b"X-Request-Id: %s\r\n" % req.request_id)
+        forwarded_for = (
+            self.peer if req.forwarded_for is None else (req.forwarded_for + b", " + self.peer)
+        )
+        parts.append(b"X-Forwarded-For: %s\r\n" % forwarded_for)
+        parts.append(b"X-Forwarded-Proto: http\r\n")
+        if req.host:
+            parts.append(b"X-Forwarded-Host: %s\r\n" % req.host)
+        parts.append(b"Via: %s\r\n" % (VIA if req.via is None else req.via + b", " + VIA))
+        if req.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if req.upgrade:
+            parts.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _dispatch(self, address: Address, fresh: bool) -> None:
+        ctx = self.ctx
+        conn = None if fresh else ctx.upstreams.pool(address).acquire()
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self.activity = self.loop.time()
+            self.connect_task = self.loop.create_task(self._connect(address))
+
+    async def _connect(self, address: Address) -> None:
+        try:
+            conn = await self.ctx.upstreams.connect(address)
+        except (OSError, TimeoutError) as exc:
+            self.connect_task = None
+            self._connect_failed(address, exc)
+            return
+        self.connect_task = None
+        if self.closed or self.current is None:
+            conn.finish(reusable=True)  # a fresh, unused connection: keep it warm
+            return
+        self._attach(conn, reused=False)
+
+    def _connect_failed(self, address: Address, exc: BaseException) -> None:
+        pool = self.pool
+        assert pool is not None
+        pool.stats.connect_errors += 1
+        log.warning(
+            "connect to %s failed (route %s, pool %s): %s",
+            address, pool.route_name, pool.name, exc or type(exc).__name__,
+        )  # fmt: skip
+        if not self.retried and len(pool.endpoints) > 1:
+            # Nothing was sent yet, so another endpoint of the same pool may take it.
+            self.retried = True
+            pool.stats.retries += 1
+            endpoints = pool.endpoints
+            index = pool.rr
+            pool.rr = index + 1
+            candidate = endpoints[index % len(endpoints)]
+            if candidate == address:
+                candidate = endpoints[(index + 1) % len(endpoints)]
+            self._dispatch(candidate, fresh=False)
+            return
+        if isinstance(exc, TimeoutError):
+            pool.stats.timeouts += 1
+            self._local_response(504, "upstream connect timed out", close=True)
+        else:
+            self._local_response(502, "upstream connection failed", close=True)
+
+    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        req = self.current
+        assert req is not None and conn.transport is not None
+        self.upstream = conn
+        self.reused = reused
+        conn.start_request(self, no_body=req.method == b"HEAD")
+        data = [self.upstream_head]
+        if req.body and not req.upgrade:  # an upgrade's early bytes wait for the 101
+            if req.chunked:
+                for chunk in req.body:
+                    data.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                data.extend(req.body)
+            req.body = []
+            self._resume(PAUSE_BUFFERED)
+        if req.complete:
+            if req.chunked:
+                data.append(b"0\r\n\r\n")
+            self.request_sent = True
+        # One write, not writelines: uvloop sends a single buffer at once, while writelines
+        # queues it for later in the loop iteration (measured: ~2x slower per request).
+        conn.transport.write(data[0] if len(data) == 1 else b"".join(data))
+        if self.writing_paused:
+            conn.transport.pause_reading()
+        now = self.loop.time()
+        self.activity = now
+        self._arm(now + self.ctx.timeouts.upstream)
+
+    # -- ResponseSink: called by the UpstreamConnection ------------------------------------
+
+    def response_interim(self, conn: UpstreamConnection) -> None:
+        req = self.current
+        # 100 Continue was answered by us already; other 1xx go to HTTP/1.1 clients only.
+        if req is not None and req.version == "1.1" and conn.status != 100:
+            head = [b"HTTP/1.1 %d %s\r\n" % (conn.status, conn.reason)]
+            head.extend(line for _, line in conn.header_lines)
+            head.append(b"\r\n")
+            self.out.append(b"".join(head))
+
+    def response_head(self, conn: UpstreamConnection) -> None:
+        req = self.current
+        assert req is not None
+        status = conn.status
+        self.resp_status = status
+        client_11 = req.version == "1.1"
+        # A refused upgrade leaves the client's stream in an unknown state: close after it.
+        close = not req.keep_alive or self.draining or (req.upgrade and status != 101)
+        extra: list[bytes] = []
+        if status == 101:
+            if not req.upgrade:
+                raise ValueError("101 Switching Protocols to a request that asked for none")
+            mode = MODE_NONE
+            extra.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % conn.upgrade)
+        elif req.method == b"HEAD" or status in _NO_BODY_STATUS:
+            mode = MODE_NONE
+        elif conn.content_length is not None:
+            mode = MODE_LENGTH
+        elif client_11:
+            mode = MODE_CHUNKED
+            extra.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            mode = MODE_CLOSE
+            close = True
+        if status != 101:
+            if close:
+                extra.append(b"Connection: close\r\n")
+            elif not client_11:
+                extra.append(b"Connection: keep-alive\r\n")
+        self.resp_mode = mode
+        self.resp_close = close
+        self.resp_started = True
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, conn.reason)]
+        tokens = conn.connection_tokens
+        if tokens and not _CONNECTION_STANDARD_TOKENS.issuperset(tokens):
+            named = frozenset(tokens)
+            parts.extend(line for lname, line in conn.header_lines if lname not in named)
+        else:
+            parts.extend(line for _, line in conn.header_lines)
+        parts.append(b"Via: " + VIA + b"\r\n")
+        parts.extend(extra)
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+
+    def response_body(self, data: bytes) -> None:
+        mode = self.resp_mode
+        if mode == MODE_CHUNKED:
+            self.out.extend((b"%x\r\n" % len(data), data, b"\r\n"))
+        elif mode != MODE_NONE:
+            self.out.append(data)
+
+    def response_flush(self) -> None:
+        self.activity = self.loop.time()
+        out = self.out
+        if out and self.transport is not None:
+            self.out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        req = self.current
+        assert req is not None
+        if self.resp_mode == MODE_CHUNKED:
+            self.out.append(b"0\r\n\r\n")
+        self.upstream = None
+        # Reusable only if the upstream got the whole request and framed the whole response.
+        conn.finish(reusable=self.request_sent and self.resp_mode != MODE_CLOSE)
+        self._finish(self.resp_status, close=self.resp_close or not req.complete)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:
+        self.upstream = None
+        req = self.current
+        if self.tunnel or req is None:
+            self.close()
+            return
+        if not conn.received_any and self.reused and not self.retried and not req.has_body():
+            # A pooled connection the upstream had closed while idle: nothing was processed,
+            # so the request goes again on a new connection.
+            self.retried = True
+            pool = self.pool
+            assert pool is not None
+            pool.stats.retries += 1
+            self._dispatch(conn.endpoint.address, fresh=True)
+            return
+        if conn.head_done:
+            close_delimited = not conn.chunked and conn.content_length is None
+            if close_delimited and self.resp_mode in (MODE_CLOSE, MODE_CHUNKED):
+                self._response_complete_eof()
+                return
+            self._abort_exchange()  # truncated response: the client must see it fail
+            return
+        self._local_response(502, "upstream closed the connection before responding", close=True)
+
+    def _response_complete_eof(self) -> None:
+        """End of a close-delimited upstream response."""
+        req = self.current
+        assert req is not None
+        if self.resp_mode == MODE_CHUNKED:
+            self.out.append(b"0\r\n\r\n")
+        self._finish(self.resp_status, close=self.resp_close or not req.complete)
+
+    def upstream_bad_response(self, conn: UpstreamConnection, exc: BaseException) -> None:
+        pool = self.pool
+        log.warning(
+            "bad response from %s (route %s, pool %s): %s", conn.endpoint.address,
+            pool.route_name if pool else "-", pool.name if pool else "-", exc,
+        )  # fmt: skip
+        self.upstream = None
+        conn.client = None
+        conn.abort()
+        if self.resp_started:
+            self._abort_exchange()
+        else:
+            self._local_response(502, "upstream sent a malformed response", close=True)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.activity = self.loop.time()
+        if self.transport is not None:
+            self.transport.write(data)
+
+    # -- upgrade tunnels -------------------------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        # The parser stops at the end of an Upgrade request head; what follows belongs to the
+        # new protocol and is held until the upstream agrees (101) or refuses.
+        req = self.current
+        if req is None:
+            return
+        req.complete = True
+        self.parsing = None
+        if rest:
+            req.body.append(rest)
+        self._pause(PAUSE_PIPELINE)  # nothing more is read until the upstream has answered
+
+    def start_tunnel(self, rest: bytes) -> None:
+        """The upstream answered 101: from now on bytes are relayed as they are, both ways."""
+        self.tunnel = True
+        self.response_flush()
+        if rest and self.transport is not None:
+            self.transport.write(rest)
+        req = self.current
+        upstream = self.upstream
+        if req is not None and req.body and upstream is not None and upstream.transport:
+            upstream.transport.writelines(req.body)
+            req.body = []
+        self._resume(PAUSE_PIPELINE)
+
+    def _tunnel_to_upstream(self, data: bytes) -> None:
+        self.activity = self.loop.time()
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+
+    # -- ending an exchange ----------------------------------------------------------------
+
+    def _finish(self, status: int, close: bool) -> None:
+        """The response is complete: count it, then close or move on to the next request."""
+        req = self.current
+        assert req is not None
+        pool = self.pool
+        if pool is not None:
+            # loop.time() has millisecond resolution on uvloop: too coarse for latencies.
+            pool.stats.observe(status, time.perf_counter() - req.started)
+        if self.out:
+            self.response_flush()
+        self.current = None
+        self.route = None
+        self.pool = None
+        self._reset_exchange()
+        if close or self.draining:
+            self.close()
+            return
+        pending = self.pending
+        if pending:
+            nxt = pending.popleft()
+            if not pending:
+                self._resume(PAUSE_PIPELINE)
+            self.current = nxt
+            self._start(nxt)
+            return
+        if self.deferred_error is not None:
+            err, self.deferred_error = self.deferred_error, None
+            self._local_error(err)
+            return
+        self._resume(PAUSE_PIPELINE)
+        now = self.loop.time()
+        self.idle_since = now
+        self._arm(now + self.ctx.timeouts.idle)
+
+    def _abort_exchange(self) -> None:
+        """The response cannot be completed: cut both sides so the client sees a failure."""
+        pool = self.pool
+        req = self.current
+        if pool is not None and req is not None:
+            pool.stats.observe(502, time.perf_counter() - req.started)
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.client = None
+            upstream.abort()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _upstream_timed_out(self) -> None:
+        pool = self.pool
+        if pool is not None:
+            pool.stats.timeouts += 1
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.client = None
+            upstream.abort()
+        if self.resp_started:
+            self._abort_exchange()
+        else:
+            self._local_response(504, "upstream timed out", close=True)
+
+    def _reject(self, err: Reject) -> None:
+        """A request was refused by the parser or our checks."""
+        self.ctx.metrics.reject(err.metric)
+        req = self.parsing
+        self._pause(PAUSE_ERROR)  # nothing after a framing error can be trusted
+        if self.current is not None and req is not self.current:
+            # Answer the requests ahead of it first, in order.
+            if self.deferred_error is None:
+                self.deferred_error = err
+            return
+        if self.current is not None:
+            # The in-flight request's own body was bad.
+            upstream = self.upstream
+            if upstream is not None:
+                self.upstream = None
+                upstream.client = None
+                upstream.abort()
+            if self.resp_started:
+                self._abort_exchange()
+                return
+        self._local_error(err)
+
+    def _local_error(self, err: Reject) -> None:
+        if self.current is None:
+            self.current = self.parsing or Request(self.loop.time())
+        self._local_response(err.status, err.reason, close=True)
+
+    def _local_response(self, status: int, error: str, close: bool = False) -> None:
+        """Answer the current request from the proxy itself, with a small JSON body."""
+        req = self.current
+        assert req is not None
+        if not req.complete:
+            close = True  # its body was not read; the stream cannot be resynchronised
+        body_doc: dict[str, object] = {"error": error, "status": status}
+        if self.route is not None:
+            body_doc["route"] = self.route.name
+        if self.pool is not None:
+            body_doc["pool"] = self.pool.name
+        body = orjson.dumps(body_doc) + b"\n"
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+            % (
+                status,
+                REASONS.get(status, b"Error"),
+                len(body),
+                b"Connection: close\r\n" if close or self.draining else b"",
+            )
+        )
+        self.out.append(head if req.method == b"HEAD" else head + body)
+        if self.upstream is not None:
+            upstream = self.upstream
+            self.upstream = None
+            upstream.client = None
+            upstream.abort()
+        self._finish(status, close=close)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+    def drain(self) -> None:
+        """Shutdown: finish the exchange in flight (if any), then close."""
+        self.draining = True
+        if self.current is None and self.parsing is None:
+            self.close()
+
+
+def request_id_prefix() -> bytes:
+    """Random per process, so ids from a fleet of proxies do not collide."""
+    return os.urandom(6).hex().encode()

@@ -1,0 +1,217 @@
+"""Pure routing decisions over an immutable RoutingTable.
+
+Everything a request needs is precomputed when the table is built, so a decision is a few dict
+lookups and one bisect. No I/O and no awaits here: the control plane builds a new table and swaps it
+in whole, so a request is routed entirely by one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from proxy.config import Address, RouteConfig
+from proxy.metrics import PoolStats
+
+# Sticky buckets: a user lands in [0, BUCKETS). 10,000 gives 0.01 % resolution for weights.
+BUCKETS = 10_000
+
+
+def sticky_bucket(salt: bytes, user: bytes) -> int:
+    """Stable across processes and machines (blake2b, not Python's salted hash())."""
+    digest = hashlib.blake2b(user, digest_size=8, key=salt[:64]).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+class Pool:
+    """A version pool of one route: its endpoints and the round-robin cursor over them."""
+
+    __slots__ = ("endpoints", "index", "name", "route_name", "rr", "stats", "weight")
+
+    def __init__(
+        self, route_name: str, name: str, endpoints: Sequence[Address], weight: int, index: int
+    ) -> None:
+        self.route_name = route_name
+        self.name = name
+        self.endpoints = tuple(endpoints)
+        self.weight = weight
+        self.index = index  # position in the route's pool order
+        self.rr = 0  # round-robin cursor over endpoints
+        # Fresh counters for a stand-alone table; Metrics.bind swaps in the persistent ones.
+        self.stats = PoolStats()
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.route_name}/{self.name} weight={self.weight} n={len(self.endpoints)}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    pool: Pool
+    headers: tuple[tuple[bytes, bytes], ...]  # lower-case name, exact value
+    cookies: tuple[tuple[str, str], ...]
+
+
+class Route:
+    __slots__ = (
+        "cumulative",
+        "name",
+        "path_prefix",
+        "pools",
+        "pools_by_name",
+        "rules",
+        "sticky_buckets",
+        "sticky_cookie",
+        "sticky_header",
+        "sticky_salt",
+        "total_weight",
+    )
+
+    def __init__(self, config: RouteConfig, weights: Mapping[str, int] | None = None) -> None:
+        self.name = config.name
+        self.path_prefix = config.path_prefix.encode()
+        pools: list[Pool] = []
+        for i, pc in enumerate(config.pools):
+            weight = pc.weight if weights is None else weights.get(pc.name, 0)
+            pools.append(Pool(config.name, pc.name, pc.endpoints, weight, i))
+        self.pools: tuple[Pool, ...] = tuple(pools)
+        self.pools_by_name = {p.name: p for p in pools}
+        self.total_weight = sum(p.weight for p in pools)
+        # Weighted random: cumulative integer weights, then bisect.
+        cumulative: list[int] = []
+        acc = 0
+        for p in pools:
+            acc += p.weight
+            cumulative.append(acc)
+        self.cumulative = tuple(cumulative)
+        # Sticky: the same walk in fixed pool order, scaled to BUCKETS. Because the order is fixed,
+        # growing the last pool's share only moves users onto it (monotonic canary).
+        self.sticky_buckets = tuple(
+            (c * BUCKETS) // self.total_weight if self.total_weight else 0 for c in cumulative
+        )
+        sticky = config.sticky
+        self.sticky_header = sticky.header.lower().encode() if sticky and sticky.header else None
+        self.sticky_cookie = sticky.cookie if sticky and sticky.cookie else None
+        self.sticky_salt = (sticky.salt or config.name).encode() if sticky else b""
+        self.rules = tuple(
+            Rule(
+                self.pools_by_name[rc.pool],
+                tuple((n.lower().encode(), v.encode()) for n, v in rc.headers),
+                tuple(rc.cookies),
+            )
+            for rc in config.rules
+        )
+
+    def __repr__(self) -> str:
+        weights = ", ".join(f"{p.name}={p.weight}" for p in self.pools)
+        return f"<Route {self.name} prefix={self.path_prefix!r} {weights}>"
+
+    def pool_for_bucket(self, bucket: int) -> Pool | None:
+        i = bisect_right(self.sticky_buckets, bucket)
+        return self.pools[i] if i < len(self.pools) else None
+
+    def choose(
+        self, headers: Mapping[bytes, bytes], cookie_header: bytes | None, rand: float
+    ) -> Pool | None:
+        """Pick a pool: first matching rule, else sticky bucket, else weighted random.
+
+        `headers` maps lower-case names to values for the names the table asked for
+        (RoutingTable.wanted_headers); `rand` is uniform in [0, 1). None: no pool has weight.
+        """
+        cookies: dict[str, str] | None = None
+        for rule in self.rules:
+            matched = True
+            for name, value in rule.headers:
+                if headers.get(name) != value:
+                    matched = False
+                    break
+            if matched and rule.cookies:
+                if cookies is None:
+                    cookies = parse_cookies(cookie_header)
+                for cname, cvalue in rule.cookies:
+                    if cookies.get(cname) != cvalue:
+                        matched = False
+                        break
+            if matched:
+                return rule.pool
+        if self.total_weight == 0:
+            return None
+        user: bytes | None = None
+        if self.sticky_header is not None:
+            user = headers.get(self.sticky_header)
+        if not user and self.sticky_cookie is not None and cookie_header:
+            if cookies is None:
+                cookies = parse_cookies(cookie_header)
+            cookie_value = cookies.get(self.sticky_cookie)
+            user = cookie_value.encode() if cookie_value else None
+        if user:
+            return self.pool_for_bucket(sticky_bucket(self.sticky_salt, user))
+        return self.pools[bisect_right(self.cumulative, rand * self.total_weight)]
+
+
+def parse_cookies(header: bytes | None) -> dict[str, str]:
+    """Cookie header to a dict; the first of duplicate names wins (browsers send the most
+    specific first)."""
+    cookies: dict[str, str] = {}
+    if not header:
+        return cookies
+    for part in header.decode("latin-1").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
+
+
+class RoutingTable:
+    """Immutable after construction; replaced whole when weights change."""
+
+    __slots__ = ("by_host", "routes", "version", "wanted_headers", "wildcard")
+
+    def __init__(
+        self,
+        routes: Sequence[RouteConfig],
+        weights: Mapping[str, Mapping[str, int]] | None = None,
+        version: int = 0,
+    ) -> None:
+        self.version = version
+        built = [Route(rc, None if weights is None else weights.get(rc.name)) for rc in routes]
+        self.routes = {r.name: r for r in built}
+        by_host: dict[bytes, list[Route]] = {}
+        wildcard: list[Route] = []
+        for rc, route in zip(routes, built, strict=True):
+            for host in rc.hosts:
+                if host == "*":
+                    wildcard.append(route)
+                else:
+                    by_host.setdefault(host.encode(), []).append(route)
+        # The host decides first: an exact host's routes (longest prefix first), then `*` routes.
+        self.wildcard = tuple(sorted(wildcard, key=lambda r: -len(r.path_prefix)))
+        self.by_host = {
+            h: tuple(sorted(rs, key=lambda r: -len(r.path_prefix))) + self.wildcard
+            for h, rs in by_host.items()
+        }
+        wanted: set[bytes] = set()
+        for r in built:
+            if r.sticky_header:
+                wanted.add(r.sticky_header)
+            for rule in r.rules:
+                wanted.update(n for n, _ in rule.headers)
+        self.wanted_headers = frozenset(wanted)
+
+    def match(self, host: bytes, path: bytes) -> Route | None:
+        """Route by host (exact, port and case ignored, else `*`), then longest path prefix."""
+        if host:
+            colon = host.rfind(b":")
+            if colon != -1 and host.find(b"]", colon) == -1:
+                host = host[:colon]
+            routes = self.by_host.get(host.lower(), self.wildcard)
+        else:
+            routes = self.wildcard
+        for route in routes:
+            if path.startswith(route.path_prefix):
+                return route
+        return None
+
+    def weights(self) -> dict[str, dict[str, int]]:
+        return {r.name: {p.name: p.weight for p in r.pools} for r in self.routes.values()}

@@ -1,0 +1,133 @@
+"""Data-plane listener, shared per-process context, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from proxy.config import Config, Limits, Timeouts
+from proxy.http1 import DownstreamConnection, request_id_prefix
+from proxy.metrics import Metrics
+from proxy.router import RoutingTable
+from proxy.upstream import Upstreams
+
+log = logging.getLogger("pointsman.server")
+
+# Listen backlog: bursts of new connections queue in the kernel rather than being refused.
+LISTEN_BACKLOG = 4096
+
+
+class ProxyContext:
+    """What every downstream connection of one proxy process shares."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        table: RoutingTable,
+        metrics: Metrics,
+        upstreams: Upstreams,
+        timeouts: Timeouts,
+        limits: Limits,
+    ) -> None:
+        self.loop = loop
+        self.table = table
+        self.metrics = metrics
+        self.upstreams = upstreams
+        self.timeouts = timeouts
+        self.limits = limits
+        self.connections: set[DownstreamConnection] = set()
+        self.draining = False
+        self.drained = asyncio.Event()  # set when draining and the last connection has gone
+        self.host_fallback = b"localhost"
+        self._id_prefix = request_id_prefix()
+        self._id_counter = 0
+
+    def next_request_id(self) -> bytes:
+        self._id_counter += 1
+        return b"%s-%x" % (self._id_prefix, self._id_counter)
+
+
+class ProxyServer:
+    """The data plane of one process: listener, routing table, upstream pools, metrics."""
+
+    def __init__(self, config: Config, table: RoutingTable | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._table = table if table is not None else RoutingTable(config.routes)
+        self.metrics.bind(self._table)
+        self.upstreams: Upstreams | None = None
+        self.ctx: ProxyContext | None = None
+        self._server: asyncio.Server | None = None
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def set_table(self, table: RoutingTable) -> None:
+        """Publish a new routing table: each request is routed by the old one or the new one
+        whole, since a request reads `ctx.table` once when its head completes."""
+        self.metrics.bind(table)
+        self._table = table
+        if self.ctx is not None:
+            self.ctx.table = table
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
+        self.upstreams.start()
+        ctx = ProxyContext(
+            loop, self._table, self.metrics, self.upstreams, self.config.timeouts,
+            self.config.limits,
+        )  # fmt: skip
+        ctx.host_fallback = str(self.config.listen).encode()
+        self.ctx = ctx
+        self.metrics.open_connections = lambda: len(ctx.connections)
+        upstreams = self.upstreams
+        self.metrics.idle_upstream_connections = upstreams.idle_count
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: DownstreamConnection(ctx), sock=sock, backlog=LISTEN_BACKLOG
+            )
+        else:
+            listen = self.config.listen
+            self._server = await loop.create_server(
+                lambda: DownstreamConnection(ctx),
+                listen.host,
+                listen.port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
+        log.info("data plane listening on %s", self.config.listen)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish for up to `grace`, then close."""
+        if grace is None:
+            grace = self.config.timeouts.grace
+        ctx = self.ctx
+        if self._server is not None:
+            self._server.close()
+        if ctx is not None:
+            ctx.draining = True
+            for conn in list(ctx.connections):
+                conn.drain()
+            if ctx.connections:
+                try:
+                    async with asyncio.timeout(grace):
+                        await ctx.drained.wait()
+                except TimeoutError:
+                    log.warning("grace period over: closing %d connections", len(ctx.connections))
+            for conn in list(ctx.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self.upstreams is not None:
+            await self.upstreams.close()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make run`: the demo upstreams (blue, green) and Pointsman in front of them, with
+# config/demo.yaml. Ctrl-C stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${CONFIG:-config/demo.yaml}
+BIN=.venv/bin
+
+$BIN/python -m control.demo --config "$CONFIG" &
+demo_pid=$!
+trap 'kill "$demo_pid" 2>/dev/null || true; wait "$demo_pid" 2>/dev/null || true' EXIT
+
+cat <<'TXT'
+
+Pointsman is starting on http://127.0.0.1:8080 (admin and metrics on http://127.0.0.1:8081).
+Try, in another terminal:
+
+  curl -s localhost:8080/                                  # weighted: blue 90 %, green 10 %
+  curl -s -H 'X-Pointsman-Pool: green' localhost:8080/     # a rule sends this one to green
+  curl -s -H 'X-User-Id: alice' localhost:8080/            # sticky: alice always lands on the same pool
+
+Metrics: curl -s localhost:8081/metrics | grep pointsman_     Stop with Ctrl-C.
+
+TXT
+$BIN/pointsman run --config "$CONFIG"

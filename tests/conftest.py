@@ -1,0 +1,150 @@
+"""Shared fixtures: real upstreams and a real proxy on 127.0.0.1 with OS-chosen ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.config import Address, Config, parse_config
+from proxy.server import ProxyServer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Backend:
+    """An aiohttp upstream on 127.0.0.1:<port>; records the requests it saw."""
+
+    def __init__(self, name: str, handler: Handler | None = None) -> None:
+        self.name = name
+        self.handler = handler
+        self.seen: list[web.Request] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        if self.handler is not None:
+            return await self.handler(request)
+        body = await request.read()
+        return web.Response(
+            text=f"{self.name} {request.method} {request.path_qs} {len(body)}",
+            headers={"X-Backend": self.name},
+        )
+
+    async def start(self) -> Backend:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def free_port() -> int:
+    """A port nothing listens on (for refused-connection tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config_for(
+    pools: dict[str, list[str]],
+    extra: str = "",
+    route_extra: str = "",
+    weights: dict[str, int] | None = None,
+) -> Config:
+    """A one-route config over the given pools (name -> endpoints), listening on port 0."""
+    if weights is None:
+        first = next(iter(pools))
+        weights = {name: (100 if name == first else 0) for name in pools}
+    pool_lines = "\n".join(
+        f"      {name}: {{endpoints: [{', '.join(repr(e) for e in eps)}]}}"
+        for name, eps in pools.items()
+    )
+    weight_text = ", ".join(f"{k}: {v}" for k, v in weights.items())
+    text = f"""
+listen: 127.0.0.1:1
+admin: {{listen: 127.0.0.1:2}}
+{extra}
+routes:
+  - name: shop
+    hosts: ["*"]
+    path_prefix: /
+    pools:
+{pool_lines}
+    weights: {{{weight_text}}}
+{route_extra}
+"""
+    config = parse_config(text, "<test>")
+    # Ports 1 and 2 above only satisfy validation; tests listen on OS-chosen ports.
+    return replace(
+        config,
+        listen=Address("127.0.0.1", 0),
+        admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
+    )
+
+
+ProxyFactory = Callable[..., Awaitable[ProxyServer]]
+BackendFactory = Callable[..., Awaitable[Backend]]
+
+
+@pytest.fixture
+async def backend_factory() -> AsyncIterator[BackendFactory]:
+    started: list[Backend] = []
+
+    async def make(name: str = "blue", handler: Handler | None = None) -> Backend:
+        backend = await Backend(name, handler).start()
+        started.append(backend)
+        return backend
+
+    yield make
+    for backend in started:
+        await backend.stop()
+
+
+@pytest.fixture
+async def proxy_factory() -> AsyncIterator[ProxyFactory]:
+    started: list[ProxyServer] = []
+
+    async def make(config: Config, **overrides: Any) -> ProxyServer:
+        if overrides:
+            config = replace(config, **overrides)
+        server = ProxyServer(config)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop(grace=1.0)
+
+
+async def raw_exchange(port: int, data: bytes, limit: float = 5.0) -> bytes:
+    """Send raw bytes, read until the proxy closes the connection, return all it sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(limit):
+            return await reader.read(-1)
+    finally:
+        writer.close()
