@@ -12,30 +12,33 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
 import httptools
 import orjson
 
-from proxy.config import Address
-from proxy.upstream import UpstreamConnection
+from proxy.upstream import EndpointPool, UpstreamConnection
 
 if TYPE_CHECKING:
     from proxy.router import Pool, Route
     from proxy.server import ProxyContext
 
 log = logging.getLogger("pointsman.http1")
+_random = random.random
 
 # Client write buffer high-water mark: above it the upstream is no longer read (backpressure).
 DOWNSTREAM_WRITE_HIGH = 256 * 1024
 # Request body bytes held while no upstream connection is attached yet (connecting, or a pipelined
 # request waiting its turn); above it the client is no longer read.
 PENDING_BODY_LIMIT = 256 * 1024
-# Pipelined requests parsed ahead of the one in flight; reading pauses as soon as one is queued,
-# so this only bounds what a single read can carry.
+# Pipelined requests parsed ahead of the one in flight. Reading pauses as soon as one is
+# queued; past this many, the rest of a read waits unparsed (see FEED_SLICE).
 MAX_PIPELINED = 32
+# Reads longer than this are parsed in slices of this size, checking the pipeline queue between
+# slices: bounds the requests one read can queue to what a slice holds.
+FEED_SLICE = 16 * 1024
 
 # Why reading from the client is paused (bit flags; reading resumes when none is left).
 PAUSE_UPSTREAM_FULL = 1  # upstream write buffer above its high-water mark
@@ -49,23 +52,29 @@ MODE_LENGTH = 1  # Content-Length from upstream, bytes passed through
 MODE_CHUNKED = 2  # re-chunked (upstream chunked or close-delimited; client speaks HTTP/1.1)
 MODE_CLOSE = 3  # close-delimited (HTTP/1.0 client without a length)
 
-# Request headers handled by the proxy itself rather than copied through as they came.
-_CONTROLLED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"via",
-    }
-)
+# Request headers the proxy looks at; codes for on_header's dispatch. Codes below _COPIED are
+# hop-by-hop or rewritten by the proxy, so they are not copied through as they came.
+_H_DROP, _H_TE, _H_CONNECTION, _H_EXPECT, _H_UPGRADE, _H_XFF, _H_VIA = range(7)
+_COPIED = 10
+_H_HOST, _H_CONTENT_LENGTH, _H_COOKIE, _H_REQUEST_ID = range(_COPIED, _COPIED + 4)
+_REQUEST_HEADER_CODES = {
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"x-forwarded-proto": _H_DROP,
+    b"x-forwarded-host": _H_DROP,
+    b"transfer-encoding": _H_TE,
+    b"connection": _H_CONNECTION,
+    b"expect": _H_EXPECT,
+    b"upgrade": _H_UPGRADE,
+    b"x-forwarded-for": _H_XFF,
+    b"via": _H_VIA,
+    b"host": _H_HOST,
+    b"content-length": _H_CONTENT_LENGTH,
+    b"cookie": _H_COOKIE,
+    b"x-request-id": _H_REQUEST_ID,
+}
 _CONNECTION_STANDARD_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 _NO_BODY_STATUS = frozenset({204, 304})
 VIA = b"1.1 pointsman"
@@ -94,74 +103,72 @@ class Reject(Exception):
 
 
 class Request:
-    """One parsed request head plus the body bytes held while it has no upstream."""
+    """One parsed request head plus the body bytes held while it has no upstream.
 
-    __slots__ = (
-        "begun",
-        "body",
-        "body_size",
-        "chunked",
-        "complete",
-        "connection_tokens",
-        "content_length",
-        "cookie",
-        "expect_continue",
-        "forwarded_for",
-        "head_size",
-        "host",
-        "keep_alive",
-        "lines",
-        "method",
-        "request_id",
-        "started",
-        "te",
-        "upgrade",
-        "upgrade_value",
-        "url",
-        "version",
-        "via",
-        "wanted",
-    )
+    No __slots__: most requests never set most of these, and class-level defaults make a new
+    Request cost four attribute stores instead of twenty-odd.
+    """
+
+    host = b""
+    content_length: bytes | None = None
+    te: bytes | None = None
+    chunked = False
+    connection_tokens: list[bytes] | None = None
+    expect_continue = False
+    upgrade = False
+    upgrade_value = b""
+    forwarded_for: bytes | None = None
+    via: bytes | None = None
+    cookie: bytes | None = None
+    request_id: bytes | None = None
+    wanted: dict[bytes, bytes] = {}  # shared default, never mutated: on_header assigns a new one
+    body: list[bytes] | None = None
+    body_size = 0
+    complete = False
+    method = b""
+    version = "1.1"
+    keep_alive = True
+    started = 0.0  # perf_counter at head complete, for the duration histogram
 
     def __init__(self, begun: float) -> None:
         self.begun = begun  # loop time of the first byte, for the header-read timeout
-        self.started = 0.0  # perf_counter at head complete, for the duration histogram
         self.url = b""
-        self.lines: list[tuple[bytes, bytes]] = []  # (lower-case name, "Name: value\r\n")
-        self.wanted: dict[bytes, bytes] = {}  # header values the routing table asked for
+        self.lines: list[bytes] = []  # "Name: value\r\n" of the headers copied through
         self.head_size = 0
-        self.host = b""
-        self.content_length: bytes | None = None
-        self.te: bytes | None = None
-        self.chunked = False
-        self.connection_tokens: list[bytes] = []
-        self.expect_continue = False
-        self.upgrade = False
-        self.upgrade_value = b""
-        self.forwarded_for: bytes | None = None
-        self.via: bytes | None = None
-        self.cookie: bytes | None = None
-        self.request_id: bytes | None = None
-        self.body: list[bytes] = []
-        self.body_size = 0
-        self.complete = False
-        self.method = b""
-        self.version = "1.1"
-        self.keep_alive = True
 
     def has_body(self) -> bool:
         return self.chunked or (self.content_length is not None and self.content_length != b"0")
+
+    def hold(self, data: bytes) -> None:
+        if self.body is None:
+            self.body = [data]
+        else:
+            self.body.append(data)
+
+
+def _header_name(line: bytes) -> bytes:
+    return line[: line.index(b":")].lower()
+
+
+def _without_named(lines: list[bytes], tokens: list[bytes] | None) -> list[bytes]:
+    """Drop the headers a Connection header names: they are hop-by-hop too (RFC 9110 7.6.1)."""
+    if not tokens or _CONNECTION_STANDARD_TOKENS.issuperset(tokens):
+        return lines
+    named = frozenset(tokens)
+    return [line for line in lines if _header_name(line) not in named]
 
 
 class DownstreamConnection(asyncio.Protocol):
     __slots__ = (
         "activity",
+        "backlog",
         "closed",
         "connect_task",
         "ctx",
         "current",
         "deferred_error",
         "draining",
+        "forwarded_lines",
         "idle_since",
         "loop",
         "out",
@@ -179,6 +186,7 @@ class DownstreamConnection(asyncio.Protocol):
         "retried",
         "reused",
         "route",
+        "starting",
         "timer",
         "timer_at",
         "transport",
@@ -194,9 +202,12 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
+        self.forwarded_lines = b""  # X-Forwarded-For/-Proto for requests that bring none
         self.parsing: Request | None = None
         self.current: Request | None = None
+        self.starting: Request | None = None  # head parsed; forwarded once the read is parsed
         self.pending: deque[Request] = deque()
+        self.backlog = b""  # bytes read but not yet parsed: the pipeline queue was full
         self.upstream: UpstreamConnection | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.route: Route | None = None
@@ -247,6 +258,7 @@ class DownstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=DOWNSTREAM_WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
+        self.forwarded_lines = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % self.peer
         self.ctx.connections.add(self)
         now = self.loop.time()
         self.idle_since = now
@@ -259,6 +271,19 @@ class DownstreamConnection(asyncio.Protocol):
         if self.tunnel:
             self._tunnel_to_upstream(data)
             return
+        if len(data) <= FEED_SLICE:
+            self._feed(data)
+            return
+        # Large reads go to the parser in slices, so a burst of pipelined requests stops being
+        # parsed once MAX_PIPELINED wait; the rest is kept until the queue drains.
+        for start in range(0, len(data), FEED_SLICE):
+            if len(self.pending) >= MAX_PIPELINED or self.closed:
+                self.backlog = data[start:]
+                self._pause(PAUSE_PIPELINE)
+                return
+            self._feed(data[start : start + FEED_SLICE])
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -270,8 +295,16 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 log.error("internal error handling a request", exc_info=cause or exc)
                 self._reject(Reject(500, "internal error", "internal_error"))
+            return
         except httptools.HttpParserError as exc:
             self._reject(Reject(400, f"malformed request: {exc}", "malformed"))
+            return
+        # Forward only once everything this read carried has parsed: a bad chunk after the
+        # head in the same read must reject the request before any byte of it goes upstream.
+        req = self.starting
+        if req is not None:
+            self.starting = None
+            self._start(req)
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still be waiting for the response in flight: answer it,
@@ -305,14 +338,14 @@ class DownstreamConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.writing_paused = True
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.pause_reading()
+        if upstream is not None:
+            upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.resume_reading()
+        if upstream is not None:
+            upstream.resume_reading()
 
     # -- flow control ----------------------------------------------------------------------
 
@@ -379,7 +412,9 @@ class DownstreamConnection(asyncio.Protocol):
         now = self.loop.time()
         self.parsing = Request(now)
         if self.current is None:
-            self._arm(now + self.ctx.timeouts.header_read)
+            deadline = now + self.ctx.timeouts.header_read
+            if self.timer is None or self.timer_at > deadline:
+                self._arm(deadline)
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
@@ -392,56 +427,67 @@ class DownstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
-        req.head_size += len(name) + len(value) + 4
-        if req.head_size > self.ctx.limits.max_header_bytes:
+        size = req.head_size + len(name) + len(value) + 4
+        req.head_size = size
+        ctx = self.ctx
+        if size > ctx.limits.max_header_bytes:
             raise Reject(431, "request head too large", "header_too_large")
         lname = name.lower()
-        if lname in self.ctx.table.wanted_headers:
-            req.wanted.setdefault(lname, value)
-        if lname in _CONTROLLED:
-            if lname == b"transfer-encoding":
-                if req.te is not None:
-                    raise Reject(400, "more than one Transfer-Encoding", "ambiguous_framing")
-                req.te = value
-            elif lname == b"connection":
-                req.connection_tokens.extend(
-                    t.strip().lower() for t in value.split(b",") if t.strip()
-                )
-            elif lname == b"expect":
-                if value.strip().lower() == b"100-continue":
-                    req.expect_continue = True
-                else:
-                    req.lines.append((lname, b"%s: %s\r\n" % (name, value)))
-            elif lname == b"upgrade":
-                req.upgrade_value = value
-            elif lname == b"x-forwarded-for":
-                req.forwarded_for = (
-                    value if req.forwarded_for is None else req.forwarded_for + b", " + value
-                )
-            elif lname == b"via":
-                req.via = value if req.via is None else req.via + b", " + value
+        if lname in ctx.wanted_headers:
+            if not req.wanted:
+                req.wanted = {lname: value}
+            elif lname not in req.wanted:
+                req.wanted[lname] = value
+        code = _REQUEST_HEADER_CODES.get(lname)
+        if code is None:
+            req.lines.append(name + b": " + value + b"\r\n")
             return
-        if lname == b"host":
-            if req.host:
-                raise Reject(400, "more than one Host header", "bad_host")
-            req.host = value
-        elif lname == b"content-length":
-            req.content_length = value
-        elif lname == b"cookie":
-            req.cookie = value if req.cookie is None else req.cookie + b"; " + value
-        elif lname == b"x-request-id":
-            req.request_id = value
-        req.lines.append((lname, b"%s: %s\r\n" % (name, value)))
+        if code >= _COPIED:
+            if code == _H_HOST:
+                if req.host:
+                    raise Reject(400, "more than one Host header", "bad_host")
+                req.host = value
+            elif code == _H_CONTENT_LENGTH:
+                req.content_length = value
+            elif code == _H_COOKIE:
+                req.cookie = value if req.cookie is None else req.cookie + b"; " + value
+            else:
+                req.request_id = value
+            req.lines.append(name + b": " + value + b"\r\n")
+        elif code == _H_TE:
+            if req.te is not None:
+                raise Reject(400, "more than one Transfer-Encoding", "ambiguous_framing")
+            req.te = value
+        elif code == _H_CONNECTION:
+            tokens = [t.strip().lower() for t in value.split(b",") if t.strip()]
+            if req.connection_tokens is None:
+                req.connection_tokens = tokens
+            else:
+                req.connection_tokens.extend(tokens)
+        elif code == _H_EXPECT:
+            if value.strip().lower() == b"100-continue":
+                req.expect_continue = True
+            else:
+                req.lines.append(name + b": " + value + b"\r\n")
+        elif code == _H_UPGRADE:
+            req.upgrade_value = value
+        elif code == _H_XFF:
+            req.forwarded_for = (
+                value if req.forwarded_for is None else req.forwarded_for + b", " + value
+            )
+        elif code == _H_VIA:
+            req.via = value if req.via is None else req.via + b", " + value
 
     def on_headers_complete(self) -> None:
         req = self.parsing
         assert req is not None
-        req.started = time.perf_counter()
+        req.started = perf_counter()
         parser = self.parser
         req.method = parser.get_method()
-        req.version = parser.get_http_version()
+        version = req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
-        req.upgrade = parser.should_upgrade()
+        if parser.should_upgrade():
+            req.upgrade = True
         if req.te is not None:
             # Only a lone, plain "chunked" is understood; anything else (xchunked, gzip, a
             # list) could be read differently by the next hop: refuse rather than forward.
@@ -450,19 +496,18 @@ class DownstreamConnection(asyncio.Protocol):
             if req.content_length is not None:
                 raise Reject(400, "both Content-Length and Transfer-Encoding", "ambiguous_framing")
             req.chunked = True
-        max_body = self.ctx.limits.max_body_bytes
-        if req.content_length is not None and max_body and int(req.content_length) > max_body:
-            raise Reject(413, "request body too large", "body_too_large")
-        if req.version == "1.1" and not req.host:
+        if req.content_length is not None:
+            max_body = self.ctx.limits.max_body_bytes
+            if max_body and int(req.content_length) > max_body:
+                raise Reject(413, "request body too large", "body_too_large")
+        if not req.host and version == "1.1":
             raise Reject(400, "HTTP/1.1 request without Host", "bad_host")
         if self.current is None and self.deferred_error is None:
             self.current = req
-            self._start(req)
+            self.starting = req
         else:
             self.pending.append(req)
             self._pause(PAUSE_PIPELINE)
-            if len(self.pending) > MAX_PIPELINED:
-                raise Reject(400, "too many pipelined requests", "pipeline_overflow")
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -475,11 +520,11 @@ class DownstreamConnection(asyncio.Protocol):
         if upstream is not None and req is self.current and upstream.transport is not None:
             self.activity = self.loop.time()
             if req.chunked:
-                upstream.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+                upstream.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
             else:
                 upstream.transport.write(body)
         else:
-            req.body.append(body)
+            req.hold(body)
             if req.body_size > PENDING_BODY_LIMIT:
                 self._pause(PAUSE_BUFFERED)
 
@@ -520,7 +565,7 @@ class DownstreamConnection(asyncio.Protocol):
             ctx.metrics.unrouted += 1
             self._local_response(404, "no route matches this host and path")
             return
-        pool = route.choose(req.wanted, req.cookie, random.random())
+        pool = route.choose(req.wanted, req.cookie, _random())
         self.route = route
         self.pool = pool
         if pool is None:
@@ -530,56 +575,66 @@ class DownstreamConnection(asyncio.Protocol):
         if req.expect_continue and not req.complete and req.version == "1.1":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        endpoints = pool.endpoints
+        targets = pool.targets
         index = pool.rr
         pool.rr = index + 1
-        self._dispatch(endpoints[index % len(endpoints)], fresh=False)
-
-    def _build_upstream_head(self, req: Request) -> bytes:
-        ctx = self.ctx
-        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-        tokens = req.connection_tokens
-        if tokens and not _CONNECTION_STANDARD_TOKENS.issuperset(tokens):
-            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            named = frozenset(tokens)
-            parts.extend(line for lname, line in req.lines if lname not in named)
-        else:
-            parts.extend(line for _, line in req.lines)
-        if not req.host:
-            parts.append(b"Host: %s\r\n" % ctx.host_fallback)
-        if req.request_id is None:
-            req.request_id = ctx.next_request_id()
-            parts.append(b"X-Request-Id: %s\r\n" % req.request_id)
-        forwarded_for = (
-            self.peer if req.forwarded_for is None else (req.forwarded_for + b", " + self.peer)
-        )
-        parts.append(b"X-Forwarded-For: %s\r\n" % forwarded_for)
-        parts.append(b"X-Forwarded-Proto: http\r\n")
-        if req.host:
-            parts.append(b"X-Forwarded-Host: %s\r\n" % req.host)
-        parts.append(b"Via: %s\r\n" % (VIA if req.via is None else req.via + b", " + VIA))
-        if req.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if req.upgrade:
-            parts.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value)
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
-    def _dispatch(self, address: Address, fresh: bool) -> None:
-        ctx = self.ctx
-        conn = None if fresh else ctx.upstreams.pool(address).acquire()
+        target = targets[index % len(targets)]
+        conn = target.acquire()
         if conn is not None:
             self._attach(conn, reused=True)
         else:
-            self.activity = self.loop.time()
-            self.connect_task = self.loop.create_task(self._connect(address))
+            self._connect_new(target)
 
-    async def _connect(self, address: Address) -> None:
+    def _build_upstream_head(self, req: Request) -> bytes:
+        host = req.host
+        lines = req.lines
+        if req.connection_tokens is not None:
+            lines = _without_named(lines, req.connection_tokens)
+        if not host:
+            host = self.ctx.host_fallback
+            lines = [*lines, b"Host: " + host + b"\r\n"]
+        if req.request_id is None:
+            req.request_id = self.ctx.next_request_id()
+            lines = [*lines, b"X-Request-Id: " + req.request_id + b"\r\n"]
+        if req.forwarded_for is None:
+            forwarded = self.forwarded_lines
+        else:
+            forwarded = b"X-Forwarded-For: %b, %b\r\nX-Forwarded-Proto: http\r\n" % (
+                req.forwarded_for,
+                self.peer,
+            )
+        extra = b""
+        if req.chunked:
+            extra = b"Transfer-Encoding: chunked\r\n"
+        if req.upgrade:
+            extra += b"Connection: upgrade\r\nUpgrade: " + req.upgrade_value + b"\r\n"
+        return b"%b %b HTTP/1.1\r\n%b%bX-Forwarded-Host: %b\r\nVia: %b\r\n%b\r\n" % (
+            req.method,
+            req.url,
+            b"".join(lines),
+            forwarded,
+            host,
+            VIA if req.via is None else req.via + b", " + VIA,
+            extra,
+        )
+
+    def _dispatch(self, target: EndpointPool, fresh: bool) -> None:
+        conn = None if fresh else target.acquire()
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self._connect_new(target)
+
+    def _connect_new(self, target: EndpointPool) -> None:
+        self.activity = self.loop.time()
+        self.connect_task = self.loop.create_task(self._connect(target))
+
+    async def _connect(self, target: EndpointPool) -> None:
         try:
-            conn = await self.ctx.upstreams.connect(address)
+            conn = await self.ctx.upstreams.connect(target)
         except (OSError, TimeoutError) as exc:
             self.connect_task = None
-            self._connect_failed(address, exc)
+            self._connect_failed(target, exc)
             return
         self.connect_task = None
         if self.closed or self.current is None:
@@ -587,24 +642,24 @@ class DownstreamConnection(asyncio.Protocol):
             return
         self._attach(conn, reused=False)
 
-    def _connect_failed(self, address: Address, exc: BaseException) -> None:
+    def _connect_failed(self, target: EndpointPool, exc: BaseException) -> None:
         pool = self.pool
         assert pool is not None
         pool.stats.connect_errors += 1
         log.warning(
             "connect to %s failed (route %s, pool %s): %s",
-            address, pool.route_name, pool.name, exc or type(exc).__name__,
+            target.address, pool.route_name, pool.name, exc or type(exc).__name__,
         )  # fmt: skip
-        if not self.retried and len(pool.endpoints) > 1:
+        targets = pool.targets
+        if not self.retried and len(targets) > 1:
             # Nothing was sent yet, so another endpoint of the same pool may take it.
             self.retried = True
             pool.stats.retries += 1
-            endpoints = pool.endpoints
             index = pool.rr
             pool.rr = index + 1
-            candidate = endpoints[index % len(endpoints)]
-            if candidate == address:
-                candidate = endpoints[(index + 1) % len(endpoints)]
+            candidate = targets[index % len(targets)]
+            if candidate is target:
+                candidate = targets[(index + 1) % len(targets)]
             self._dispatch(candidate, fresh=False)
             return
         if isinstance(exc, TimeoutError):
@@ -615,31 +670,39 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
         req = self.current
-        assert req is not None and conn.transport is not None
+        assert req is not None
+        transport = conn.transport
+        assert transport is not None
         self.upstream = conn
         self.reused = reused
-        conn.start_request(self, no_body=req.method == b"HEAD")
-        data = [self.upstream_head]
-        if req.body and not req.upgrade:  # an upgrade's early bytes wait for the 101
+        conn.start_request(self, req.method == b"HEAD")
+        head = self.upstream_head
+        body = req.body
+        if body and not req.upgrade:  # an upgrade's early bytes wait for the 101
+            data = [head]
             if req.chunked:
-                for chunk in req.body:
-                    data.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                data.extend(b"%x\r\n%b\r\n" % (len(chunk), chunk) for chunk in body)
             else:
-                data.extend(req.body)
-            req.body = []
+                data.extend(body)
+            req.body = None
             self._resume(PAUSE_BUFFERED)
-        if req.complete:
-            if req.chunked:
+            if req.complete and req.chunked:
                 data.append(b"0\r\n\r\n")
+            head = b"".join(data)
+        elif req.complete and req.chunked:
+            head += b"0\r\n\r\n"
+        if req.complete:
             self.request_sent = True
-        # One write, not writelines: uvloop sends a single buffer at once, while writelines
-        # queues it for later in the loop iteration (measured: ~2x slower per request).
-        conn.transport.write(data[0] if len(data) == 1 else b"".join(data))
+        # One write of one buffer: uvloop sends it at once, where writelines would queue it
+        # for later in the loop iteration.
+        transport.write(head)
         if self.writing_paused:
-            conn.transport.pause_reading()
+            conn.pause_reading()
         now = self.loop.time()
         self.activity = now
-        self._arm(now + self.ctx.timeouts.upstream)
+        deadline = now + self.ctx.timeouts.upstream
+        if self.timer is None or self.timer_at > deadline:
+            self._arm(deadline)
 
     # -- ResponseSink: called by the UpstreamConnection ------------------------------------
 
@@ -647,16 +710,30 @@ class DownstreamConnection(asyncio.Protocol):
         req = self.current
         # 100 Continue was answered by us already; other 1xx go to HTTP/1.1 clients only.
         if req is not None and req.version == "1.1" and conn.status != 100:
-            head = [b"HTTP/1.1 %d %s\r\n" % (conn.status, conn.reason)]
-            head.extend(line for _, line in conn.header_lines)
-            head.append(b"\r\n")
-            self.out.append(b"".join(head))
+            self.out.append(b"HTTP/1.1 " + conn.status_rest + b"\r\n" + conn.header_block + b"\r\n")
 
     def response_head(self, conn: UpstreamConnection) -> None:
         req = self.current
         assert req is not None
         status = conn.status
         self.resp_status = status
+        self.resp_started = True
+        if (
+            conn.content_length is not None
+            and 200 <= status < 300
+            and status != 204
+            and req.keep_alive
+            and req.version == "1.1"
+            and req.method != b"HEAD"
+            and not req.upgrade
+            and not self.draining
+        ):
+            # The common case, kept short: a framed body to a keep-alive HTTP/1.1 client.
+            self.resp_mode = MODE_LENGTH
+            self.out.append(
+                b"HTTP/1.1 %b\r\n%bVia: %b\r\n\r\n" % (conn.status_rest, conn.header_block, VIA)
+            )
+            return
         client_11 = req.version == "1.1"
         # A refused upgrade leaves the client's stream in an unknown state: close after it.
         close = not req.keep_alive or self.draining or (req.upgrade and status != 101)
@@ -683,18 +760,10 @@ class DownstreamConnection(asyncio.Protocol):
                 extra.append(b"Connection: keep-alive\r\n")
         self.resp_mode = mode
         self.resp_close = close
-        self.resp_started = True
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, conn.reason)]
-        tokens = conn.connection_tokens
-        if tokens and not _CONNECTION_STANDARD_TOKENS.issuperset(tokens):
-            named = frozenset(tokens)
-            parts.extend(line for lname, line in conn.header_lines if lname not in named)
-        else:
-            parts.extend(line for _, line in conn.header_lines)
-        parts.append(b"Via: " + VIA + b"\r\n")
-        parts.extend(extra)
-        parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        self.out.append(
+            b"HTTP/1.1 %b\r\n%bVia: %b\r\n%b\r\n"
+            % (conn.status_rest, conn.header_block, VIA, b"".join(extra))
+        )
 
     def response_body(self, data: bytes) -> None:
         mode = self.resp_mode
@@ -733,7 +802,7 @@ class DownstreamConnection(asyncio.Protocol):
             pool = self.pool
             assert pool is not None
             pool.stats.retries += 1
-            self._dispatch(conn.endpoint.address, fresh=True)
+            self._dispatch(conn.endpoint, fresh=True)
             return
         if conn.head_done:
             close_delimited = not conn.chunked and conn.content_length is None
@@ -782,7 +851,7 @@ class DownstreamConnection(asyncio.Protocol):
         req.complete = True
         self.parsing = None
         if rest:
-            req.body.append(rest)
+            req.hold(rest)
         self._pause(PAUSE_PIPELINE)  # nothing more is read until the upstream has answered
 
     def start_tunnel(self, rest: bytes) -> None:
@@ -794,8 +863,8 @@ class DownstreamConnection(asyncio.Protocol):
         req = self.current
         upstream = self.upstream
         if req is not None and req.body and upstream is not None and upstream.transport:
-            upstream.transport.writelines(req.body)
-            req.body = []
+            upstream.transport.write(b"".join(req.body))
+            req.body = None
         self._resume(PAUSE_PIPELINE)
 
     def _tunnel_to_upstream(self, data: bytes) -> None:
@@ -812,40 +881,53 @@ class DownstreamConnection(asyncio.Protocol):
         assert req is not None
         pool = self.pool
         if pool is not None:
-            # loop.time() has millisecond resolution on uvloop: too coarse for latencies.
-            pool.stats.observe(status, time.perf_counter() - req.started)
-        if self.out:
-            self.response_flush()
+            # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
+            pool.stats.observe(status, perf_counter() - req.started)
+        out = self.out
+        if out and self.transport is not None:
+            self.out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         self.current = None
         self.route = None
         self.pool = None
-        self._reset_exchange()
+        self.resp_started = False
+        self.resp_mode = MODE_NONE
+        self.resp_close = False
+        self.request_sent = False
+        self.retried = False
         if close or self.draining:
             self.close()
             return
         pending = self.pending
         if pending:
             nxt = pending.popleft()
-            if not pending:
-                self._resume(PAUSE_PIPELINE)
             self.current = nxt
             self._start(nxt)
+            backlog = self.backlog
+            if backlog and len(pending) < MAX_PIPELINED and not self.closed:
+                self.backlog = b""
+                self.data_received(backlog)
+            if not pending and not self.backlog:
+                self._resume(PAUSE_PIPELINE)
             return
         if self.deferred_error is not None:
             err, self.deferred_error = self.deferred_error, None
             self._local_error(err)
             return
-        self._resume(PAUSE_PIPELINE)
+        if self.paused_by:
+            self._resume(PAUSE_PIPELINE)
         now = self.loop.time()
         self.idle_since = now
-        self._arm(now + self.ctx.timeouts.idle)
+        deadline = now + self.ctx.timeouts.idle
+        if self.timer is None or self.timer_at > deadline:
+            self._arm(deadline)
 
     def _abort_exchange(self) -> None:
         """The response cannot be completed: cut both sides so the client sees a failure."""
         pool = self.pool
         req = self.current
         if pool is not None and req is not None:
-            pool.stats.observe(502, time.perf_counter() - req.started)
+            pool.stats.observe(502, perf_counter() - req.started)
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
@@ -874,6 +956,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _reject(self, err: Reject) -> None:
         """A request was refused by the parser or our checks."""
+        self.starting = None
         self.ctx.metrics.reject(err.metric)
         req = self.parsing
         self._pause(PAUSE_ERROR)  # nothing after a framing error can be trusted

@@ -7,28 +7,38 @@ in whole, so a request is routed entirely by one table.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy.config import Address, RouteConfig
 from proxy.metrics import PoolStats
+
+if TYPE_CHECKING:
+    from proxy.upstream import EndpointPool
 
 # Sticky buckets: a user lands in [0, BUCKETS). 10,000 gives 0.01 % resolution for weights.
 BUCKETS = 10_000
 
 
+def sticky_seed(salt: bytes) -> int:
+    """The CRC-32 state after the route's salt, so each user costs one crc32 call."""
+    return zlib.crc32(salt + b"\x00")
+
+
 def sticky_bucket(salt: bytes, user: bytes) -> int:
-    """Stable across processes and machines (blake2b, not Python's salted hash())."""
-    digest = hashlib.blake2b(user, digest_size=8, key=salt[:64]).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    """A user's bucket: CRC-32 of salt, NUL, user id, modulo BUCKETS. Stable across processes,
+    machines and versions (unlike Python's salted hash()); nginx's consistent hashing uses
+    CRC-32 the same way. Only the bucket's stability matters for monotonic ramps."""
+    return zlib.crc32(user, sticky_seed(salt)) % BUCKETS
 
 
 class Pool:
     """A version pool of one route: its endpoints and the round-robin cursor over them."""
 
-    __slots__ = ("endpoints", "index", "name", "route_name", "rr", "stats", "weight")
+    __slots__ = ("endpoints", "index", "name", "route_name", "rr", "stats", "targets", "weight")
 
     def __init__(
         self, route_name: str, name: str, endpoints: Sequence[Address], weight: int, index: int
@@ -41,6 +51,9 @@ class Pool:
         self.rr = 0  # round-robin cursor over endpoints
         # Fresh counters for a stand-alone table; Metrics.bind swaps in the persistent ones.
         self.stats = PoolStats()
+        # The endpoints' connection pools, in endpoint order; bound by the server that uses
+        # this table (the router itself does no I/O).
+        self.targets: tuple[EndpointPool, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Pool {self.route_name}/{self.name} weight={self.weight} n={len(self.endpoints)}>"
@@ -64,7 +77,7 @@ class Route:
         "sticky_buckets",
         "sticky_cookie",
         "sticky_header",
-        "sticky_salt",
+        "sticky_seed",
         "total_weight",
     )
 
@@ -93,7 +106,7 @@ class Route:
         sticky = config.sticky
         self.sticky_header = sticky.header.lower().encode() if sticky and sticky.header else None
         self.sticky_cookie = sticky.cookie if sticky and sticky.cookie else None
-        self.sticky_salt = (sticky.salt or config.name).encode() if sticky else b""
+        self.sticky_seed = sticky_seed((sticky.salt or config.name).encode() if sticky else b"")
         self.rules = tuple(
             Rule(
                 self.pools_by_name[rc.pool],
@@ -146,7 +159,8 @@ class Route:
             cookie_value = cookies.get(self.sticky_cookie)
             user = cookie_value.encode() if cookie_value else None
         if user:
-            return self.pool_for_bucket(sticky_bucket(self.sticky_salt, user))
+            i = bisect_right(self.sticky_buckets, zlib.crc32(user, self.sticky_seed) % BUCKETS)
+            return self.pools[i] if i < len(self.pools) else None
         return self.pools[bisect_right(self.cumulative, rand * self.total_weight)]
 
 

@@ -37,6 +37,7 @@ class ProxyContext:
         self.timeouts = timeouts
         self.limits = limits
         self.connections: set[DownstreamConnection] = set()
+        self.wanted_headers = table.wanted_headers
         self.draining = False
         self.drained = asyncio.Event()  # set when draining and the last connection has gone
         self.host_fallback = b"localhost"
@@ -68,9 +69,18 @@ class ProxyServer:
         """Publish a new routing table: each request is routed by the old one or the new one
         whole, since a request reads `ctx.table` once when its head completes."""
         self.metrics.bind(table)
+        if self.upstreams is not None:
+            self._bind_targets(table, self.upstreams)
         self._table = table
         if self.ctx is not None:
+            self.ctx.wanted_headers = table.wanted_headers
             self.ctx.table = table
+
+    @staticmethod
+    def _bind_targets(table: RoutingTable, upstreams: Upstreams) -> None:
+        for route in table.routes.values():
+            for pool in route.pools:
+                pool.targets = tuple(upstreams.pool(address) for address in pool.endpoints)
 
     @property
     def port(self) -> int:
@@ -82,6 +92,7 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
         self.upstreams.start()
+        self._bind_targets(self._table, self.upstreams)
         ctx = ProxyContext(
             loop, self._table, self.metrics, self.upstreams, self.config.timeouts,
             self.config.limits,

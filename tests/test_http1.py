@@ -1,0 +1,1095 @@
+"""HTTP/1.1 correctness the proxy owns (DESIGN.md, "HTTP correctness the proxy owns").
+
+Every test runs a real proxy and real upstreams on 127.0.0.1. Well-formed traffic goes through
+aiohttp; where the exact bytes matter the client is a raw socket, and where the exact upstream
+bytes matter the upstream is a tiny raw asyncio server (`RawUpstream`) defined here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.server import ProxyServer
+from tests.conftest import BackendFactory, ProxyFactory, config_for, free_port, raw_exchange
+
+# Bound on any single network wait in these tests.
+WAIT = 5.0
+
+
+# -- raw HTTP/1.1 parsing helpers (client and upstream side) -------------------------------------
+
+
+@dataclass
+class Message:
+    """A parsed HTTP message: a request (method/target) or a response (status/reason)."""
+
+    start_line: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    head: bytes = b""
+
+    @property
+    def status(self) -> int:
+        return int(self.start_line.split(" ", 2)[1])
+
+    @property
+    def method(self) -> str:
+        return self.start_line.split(" ", 1)[0]
+
+    @property
+    def target(self) -> str:
+        return self.start_line.split(" ", 2)[1]
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return ", ".join(values) if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    def names(self) -> set[str]:
+        return {k.lower() for k, _ in self.headers}
+
+    def is_chunked(self) -> bool:
+        te = self.get("Transfer-Encoding")
+        return te is not None and te.strip().lower().endswith("chunked")
+
+
+def parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(":")
+        headers.append((name, value.strip()))
+    return lines[0], headers
+
+
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            # Trailer section, ended by an empty line.
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return bytes(body)
+        body += await reader.readexactly(size)
+        assert await reader.readexactly(2) == b"\r\n", "chunk not followed by CRLF"
+
+
+async def read_response(reader: asyncio.StreamReader, head_request: bool = False) -> Message:
+    """Read one response the way a correct HTTP/1.1 client would frame it."""
+    async with asyncio.timeout(WAIT):
+        head = await reader.readuntil(b"\r\n\r\n")
+        start, headers = parse_head(head)
+        msg = Message(start, headers, head=head)
+        status = msg.status
+        if head_request or status < 200 or status in (204, 304):
+            return msg
+        if msg.get("Transfer-Encoding") is not None:
+            assert msg.is_chunked(), f"unexpected Transfer-Encoding: {msg.get('Transfer-Encoding')}"
+            msg.body = await read_chunked(reader)
+        elif msg.get("Content-Length") is not None:
+            msg.body = await reader.readexactly(int(msg.get_all("Content-Length")[0]))
+        else:
+            msg.body = await reader.read(-1)  # close-delimited
+        return msg
+
+
+async def read_final_response(reader: asyncio.StreamReader) -> tuple[list[Message], Message]:
+    """Skip (and return) interim 1xx responses, then the final one."""
+    interim: list[Message] = []
+    while True:
+        msg = await read_response(reader)
+        if msg.status >= 200 or msg.status == 101:
+            return interim, msg
+        interim.append(msg)
+
+
+def parse_responses(data: bytes) -> list[Message]:
+    """Split everything a connection sent into responses (Content-Length framed or none)."""
+    out: list[Message] = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, f"incomplete response head: {data!r}"
+        start, headers = parse_head(head + sep)
+        msg = Message(start, headers, head=head + sep)
+        length = msg.get_all("Content-Length")
+        if length and msg.status >= 200 and msg.status not in (204, 304):
+            n = int(length[0])
+            msg.body, data = rest[:n], rest[n:]
+        else:
+            msg.body, data = b"", rest
+        out.append(msg)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def client(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    async with asyncio.timeout(WAIT):
+        await writer.drain()
+
+
+async def wait_eof(reader: asyncio.StreamReader, limit: float = WAIT) -> bytes:
+    """Read until the peer closes (or resets) the connection; everything it sent."""
+    data = bytearray()
+    async with asyncio.timeout(limit):
+        try:
+            while chunk := await reader.read(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return bytes(data)
+
+
+def get(path: str, host: str = "shop.example", extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
+
+
+def error_doc(msg: Message) -> dict[str, object]:
+    assert (msg.get("Content-Type") or "").startswith("application/json"), msg.headers
+    doc = json.loads(msg.body)
+    assert isinstance(doc, dict)
+    return doc
+
+
+# -- raw upstream --------------------------------------------------------------------------------
+
+RawHandler = Callable[["RawUpstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawUpstream:
+    """A tiny asyncio HTTP server whose handler writes exact bytes; records what it received."""
+
+    def __init__(self, handler: RawHandler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[Message] = []
+        self.received = bytearray()
+        self.request_arrived = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> RawUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        try:
+            await self.handler(self, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            # Only stop() cancels these tasks. Ending normally keeps asyncio's stream callback
+            # from logging the cancellation as an unhandled error.
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+
+    async def read_request(self, reader: asyncio.StreamReader) -> Message | None:
+        """One request (head and body), or None if the proxy closed the connection cleanly."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            self.received += exc.partial
+            if exc.partial:
+                raise
+            return None
+        self.received += head
+        start, headers = parse_head(head)
+        msg = Message(start, headers, head=head)
+        self.requests.append(msg)
+        self.request_arrived.set()
+        if msg.is_chunked():
+            msg.body = await read_chunked(reader)
+        elif msg.get("Content-Length") is not None:
+            msg.body = await reader.readexactly(int(msg.get_all("Content-Length")[0]))
+        self.received += msg.body
+        return msg
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        # Closing a connection ends its handler (its reads hit EOF); cancel only stragglers.
+        for writer in list(self._writers):
+            writer.close()
+        tasks = list(self._tasks)
+        if tasks:
+            _, stragglers = await asyncio.wait(tasks, timeout=1.0)
+            for task in stragglers:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+def responding(make: Callable[[Message], bytes], close: bool = False) -> RawHandler:
+    """A handler answering each request on a connection with make(request); closes after the
+    first response if `close`."""
+
+    async def handler(
+        up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while (req := await up.read_request(reader)) is not None:
+            writer.write(make(req))
+            await writer.drain()
+            if close:
+                return
+
+    return handler
+
+
+def ok_path(req: Message) -> bytes:
+    body = req.target.encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+RawUpstreamFactory = Callable[[RawHandler], Awaitable[RawUpstream]]
+
+
+@pytest.fixture
+async def raw_upstream_factory() -> AsyncIterator[RawUpstreamFactory]:
+    started: list[RawUpstream] = []
+
+    async def make(handler: RawHandler) -> RawUpstream:
+        upstream = await RawUpstream(handler).start()
+        started.append(upstream)
+        return upstream
+
+    yield make
+    for upstream in started:
+        await upstream.stop()
+
+
+async def proxy_to(
+    proxy_factory: ProxyFactory, address: str, extra: str = "", route_extra: str = ""
+) -> ProxyServer:
+    return await proxy_factory(
+        config_for({"blue": [address]}, extra=extra, route_extra=route_extra)
+    )
+
+
+# -- keep-alive and pipelining -------------------------------------------------------------------
+
+
+async def test_keep_alive_reuses_client_and_upstream_connections(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    async def peer_port(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        return web.Response(text=str(request.transport.get_extra_info("peername")[1]))
+
+    backend = await backend_factory("blue", peer_port)
+    proxy = await proxy_to(proxy_factory, backend.address)
+    ports: list[str] = []
+    async with client(proxy.port) as (reader, writer):
+        for i in range(4):
+            await send(writer, get(f"/ka/{i}"))
+            resp = await read_response(reader)
+            assert resp.status == 200
+            assert (resp.get("Connection") or "").lower() != "close"
+            ports.append(resp.body.decode())
+        assert not reader.at_eof()
+    # One client connection carried all four; the proxy reused one upstream connection for them.
+    assert len(backend.seen) == 4
+    assert len(set(ports)) == 1, ports
+
+
+async def test_pipelined_requests_answered_in_order(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    post = b"POST /p/2 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 11\r\n\r\nhello world"
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/p/1") + post + get("/p/3"))
+        bodies = [(await read_response(reader)).body for _ in range(3)]
+        # Still one open connection, good for more.
+        await send(writer, get("/p/4"))
+        bodies.append((await read_response(reader)).body)
+    assert bodies == [
+        b"blue GET /p/1 0",
+        b"blue POST /p/2 11",
+        b"blue GET /p/3 0",
+        b"blue GET /p/4 0",
+    ]
+
+
+async def test_pipelined_responses_in_order_when_first_is_slowest(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    later_arrived = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/p/1":
+            # Slow: wait for a later request to reach the upstream (a proxy forwarding them
+            # concurrently), or 0.3 s (a proxy forwarding them one at a time).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await later_arrived.wait()
+        else:
+            later_arrived.set()
+        return web.Response(text=f"body of {request.path}")
+
+    backend = await backend_factory("blue", handler)
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/p/1") + get("/p/2") + get("/p/3"))
+        bodies = [(await read_response(reader)).body for _ in range(3)]
+    assert bodies == [b"body of /p/1", b"body of /p/2", b"body of /p/3"]
+
+
+# -- message framing -----------------------------------------------------------------------------
+
+
+async def hash_handler(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response({"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)})
+
+
+async def test_content_length_request_body_forwarded_intact(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue", hash_handler)
+    proxy = await proxy_to(proxy_factory, backend.address)
+    payload = os.urandom(1 << 20)
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(WAIT * 2),
+        session.post(f"http://127.0.0.1:{proxy.port}/upload", data=payload) as resp,
+    ):
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc == {"sha256": hashlib.sha256(payload).hexdigest(), "length": len(payload)}
+    assert backend.seen[0].headers.get("Content-Length") == str(len(payload))
+
+
+async def test_chunked_request_body_forwarded_intact(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue", hash_handler)
+    proxy = await proxy_to(proxy_factory, backend.address)
+    rng = random.Random(7)
+    chunks = [os.urandom(rng.randint(1, 70000)) for _ in range(12)]
+    payload = b"".join(chunks)
+    async with client(proxy.port) as (reader, writer):
+        await send(
+            writer,
+            b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        for chunk in chunks:
+            await send(writer, b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await send(writer, b"0\r\n\r\n")
+        resp = await read_response(reader)
+    assert resp.status == 200
+    assert json.loads(resp.body) == {
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "length": len(payload),
+    }
+
+
+async def test_content_length_response_reaches_client_intact(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    payload = os.urandom(1 << 20)
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=payload, content_type="application/octet-stream")
+
+    backend = await backend_factory("blue", big)
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/big"))
+        resp = await read_response(reader)
+    assert resp.status == 200
+    assert resp.get("Content-Length") == str(len(payload))
+    assert resp.get("Transfer-Encoding") is None
+    assert hashlib.sha256(resp.body).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_chunked_response_reaches_client_intact(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    chunks = [b"first chunk;", os.urandom(40000), b"x", b"last"]
+
+    def chunked(req: Message) -> bytes:
+        out = [b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"]
+        out.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        out.extend(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        out.append(b"0\r\n\r\n")
+        return b"".join(out)
+
+    upstream = await raw_upstream_factory(responding(chunked))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/chunked"))
+        resp = await read_response(reader)
+        # The connection is still good for another exchange.
+        await send(writer, get("/chunked"))
+        again = await read_response(reader)
+    assert resp.status == 200
+    assert resp.is_chunked()
+    assert resp.get("Content-Length") is None
+    assert resp.body == b"".join(chunks)
+    assert again.body == b"".join(chunks)
+
+
+def close_delimited(req: Message) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        b"streamed until the upstream closes " + req.target.encode()
+    )
+
+
+async def test_close_delimited_response_is_chunked_for_http11_client(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await raw_upstream_factory(responding(close_delimited, close=True))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/stream"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        start, headers = parse_head(head)
+        msg = Message(start, headers)
+        assert msg.status == 200
+        assert msg.is_chunked(), headers
+        assert msg.get("Content-Length") is None
+        body = await asyncio.wait_for(read_chunked(reader), WAIT)
+    assert body == b"streamed until the upstream closes /stream"
+
+
+async def test_close_delimited_response_is_close_delimited_for_http10_client(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await raw_upstream_factory(responding(close_delimited, close=True))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    data = await raw_exchange(proxy.port, b"GET /stream HTTP/1.0\r\nHost: shop.example\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    start, headers = parse_head(head + b"\r\n\r\n")
+    msg = Message(start, headers)
+    assert msg.status == 200
+    # An HTTP/1.0 client does not understand chunked: the body ends when the proxy closes.
+    assert msg.get("Transfer-Encoding") is None
+    assert msg.get("Content-Length") is None
+    assert body == b"streamed until the upstream closes /stream"
+
+
+# -- responses without a body, interim responses ------------------------------------------------
+
+
+async def test_head_response_has_no_body_and_connection_stays_usable(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, b"HEAD /page HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        head = await read_response(reader, head_request=True)
+        assert head.status == 200
+        # No body follows the head: the next bytes on the wire are the GET's response.
+        await send(writer, get("/page"))
+        resp = await read_response(reader)
+    assert resp.start_line.startswith("HTTP/1.1 200")
+    assert resp.body == b"blue GET /page 0"
+    assert [r.method for r in backend.seen] == ["HEAD", "GET"]
+
+
+def no_body_responses(req: Message) -> bytes:
+    if req.target == "/204":
+        return b"HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n"
+    if req.target == "/304":
+        # A 304 may carry the Content-Length the full response would have had (RFC 9110 8.6).
+        return b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\n\r\n'
+    return ok_path(req)
+
+
+async def check_no_body(port: int, path: str, status: int) -> None:
+    async with client(port) as (reader, writer):
+        await send(writer, get(path))
+        resp = await read_response(reader)
+        assert resp.status == status
+        assert not resp.is_chunked(), resp.headers
+        # Nothing follows the head: the next response on the connection parses cleanly.
+        await send(writer, get("/after"))
+        after = await read_response(reader)
+        assert after.start_line.startswith("HTTP/1.1 200"), after.start_line
+        assert after.body == b"/after"
+
+
+async def test_204_response_has_no_body(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await raw_upstream_factory(responding(no_body_responses))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    await check_no_body(proxy.port, "/204", 204)
+
+
+async def test_304_response_has_no_body(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await raw_upstream_factory(responding(no_body_responses))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    await check_no_body(proxy.port, "/304", 304)
+
+
+async def test_1xx_interim_response_forwarded_before_final(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    def early_hints(req: Message) -> bytes:
+        return (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+        )
+
+    upstream = await raw_upstream_factory(responding(early_hints))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/hints"))
+        interim, final = await read_final_response(reader)
+        await send(writer, get("/hints"))
+        _, again = await read_final_response(reader)
+    assert [m.status for m in interim] == [103]
+    assert interim[0].get("Link") == "</style.css>; rel=preload"
+    assert interim[0].body == b""
+    assert final.status == 200
+    assert final.body == b"final"
+    assert again.body == b"final"
+
+
+# -- Expect: 100-continue ------------------------------------------------------------------------
+
+
+async def test_expect_100_continue(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    body = b"hello, continued body"
+    async with client(proxy.port) as (reader, writer):
+        await send(
+            writer,
+            b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body),
+        )
+        # The client waits for 100 Continue before sending the body.
+        interim = await read_response(reader)
+        assert interim.start_line == "HTTP/1.1 100 Continue"
+        await send(writer, body)
+        final = await read_response(reader)
+    assert final.status == 200
+    assert final.body == b"blue POST /upload %d" % len(body)
+
+
+async def test_expect_100_continue_over_body_limit_gets_413_without_100(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address, extra="limits: {max_body_bytes: 1KiB}")
+    data = await raw_exchange(
+        proxy.port,
+        b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 1000000\r\n\r\n",
+    )
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [413]
+    assert b" 100 " not in data
+    assert backend.seen == []
+
+
+# -- hop-by-hop headers --------------------------------------------------------------------------
+
+HOP_BY_HOP = ("Connection", "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Connection")
+
+
+async def test_hop_by_hop_request_headers_not_forwarded(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(
+            writer,
+            get(
+                "/hop",
+                extra=(
+                    "Connection: keep-alive\r\n"
+                    "Keep-Alive: timeout=5\r\n"
+                    "TE: trailers\r\n"
+                    "Trailer: X-Checksum\r\n"
+                    "Upgrade: h2c\r\n"
+                    "Proxy-Connection: keep-alive\r\n"
+                    "X-Normal: end-to-end\r\n"
+                ),
+            ),
+        )
+        resp = await read_response(reader)
+    assert resp.status == 200
+    headers = backend.seen[0].headers
+    for name in HOP_BY_HOP[1:]:
+        assert name not in headers, f"{name} forwarded upstream: {headers.getall(name)}"
+    assert headers.get("X-Normal") == "end-to-end"
+
+
+async def test_request_headers_named_in_connection_not_forwarded(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(
+            writer,
+            get(
+                "/hop",
+                extra=(
+                    "Connection: keep-alive, X-Secret\r\n"
+                    "Connection: X-Other-Secret\r\n"  # field lines combine (RFC 9110 5.3)
+                    "X-Secret: only-for-the-first-hop\r\n"
+                    "X-Other-Secret: this-too\r\n"
+                    "X-Normal: end-to-end\r\n"
+                ),
+            ),
+        )
+        resp = await read_response(reader)
+    assert resp.status == 200
+    headers = backend.seen[0].headers
+    assert "X-Secret" not in headers, headers.getall("X-Secret")
+    assert "X-Other-Secret" not in headers, headers.getall("X-Other-Secret")
+    assert "secret" not in ", ".join(headers.getall("Connection", [])).lower()
+    assert headers.get("X-Normal") == "end-to-end"
+
+
+async def test_hop_by_hop_response_headers_not_forwarded(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    def hop_headers(req: Message) -> bytes:
+        return (
+            b"HTTP/1.1 200 OK\r\n"
+            b"Connection: keep-alive\r\n"
+            b"Keep-Alive: timeout=5, max=100\r\n"
+            b"Proxy-Connection: keep-alive\r\n"
+            b"Trailer: X-Checksum\r\n"
+            b"Upgrade: h2c\r\n"
+            b"TE: trailers\r\n"
+            b"X-Kept: yes\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+
+    upstream = await raw_upstream_factory(responding(hop_headers))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/hop"))
+        resp = await read_response(reader)
+    assert resp.status == 200
+    assert resp.body == b"ok"
+    names = resp.names()
+    for name in HOP_BY_HOP[1:]:
+        assert name.lower() not in names, f"{name} forwarded to the client: {resp.headers}"
+    assert resp.get("X-Kept") == "yes"
+
+
+async def test_response_headers_named_in_connection_not_forwarded(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    def named_headers(req: Message) -> bytes:
+        return (
+            b"HTTP/1.1 200 OK\r\n"
+            b"Connection: X-Internal\r\n"
+            b"Connection: keep-alive, X-Also-Internal\r\n"  # field lines combine
+            b"X-Internal: upstream-secret\r\n"
+            b"X-Also-Internal: upstream-secret-too\r\n"
+            b"X-Kept: yes\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+
+    upstream = await raw_upstream_factory(responding(named_headers))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/hop"))
+        resp = await read_response(reader)
+    assert resp.status == 200
+    assert resp.body == b"ok"
+    names = resp.names()
+    assert "x-internal" not in names, resp.headers
+    assert "x-also-internal" not in names, resp.headers
+    assert "internal" not in ", ".join(resp.get_all("Connection")).lower()
+    assert resp.get("X-Kept") == "yes"
+
+
+# -- headers the proxy adds ----------------------------------------------------------------------
+
+
+async def test_x_forwarded_headers_added(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(
+            writer, get("/xff", host="shop.example:8080", extra="X-Forwarded-For: 203.0.113.7\r\n")
+        )
+        assert (await read_response(reader)).status == 200
+        await send(writer, get("/plain", host="shop.example:8080"))
+        assert (await read_response(reader)).status == 200
+    first, second = (r.headers for r in backend.seen)
+    assert first.getall("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
+    assert second.getall("X-Forwarded-For") == ["127.0.0.1"]
+    for headers in (first, second):
+        assert headers.getall("X-Forwarded-Proto") == ["http"]
+        assert headers.getall("X-Forwarded-Host") == ["shop.example:8080"]
+
+
+async def test_via_added_both_ways(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/via", extra="Via: 1.0 fred\r\n"))
+        with_via = await read_response(reader)
+        await send(writer, get("/via"))
+        without = await read_response(reader)
+    upstream_via = [r.headers.get("Via", "") for r in backend.seen]
+    assert upstream_via[0].startswith("1.0 fred, 1.1 "), upstream_via
+    assert upstream_via[1].startswith("1.1 "), upstream_via
+    assert len(upstream_via[1].split()) == 2  # "1.1 <pseudonym>"
+    for resp in (with_via, without):
+        assert (resp.get("Via") or "").startswith("1.1 "), resp.headers
+
+
+async def test_request_id_kept_when_sent(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(WAIT),
+        session.get(
+            f"http://127.0.0.1:{proxy.port}/rid", headers={"X-Request-Id": "client-abc-123"}
+        ) as resp,
+    ):
+        assert resp.status == 200
+    assert backend.seen[0].headers.getall("X-Request-Id") == ["client-abc-123"]
+
+
+async def test_request_id_generated_when_missing(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with aiohttp.ClientSession() as session, asyncio.timeout(WAIT):
+        for _ in range(3):
+            async with session.get(f"http://127.0.0.1:{proxy.port}/rid") as resp:
+                assert resp.status == 200
+    ids = [r.headers.getall("X-Request-Id") for r in backend.seen]
+    assert all(len(values) == 1 and values[0].strip() for values in ids), ids
+    assert len({values[0] for values in ids}) == 3, ids
+
+
+# -- Upgrade -------------------------------------------------------------------------------------
+
+
+async def test_websocket_upgrade_tunnelled(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(f"echo: {msg.data}")
+        return ws
+
+    backend = await backend_factory("blue", echo)
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(WAIT),
+        session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws") as ws,
+    ):
+        for text in ("hello", "through", "the proxy " * 1000):
+            await ws.send_str(text)
+            reply = await ws.receive()
+            assert reply.type == aiohttp.WSMsgType.TEXT
+            assert reply.data == f"echo: {text}"
+        await ws.close()
+    assert backend.seen[0].headers.get("Upgrade", "").lower() == "websocket"
+
+
+# -- ambiguous framing: 400, connection closed, nothing forwarded --------------------------------
+
+
+async def assert_rejected_unforwarded(
+    raw_upstream_factory: RawUpstreamFactory,
+    proxy_factory: ProxyFactory,
+    request: bytes,
+    warm: bool = True,
+) -> None:
+    """`request` gets one 400, the connection is closed, and the upstream receives nothing of
+    it. With `warm`, an idle keep-alive upstream connection is pooled beforehand, so a proxy
+    that forwards a head as soon as it is parsed would have somewhere to send it at once."""
+    upstream = await raw_upstream_factory(responding(ok_path))
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    expected: list[str] = []
+    if warm:
+        async with client(proxy.port) as (reader, writer):
+            await send(writer, get("/warm"))
+            assert (await read_response(reader)).body == b"/warm"
+        expected.append("/warm")
+    # A valid request pipelined after the bad one must not be answered or forwarded either.
+    data = await raw_exchange(proxy.port, request + get("/after-the-bad-one"))
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [400], data
+    # Barrier: a good request on a fresh connection reaches the upstream and comes back; by
+    # then anything forwarded from the bad connection would have arrived too.
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/sentinel"))
+        assert (await read_response(reader)).body == b"/sentinel"
+    expected.append("/sentinel")
+    assert [r.target for r in upstream.requests] == expected
+    assert b"smuggle" not in upstream.received
+    assert b"after-the-bad-one" not in upstream.received
+
+
+async def test_content_length_with_transfer_encoding_rejected(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    await assert_rejected_unforwarded(
+        raw_upstream_factory,
+        proxy_factory,
+        b"POST /smuggle HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+
+
+async def test_differing_content_lengths_rejected(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    await assert_rejected_unforwarded(
+        raw_upstream_factory,
+        proxy_factory,
+        b"POST /smuggle HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\n"
+        b"Content-Length: 6\r\n\r\nhello!",
+    )
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold-pool", "warm-pool"])
+async def test_bad_chunk_size_rejected(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory, warm: bool
+) -> None:
+    # Head and bad chunk arrive in one segment: the proxy has seen the whole bad request before
+    # it needs to forward a byte of it.
+    await assert_rejected_unforwarded(
+        raw_upstream_factory,
+        proxy_factory,
+        b"POST /smuggle HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        warm=warm,
+    )
+
+
+@pytest.mark.parametrize(
+    "te_line",
+    [
+        b"Transfer-Encoding: xchunked\r\n",
+        b"Transfer-Encoding: chunked, identity\r\n",
+        b"Transfer-Encoding : chunked\r\n",
+    ],
+    ids=["xchunked", "chunked-identity", "space-before-colon"],
+)
+async def test_obfuscated_transfer_encoding_rejected(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory, te_line: bytes
+) -> None:
+    await assert_rejected_unforwarded(
+        raw_upstream_factory,
+        proxy_factory,
+        b"POST /smuggle HTTP/1.1\r\nHost: shop.example\r\n" + te_line + b"\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    )
+
+
+async def test_malformed_request_line_rejected(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    await assert_rejected_unforwarded(
+        raw_upstream_factory,
+        proxy_factory,
+        b"GET /index.html HTPT/1.1\r\nHost: shop.example\r\n\r\n",
+    )
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+async def test_header_block_over_limit_gets_431(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address, extra="limits: {max_header_bytes: 2KiB}")
+    # Just under the limit is fine...
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/small", extra=f"X-Pad: {'a' * 1500}\r\n"))
+        assert (await read_response(reader)).status == 200
+    # ...over it is refused, and not forwarded.
+    data = await raw_exchange(proxy.port, get("/big", extra=f"X-Pad: {'a' * 4000}\r\n"))
+    assert [r.status for r in parse_responses(data)] == [431]
+    assert [r.path for r in backend.seen] == ["/small"]
+
+
+async def test_content_length_body_over_limit_gets_413(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address, extra="limits: {max_body_bytes: 1KiB}")
+    data = await raw_exchange(
+        proxy.port,
+        b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4096\r\n\r\n"
+        + b"a" * 4096,
+    )
+    assert [r.status for r in parse_responses(data)] == [413]
+    assert backend.seen == []
+
+
+async def test_chunked_body_over_limit_gets_413(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue", hash_handler)
+    proxy = await proxy_to(proxy_factory, backend.address, extra="limits: {max_body_bytes: 1KiB}")
+    chunk = b"a" * 512
+    data = await raw_exchange(
+        proxy.port,
+        b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"200\r\n%s\r\n" % chunk * 8
+        + b"0\r\n\r\n",
+    )
+    assert [r.status for r in parse_responses(data)] == [413]
+
+
+async def test_header_read_timeout(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address, extra="timeouts: {header_read: 0.3s}")
+    async with client(proxy.port) as (reader, writer):
+        started = time.monotonic()
+        await send(writer, b"GET /slowloris HTTP/1.1\r\nHost: shop.example\r\nX-Half: ")
+        data = await wait_eof(reader, limit=0.3 + 2.0)
+        elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 0.3 + 1.0, elapsed
+    if data:
+        assert [r.status for r in parse_responses(data)] == [408]
+    assert backend.seen == []
+
+
+async def test_idle_keep_alive_connection_closed(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address, extra="timeouts: {idle: 0.3s}")
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/once"))
+        assert (await read_response(reader)).status == 200
+        idle_from = time.monotonic()
+        rest = await wait_eof(reader, limit=0.3 + 2.0)
+        elapsed = time.monotonic() - idle_from
+    assert rest == b""
+    assert 0.25 <= elapsed < 0.3 + 1.0, elapsed
+
+
+# -- upstream errors -----------------------------------------------------------------------------
+
+
+async def test_upstream_refusing_connections_gets_502(proxy_factory: ProxyFactory) -> None:
+    proxy = await proxy_to(proxy_factory, f"127.0.0.1:{free_port()}")
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/down"))
+        resp = await read_response(reader)
+    assert resp.status == 502
+    doc = error_doc(resp)
+    assert doc["route"] == "shop"
+    assert doc["pool"] == "blue"
+
+
+async def test_stalled_upstream_gets_504_within_timeout(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    never = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response(text="too late")
+
+    backend = await backend_factory("blue", stall)
+    proxy = await proxy_to(proxy_factory, backend.address, extra="timeouts: {upstream: 0.5s}")
+    try:
+        async with client(proxy.port) as (reader, writer):
+            started = time.monotonic()
+            await send(writer, get("/stall"))
+            resp = await read_response(reader)
+            elapsed = time.monotonic() - started
+        assert resp.status == 504
+        assert 0.5 <= elapsed < 0.5 + 1.0, elapsed
+        doc = error_doc(resp)
+        assert doc["route"] == "shop"
+        assert doc["pool"] == "blue"
+    finally:
+        never.set()  # let the upstream handler finish so the backend stops promptly
+
+
+async def test_malformed_upstream_response_gets_502(
+    raw_upstream_factory: RawUpstreamFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await raw_upstream_factory(
+        responding(lambda req: b"this is not HTTP at all\r\n\r\n", close=True)
+    )
+    proxy = await proxy_to(proxy_factory, upstream.address)
+    async with client(proxy.port) as (reader, writer):
+        await send(writer, get("/garbage"))
+        resp = await read_response(reader)
+    assert resp.status == 502
+    doc = error_doc(resp)
+    assert doc["route"] == "shop"
+    assert doc["pool"] == "blue"
