@@ -191,6 +191,7 @@ class DownstreamConnection(asyncio.Protocol):
         "timer_at",
         "transport",
         "tunnel",
+        "upgrading",
         "upstream",
         "upstream_head",
         "writing_paused",
@@ -219,6 +220,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.closed = False
         self.draining = False
         self.tunnel = False
+        self.upgrading = False  # an Upgrade request is out; its later bytes wait for the 101
         self.deferred_error: Reject | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -271,19 +273,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self.tunnel:
             self._tunnel_to_upstream(data)
             return
-        if len(data) <= FEED_SLICE:
-            self._feed(data)
+        if len(data) > FEED_SLICE:
+            self._feed_in_slices(data)
             return
-        # Large reads go to the parser in slices, so a burst of pipelined requests stops being
-        # parsed once MAX_PIPELINED wait; the rest is kept until the queue drains.
-        for start in range(0, len(data), FEED_SLICE):
-            if len(self.pending) >= MAX_PIPELINED or self.closed:
-                self.backlog = data[start:]
-                self._pause(PAUSE_PIPELINE)
-                return
-            self._feed(data[start : start + FEED_SLICE])
-
-    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -305,6 +297,19 @@ class DownstreamConnection(asyncio.Protocol):
         if req is not None:
             self.starting = None
             self._start(req)
+
+    def _feed_in_slices(self, data: bytes) -> None:
+        """Parse a large read in slices, so a burst of pipelined requests stops being parsed
+        once MAX_PIPELINED wait; the rest is kept unparsed until the queue drains."""
+        for start in range(0, len(data), FEED_SLICE):
+            if self.upgrading and self.current is not None:
+                self.current.hold(data[start:])  # the new protocol's bytes, for the tunnel
+                return
+            if len(self.pending) >= MAX_PIPELINED or self.closed:
+                self.backlog = data[start:]
+                self._pause(PAUSE_PIPELINE)
+                return
+            self.data_received(data[start : start + FEED_SLICE])
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still be waiting for the response in flight: answer it,
@@ -850,6 +855,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         req.complete = True
         self.parsing = None
+        self.upgrading = True
         if rest:
             req.hold(rest)
         self._pause(PAUSE_PIPELINE)  # nothing more is read until the upstream has answered

@@ -26,15 +26,13 @@ IDLE_SWEEP_INTERVAL = 1.0
 # is held in memory until complete.
 MAX_RESPONSE_HEAD = 64 * 1024
 
-# Response header lines the proxy reads, matched in the raw head (llhttp has already checked
-# the syntax: CRLF line ends, no space before the colon). The hop-by-hop ones (RFC 9110 7.6.1)
-# are removed; Content-Length is kept, and frames the body.
-_HOP_BY_HOP_LINE = re.compile(
-    rb"\r\n(connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te"
-    rb"|trailer|transfer-encoding|upgrade):([^\r]*)",
-    re.IGNORECASE,
+# Response header lines the proxy reads, matched in the lower-cased raw head (llhttp has
+# already checked the syntax: CRLF line ends, no space before the colon). The hop-by-hop ones
+# (RFC 9110 7.6.1) are removed; Content-Length is kept, and decides the client's framing.
+_SPECIAL_RESPONSE_LINE = re.compile(
+    rb"\r\n(content-length|connection|keep-alive|transfer-encoding|upgrade|te|trailer"
+    rb"|proxy-connection|proxy-authenticate|proxy-authorization):([^\r]*)"
 )
-_CONTENT_LENGTH_LINE = re.compile(rb"\r\ncontent-length:([^\r]*)", re.IGNORECASE)
 _STANDARD_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
@@ -74,7 +72,6 @@ class UpstreamConnection(asyncio.Protocol):
         "keep_alive",
         "no_body",
         "parser",
-        "raw_remaining",
         "reading_paused",
         "received_any",
         "requests_served",
@@ -111,7 +108,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_start = 0  # where the current head starts in head_buf (after any 1xx)
         self.data = b""  # the chunk being parsed, while the head is incomplete
         self.head_done = False
-        self.raw_remaining = 0  # Content-Length body bytes still to pass through as they are
         self.keep_alive = True
         self.received_any = False
 
@@ -137,18 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             client.tunnel_data(data)
             return
-        if self.head_done:
-            remaining = self.raw_remaining
-            if remaining:
-                # A Content-Length body passes through as it came; the parser only frames it.
-                if len(data) <= remaining:
-                    self.raw_remaining = remaining - len(data)
-                    client.response_body(data)
-                else:
-                    self.raw_remaining = 0
-                    self.keep_alive = False  # bytes past the body: do not reuse this connection
-                    client.response_body(data[:remaining])
-        else:
+        if not self.head_done:
             self.data = data
             buf = self.head_buf = self.head_buf + data if self.head_buf else data
             if len(buf) - self.head_start > MAX_RESPONSE_HEAD and b"\r\n\r\n" not in buf:
@@ -214,48 +199,45 @@ class UpstreamConnection(asyncio.Protocol):
             self.chunked = False
             return
         self.head_done = True
-        client.response_head(self)
-        rest = self.data[end - (len(buf) - len(self.data)) :]
         self.head_buf = self.data = b""
-        if self.no_body or status == 101:
-            if self.no_body and status != 101:
-                raise _NoBody
-            return
-        if self.content_length is not None and status != 204 and status != 304:
-            remaining = int(self.content_length)
-            if rest:
-                if len(rest) > remaining:
-                    self.keep_alive = False  # bytes past the body: do not reuse
-                    rest = rest[:remaining]
-                remaining -= len(rest)
-                client.response_body(rest)
-            self.raw_remaining = remaining
+        client.response_head(self)
+        if self.no_body and status != 101:
+            raise _NoBody
 
     def _take_head(self, head: bytes) -> None:
         """Split a raw response head: what the client gets, and what the proxy must read.
 
-        A handful of C-level regex calls over the whole head: at ~100 ns per Python line on
-        the target machines, looping over header lines in Python costs several times more.
+        One C-level regex pass over the lower-cased head: at ~100 ns per Python line on the
+        target machines, a Python loop over the header lines costs several times more.
         """
         first = head.index(b"\r\n")
         self.status_rest = head[9:first]  # after "HTTP/1.x " (llhttp checked the form)
         block = head[first:-2]  # b"\r\nName: value\r\n...\r\n"
-        length = _CONTENT_LENGTH_LINE.search(block)
-        if length is not None:
-            self.content_length = length.group(1).strip()
-        hop_lines = _HOP_BY_HOP_LINE.findall(block)
-        if hop_lines:
-            tokens: list[bytes] = []
-            for name, value in hop_lines:
-                name = name.lower()
-                if name == b"connection":  # repeated lines add up (RFC 9110 5.3)
-                    tokens += [t.strip() for t in value.lower().split(b",") if t.strip()]
-                elif name == b"transfer-encoding":
-                    self.chunked = value.strip().lower().endswith(b"chunked")
-                elif name == b"upgrade":
-                    self.upgrade = value.strip()
-            block = _HOP_BY_HOP_LINE.sub(b"", block)
-            if not _STANDARD_CONNECTION_TOKENS.issuperset(tokens):
+        kept: list[bytes] | None = None
+        tokens: list[bytes] | None = None
+        position = 0
+        for match in _SPECIAL_RESPONSE_LINE.finditer(block.lower()):
+            name, value = match.groups()
+            if name == b"content-length":
+                self.content_length = value.strip()
+                continue
+            if name == b"connection":  # repeated lines add up (RFC 9110 5.3)
+                found = [t.strip() for t in value.split(b",") if t.strip()]
+                tokens = found if tokens is None else tokens + found
+            elif name == b"transfer-encoding":
+                self.chunked = value.strip().endswith(b"chunked")
+            elif name == b"upgrade":
+                start, end = match.span(2)
+                self.upgrade = block[start:end].strip()
+            if kept is None:
+                kept = []
+            start, end = match.span()
+            kept.append(block[position:start])
+            position = end
+        if kept is not None:
+            kept.append(block[position:])
+            block = b"".join(kept)
+            if tokens and not _STANDARD_CONNECTION_TOKENS.issuperset(tokens):
                 # Headers named in Connection are hop-by-hop too.
                 named = b"|".join(
                     re.escape(t) for t in tokens if t not in _STANDARD_CONNECTION_TOKENS
@@ -264,12 +246,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.header_block = block[2:]
 
     def on_body(self, body: bytes) -> None:
-        # Content-Length bodies pass through in data_received; chunked or close-delimited
-        # ones are re-framed for the client chunk by chunk.
-        if self.content_length is None:
-            client = self.client
-            assert client is not None
-            client.response_body(body)
+        client = self.client
+        assert client is not None
+        client.response_body(body)
 
     def on_message_complete(self) -> None:
         if not self.head_done or self.status == 101:
