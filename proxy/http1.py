@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+from bisect import bisect_left
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, cast
@@ -19,11 +20,14 @@ from typing import TYPE_CHECKING, cast
 import httptools
 import orjson
 
+from proxy.metrics import DURATION_BUCKETS
 from proxy.upstream import EndpointPool, UpstreamConnection
 
 if TYPE_CHECKING:
-    from proxy.router import Pool, Route
-    from proxy.server import ProxyContext
+    from proxy.config import Limits, Timeouts
+    from proxy.metrics import Metrics
+    from proxy.router import Pool, Route, RoutingTable
+    from proxy.upstream import Upstreams
 
 log = logging.getLogger("pointsman.http1")
 _random = random.random
@@ -158,7 +162,10 @@ def _without_named(lines: list[bytes], tokens: list[bytes] | None) -> list[bytes
     return [line for line in lines if _header_name(line) not in named]
 
 
-class DownstreamConnection(asyncio.Protocol):
+class DownstreamConnection:
+    """An asyncio protocol (by its methods, not by inheritance: a plain class compiles to a
+    mypyc native class, whose attribute access is a C struct field)."""
+
     __slots__ = (
         "activity",
         "backlog",
@@ -265,7 +272,7 @@ class DownstreamConnection(asyncio.Protocol):
         now = self.loop.time()
         self.idle_since = now
         # A fresh connection must send its first request head within header_read.
-        self._arm(now + self.ctx.timeouts.header_read)
+        self._arm(now + self.ctx.header_read_timeout)
         if self.ctx.draining:
             self.draining = True
 
@@ -417,7 +424,7 @@ class DownstreamConnection(asyncio.Protocol):
         now = self.loop.time()
         self.parsing = Request(now)
         if self.current is None:
-            deadline = now + self.ctx.timeouts.header_read
+            deadline = now + self.ctx.header_read_timeout
             if self.timer is None or self.timer_at > deadline:
                 self._arm(deadline)
 
@@ -426,7 +433,7 @@ class DownstreamConnection(asyncio.Protocol):
         assert req is not None
         req.url += url
         req.head_size += len(url)
-        if req.head_size > self.ctx.limits.max_header_bytes:
+        if req.head_size > self.ctx.max_header_bytes:
             raise Reject(431, "request head too large", "header_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -435,7 +442,7 @@ class DownstreamConnection(asyncio.Protocol):
         size = req.head_size + len(name) + len(value) + 4
         req.head_size = size
         ctx = self.ctx
-        if size > ctx.limits.max_header_bytes:
+        if size > ctx.max_header_bytes:
             raise Reject(431, "request head too large", "header_too_large")
         lname = name.lower()
         if lname in ctx.wanted_headers:
@@ -491,7 +498,7 @@ class DownstreamConnection(asyncio.Protocol):
         req.method = parser.get_method()
         version = req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade():
+        if req.upgrade_value and parser.should_upgrade():
             req.upgrade = True
         if req.te is not None:
             # Only a lone, plain "chunked" is understood; anything else (xchunked, gzip, a
@@ -502,7 +509,7 @@ class DownstreamConnection(asyncio.Protocol):
                 raise Reject(400, "both Content-Length and Transfer-Encoding", "ambiguous_framing")
             req.chunked = True
         if req.content_length is not None:
-            max_body = self.ctx.limits.max_body_bytes
+            max_body = self.ctx.max_body_bytes
             if max_body and int(req.content_length) > max_body:
                 raise Reject(413, "request body too large", "body_too_large")
         if not req.host and version == "1.1":
@@ -518,7 +525,7 @@ class DownstreamConnection(asyncio.Protocol):
         req = self.parsing
         assert req is not None
         req.body_size += len(body)
-        max_body = self.ctx.limits.max_body_bytes
+        max_body = self.ctx.max_body_bytes
         if max_body and req.body_size > max_body:
             raise Reject(413, "request body too large", "body_too_large")
         upstream = self.upstream
@@ -705,7 +712,7 @@ class DownstreamConnection(asyncio.Protocol):
             conn.pause_reading()
         now = self.loop.time()
         self.activity = now
-        deadline = now + self.ctx.timeouts.upstream
+        deadline = now + self.ctx.upstream_timeout
         if self.timer is None or self.timer_at > deadline:
             self._arm(deadline)
 
@@ -888,7 +895,11 @@ class DownstreamConnection(asyncio.Protocol):
         pool = self.pool
         if pool is not None:
             # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
-            pool.stats.observe(status, perf_counter() - req.started)
+            stats = pool.stats
+            seconds = perf_counter() - req.started
+            stats.status[status // 100 if 100 <= status < 600 else 5] += 1
+            stats.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+            stats.duration_sum += seconds
         out = self.out
         if out and self.transport is not None:
             self.out = []
@@ -897,7 +908,6 @@ class DownstreamConnection(asyncio.Protocol):
         self.route = None
         self.pool = None
         self.resp_started = False
-        self.resp_mode = MODE_NONE
         self.resp_close = False
         self.request_sent = False
         self.retried = False
@@ -924,7 +934,7 @@ class DownstreamConnection(asyncio.Protocol):
             self._resume(PAUSE_PIPELINE)
         now = self.loop.time()
         self.idle_since = now
-        deadline = now + self.ctx.timeouts.idle
+        deadline = now + self.ctx.idle_timeout
         if self.timer is None or self.timer_at > deadline:
             self._arm(deadline)
 
@@ -1027,6 +1037,43 @@ class DownstreamConnection(asyncio.Protocol):
         self.draining = True
         if self.current is None and self.parsing is None:
             self.close()
+
+
+class ProxyContext:
+    """What every downstream connection of one proxy process shares."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        table: RoutingTable,
+        metrics: Metrics,
+        upstreams: Upstreams,
+        timeouts: Timeouts,
+        limits: Limits,
+    ) -> None:
+        self.loop = loop
+        self.table = table
+        self.metrics = metrics
+        self.upstreams = upstreams
+        self.timeouts = timeouts
+        self.limits = limits
+        # Flattened copies for the request path (plain fields of this compiled class).
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.header_read_timeout = timeouts.header_read
+        self.upstream_timeout = timeouts.upstream
+        self.idle_timeout = timeouts.idle
+        self.connections: set[DownstreamConnection] = set()
+        self.wanted_headers = table.wanted_headers
+        self.draining = False
+        self.drained = asyncio.Event()  # set when draining and the last connection has gone
+        self.host_fallback = b"localhost"
+        self._id_prefix = request_id_prefix()
+        self._id_counter = 0
+
+    def next_request_id(self) -> bytes:
+        self._id_counter += 1
+        return b"%s-%x" % (self._id_prefix, self._id_counter)
 
 
 def request_id_prefix() -> bytes:

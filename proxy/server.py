@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import cast
 
-from proxy.config import Config, Limits, Timeouts
-from proxy.http1 import DownstreamConnection, request_id_prefix
+from proxy.config import Config
+from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
 from proxy.upstream import Upstreams
@@ -16,37 +17,6 @@ log = logging.getLogger("pointsman.server")
 
 # Listen backlog: bursts of new connections queue in the kernel rather than being refused.
 LISTEN_BACKLOG = 4096
-
-
-class ProxyContext:
-    """What every downstream connection of one proxy process shares."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        table: RoutingTable,
-        metrics: Metrics,
-        upstreams: Upstreams,
-        timeouts: Timeouts,
-        limits: Limits,
-    ) -> None:
-        self.loop = loop
-        self.table = table
-        self.metrics = metrics
-        self.upstreams = upstreams
-        self.timeouts = timeouts
-        self.limits = limits
-        self.connections: set[DownstreamConnection] = set()
-        self.wanted_headers = table.wanted_headers
-        self.draining = False
-        self.drained = asyncio.Event()  # set when draining and the last connection has gone
-        self.host_fallback = b"localhost"
-        self._id_prefix = request_id_prefix()
-        self._id_counter = 0
-
-    def next_request_id(self) -> bytes:
-        self._id_counter += 1
-        return b"%s-%x" % (self._id_prefix, self._id_counter)
 
 
 class ProxyServer:
@@ -104,12 +74,14 @@ class ProxyServer:
         self.metrics.idle_upstream_connections = upstreams.idle_count
         if sock is not None:
             self._server = await loop.create_server(
-                lambda: DownstreamConnection(ctx), sock=sock, backlog=LISTEN_BACKLOG
+                lambda: cast(asyncio.Protocol, DownstreamConnection(ctx)),
+                sock=sock,
+                backlog=LISTEN_BACKLOG,
             )
         else:
             listen = self.config.listen
             self._server = await loop.create_server(
-                lambda: DownstreamConnection(ctx),
+                lambda: cast(asyncio.Protocol, DownstreamConnection(ctx)),
                 listen.host,
                 listen.port,
                 backlog=LISTEN_BACKLOG,

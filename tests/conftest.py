@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,24 @@ from aiohttp import web
 
 from proxy.config import Address, Config, parse_config
 from proxy.server import ProxyServer
+
+
+def _stale_extensions() -> list[str]:
+    """Compiled hot modules older than their source would hide the source from the tests."""
+    root = Path(__file__).resolve().parent.parent / "proxy"
+    stale = []
+    for extension in root.glob("*.so"):
+        source = root / (extension.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
+            stale.append(f"{extension.name} is older than {source.name}")
+    return stale
+
+
+if _stale_extensions():
+    pytest.exit(
+        "stale compiled modules: " + "; ".join(_stale_extensions()) + " (run `make build`)",
+        returncode=2,
+    )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
