@@ -1,0 +1,463 @@
+"""The routing state document and its transitions: pure functions, no I/O.
+
+The control plane owns the mutable part of routing (per-route weights, the live pool of a
+blue/green pair, what to roll back to) as one versioned, immutable `StateDoc`. Every transition
+validates, then returns a new document with `version + 1`; the caller persists it, publishes a
+new RoutingTable built from `doc.weights()`, and writes the audit line. Errors are `StateError`
+with a stable `code` the control API maps to an HTTP status.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import orjson
+
+from proxy.config import RouteConfig
+
+__all__ = [
+    "FLIP_WEIGHT",
+    "FORMAT",
+    "MAX_WEIGHT",
+    "RouteState",
+    "StateDoc",
+    "StateError",
+    "flip",
+    "from_json",
+    "initial_state",
+    "reconcile",
+    "rollback",
+    "set_weights",
+    "to_json",
+]
+
+# On-disk layout version: bump when the layout changes, so an old binary refuses a newer file
+# instead of misreading it.
+FORMAT: Final = 1
+# A flip is all-or-nothing; 100 reads as "100 %" in status output and in the audit log.
+FLIP_WEIGHT: Final = 100
+# Weights are relative shares and sticky buckets resolve 1/10,000 anyway; a larger value from an
+# operator is a typo (and this keeps every sum far inside a 64-bit JSON integer).
+MAX_WEIGHT: Final = 1_000_000
+
+Weights = tuple[tuple[str, int], ...]
+
+_STATUS: Final[Mapping[str, int]] = {
+    "unknown_route": 404,
+    "unknown_pool": 404,
+    "bad_weights": 400,
+    "nothing_to_roll_back": 409,
+    "unchanged": 409,
+}
+
+
+class StateError(Exception):
+    """A refused transition. `code` is one of the keys of the status map; str() is for humans."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in _STATUS:
+            raise ValueError(f"unknown StateError code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the control API answers with."""
+        return _STATUS[self.code]
+
+    def __repr__(self) -> str:
+        return f"StateError({self.code!r}, {self.message!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    """One route's mutable routing: weights in the config's pool order, and what to roll back to."""
+
+    weights: Weights
+    live: str | None  # the pool that got all traffic by the last flip (or sole-weight PUT)
+    previous: Weights | None  # the weights before the last change; None: nothing to roll back
+    previous_live: str | None
+    flips: int = 0
+    rollbacks: int = 0
+    changed_at: float = 0.0  # unix time of the last transition
+
+    def weights_dict(self) -> dict[str, int]:
+        return dict(self.weights)
+
+
+@dataclass(frozen=True, slots=True)
+class StateDoc:
+    """The whole versioned state: routes in the config's route order."""
+
+    version: int
+    routes: tuple[tuple[str, RouteState], ...]
+    updated_at: float
+
+    def route(self, name: str) -> RouteState:
+        for route_name, state in self.routes:
+            if route_name == name:
+                return state
+        known = ", ".join(n for n, _ in self.routes) or "none"
+        raise StateError("unknown_route", f"no route {name!r} (routes: {known})")
+
+    def weights(self) -> dict[str, dict[str, int]]:
+        """Per-route weights, as `proxy.router.RoutingTable(weights=...)` takes them."""
+        return {name: state.weights_dict() for name, state in self.routes}
+
+
+# --- transitions -------------------------------------------------------------------------------
+
+
+def _sole_pool(weights: Weights) -> str | None:
+    """The pool that gets all traffic, if exactly one has weight > 0."""
+    positive = [name for name, weight in weights if weight > 0]
+    return positive[0] if len(positive) == 1 else None
+
+
+def _show(weights: Weights) -> str:
+    return ", ".join(f"{name}={weight}" for name, weight in weights)
+
+
+def _unknown_pool(route: str, pool: object, weights: Weights) -> StateError:
+    known = ", ".join(name for name, _ in weights)
+    return StateError("unknown_pool", f"route {route!r} has no pool {pool!r} (pools: {known})")
+
+
+def _commit(doc: StateDoc, route: str, new: RouteState, now: float) -> StateDoc:
+    """`doc` with `route` replaced by `new`, version + 1."""
+    routes = tuple((name, new if name == route else state) for name, state in doc.routes)
+    return StateDoc(version=doc.version + 1, routes=routes, updated_at=now)
+
+
+def _change(
+    doc: StateDoc,
+    route: str,
+    weights: Weights,
+    live: str | None,
+    now: float,
+    *,
+    flips: int = 0,
+    rollbacks: int = 0,
+) -> StateDoc:
+    """Move `route` to a new assignment, remembering the current one for rollback."""
+    old = doc.route(route)
+    new = RouteState(
+        weights=weights,
+        live=live,
+        previous=old.weights,
+        previous_live=old.live,
+        flips=old.flips + flips,
+        rollbacks=old.rollbacks + rollbacks,
+        changed_at=now,
+    )
+    return _commit(doc, route, new, now)
+
+
+def set_weights(doc: StateDoc, route: str, weights: Mapping[str, int], now: float) -> StateDoc:
+    """Replace the route's whole weights map (a PUT): pools not named get 0.
+
+    Every named pool must exist in the route (unknown_pool); every weight must be an int in
+    [0, MAX_WEIGHT] (bool is not an int) and at least one > 0 (bad_weights). The same weights
+    again is refused as `unchanged`, so a retry cannot overwrite what rollback would restore.
+    `live` becomes the sole pool with weight > 0, else None.
+    """
+    current = doc.route(route)
+    pools = [name for name, _ in current.weights]
+    for name in weights:
+        if name not in pools:
+            raise _unknown_pool(route, name, current.weights)
+    for name, weight in weights.items():
+        # Values come from JSON bodies; the annotation is a promise the caller may not keep.
+        value: object = weight
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StateError("bad_weights", f"weight of {name!r} must be an integer, got {value!r}")
+        if not 0 <= value <= MAX_WEIGHT:
+            raise StateError(
+                "bad_weights", f"weight of {name!r} must be in 0..{MAX_WEIGHT}, got {value}"
+            )
+    new = tuple((name, weights.get(name, 0)) for name in pools)
+    if not any(weight > 0 for _, weight in new):
+        raise StateError("bad_weights", "at least one pool needs a weight > 0")
+    if new == current.weights:
+        raise StateError("unchanged", f"route {route!r} already has weights {_show(new)}")
+    return _change(doc, route, new, _sole_pool(new), now)
+
+
+def flip(doc: StateDoc, route: str, to_pool: str, now: float) -> StateDoc:
+    """All of the route's traffic to `to_pool` (FLIP_WEIGHT, others 0); `live` = to_pool."""
+    current = doc.route(route)
+    pools = [name for name, _ in current.weights]
+    if to_pool not in pools:
+        raise _unknown_pool(route, to_pool, current.weights)
+    if _sole_pool(current.weights) == to_pool and current.live == to_pool:
+        raise StateError("unchanged", f"route {route!r} already sends all traffic to {to_pool!r}")
+    new = tuple((name, FLIP_WEIGHT if name == to_pool else 0) for name in pools)
+    return _change(doc, route, new, to_pool, now, flips=1)
+
+
+def rollback(doc: StateDoc, route: str, now: float) -> StateDoc:
+    """Back to the assignment before the last change; the current one becomes `previous`, so a
+    second rollback returns to where the first started."""
+    current = doc.route(route)
+    if current.previous is None:
+        raise StateError("nothing_to_roll_back", f"route {route!r} has no earlier assignment")
+    return _change(doc, route, current.previous, current.previous_live, now, rollbacks=1)
+
+
+# --- from config -------------------------------------------------------------------------------
+
+
+def _config_weights(route: RouteConfig) -> Weights:
+    return tuple((pool.name, pool.weight) for pool in route.pools)
+
+
+def _fresh(route: RouteConfig, now: float) -> RouteState:
+    weights = _config_weights(route)
+    return RouteState(
+        weights=weights, live=_sole_pool(weights), previous=None, previous_live=None, changed_at=now
+    )
+
+
+def initial_state(routes: Sequence[RouteConfig], now: float) -> StateDoc:
+    """Version 1 from the config's weights (used when nothing is persisted yet)."""
+    return StateDoc(
+        version=1, routes=tuple((rc.name, _fresh(rc, now)) for rc in routes), updated_at=now
+    )
+
+
+def _keep_known(weights: Weights, pools: Sequence[str]) -> tuple[Weights, list[str]]:
+    """`weights` in `pools` order: unknown pools dropped (returned), missing pools at 0."""
+    given = dict(weights)
+    dropped = [name for name in given if name not in pools]
+    return tuple((name, given.get(name, 0)) for name in pools), dropped
+
+
+def _reconcile_route(
+    name: str, state: RouteState, rc: RouteConfig, warnings: list[str]
+) -> RouteState:
+    pools = [pool.name for pool in rc.pools]
+    weights, dropped = _keep_known(state.weights, pools)
+    for pool in dropped:
+        warnings.append(
+            f"route {name!r}: pool {pool!r} is no longer in the config; dropped "
+            f"(it had weight {dict(state.weights)[pool]})"
+        )
+    live = state.live if state.live in pools else None
+    if any(weight > 0 for _, weight in weights):
+        known = {pool for pool, _ in state.weights}
+        for pc in rc.pools:
+            if pc.name not in known:
+                warnings.append(
+                    f"route {name!r}: pool {pc.name!r} is new in the config; added with "
+                    f"weight 0 (the persisted weights win over the config's {pc.weight})"
+                )
+    else:
+        weights = _config_weights(rc)
+        live = _sole_pool(weights)
+        warnings.append(
+            f"route {name!r}: no remaining pool has a weight > 0; "
+            f"using the config's weights ({_show(weights)})"
+        )
+    previous: Weights | None = None
+    previous_live: str | None = None
+    if state.previous is not None:
+        previous, _ = _keep_known(state.previous, pools)
+        previous_live = state.previous_live if state.previous_live in pools else None
+        if not any(weight > 0 for _, weight in previous) or (previous, previous_live) == (
+            weights,
+            live,
+        ):
+            # Rolling back to "no traffic anywhere" or to the current assignment is useless.
+            previous, previous_live = None, None
+            warnings.append(
+                f"route {name!r}: the assignment to roll back to no longer applies to the "
+                "configured pools; rollback is unavailable until the next change"
+            )
+    return replace(
+        state, weights=weights, live=live, previous=previous, previous_live=previous_live
+    )
+
+
+def reconcile(
+    doc: StateDoc, routes: Sequence[RouteConfig], now: float | None = None
+) -> tuple[StateDoc, list[str]]:
+    """Fit a persisted document to the current config. The persisted weights win, except:
+
+    - a route no longer in the config is dropped;
+    - a pool no longer in a route is dropped; if no remaining pool has weight > 0 the route
+      falls back to the config's weights;
+    - a route new in the config gets the config's weights; a pool new in an existing route gets 0.
+
+    Routes and pools end up in config order. Returns the document (version + 1 and, when given,
+    `updated_at = now` if anything changed; else `doc` itself) and one warning line per
+    adjustment, for the operator.
+    """
+    warnings: list[str] = []
+    persisted = dict(doc.routes)
+    configured = {rc.name for rc in routes}
+    for name, state in doc.routes:
+        if name not in configured:
+            warnings.append(
+                f"route {name!r} is no longer in the config; dropped its persisted state "
+                f"(weights {_show(state.weights)})"
+            )
+    stamp = doc.updated_at if now is None else now
+    result: list[tuple[str, RouteState]] = []
+    for rc in routes:
+        if rc.name in persisted:
+            result.append((rc.name, _reconcile_route(rc.name, persisted[rc.name], rc, warnings)))
+        else:
+            fresh = _fresh(rc, stamp)
+            warnings.append(
+                f"route {rc.name!r} is new in the config; using the config's weights "
+                f"({_show(fresh.weights)})"
+            )
+            result.append((rc.name, fresh))
+    routes_out = tuple(result)
+    if routes_out == doc.routes:
+        return doc, warnings
+    return StateDoc(version=doc.version + 1, routes=routes_out, updated_at=stamp), warnings
+
+
+# --- JSON --------------------------------------------------------------------------------------
+
+
+def _route_json(name: str, state: RouteState) -> dict[str, Any]:
+    # Keys in a fixed order (not sorted: weights keep the pool order, which means something).
+    return {
+        "name": name,
+        "weights": dict(state.weights),
+        "live": state.live,
+        "previous": None if state.previous is None else dict(state.previous),
+        "previous_live": state.previous_live,
+        "flips": state.flips,
+        "rollbacks": state.rollbacks,
+        "changed_at": state.changed_at,
+    }
+
+
+def to_json(doc: StateDoc) -> bytes:
+    """The document as indented JSON with a stable key order, newline-terminated."""
+    body = {
+        "format": FORMAT,
+        "version": doc.version,
+        "updated_at": doc.updated_at,
+        "routes": [_route_json(name, state) for name, state in doc.routes],
+    }
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+class _Reader:
+    """Typed field access that names the offending path in every error."""
+
+    def __init__(self, obj: object, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected an object, got {_kind(obj)}")
+        self.obj: dict[str, object] = obj
+        self.where = where
+
+    def get(self, key: str) -> object:
+        if key not in self.obj:
+            raise ValueError(f"{self.where}: missing key {key!r}")
+        return self.obj[key]
+
+    def integer(self, key: str, minimum: int) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{self.where}.{key}: expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def time(self, key: str) -> float:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{self.where}.{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{self.where}.{key}: expected a finite number, got {value!r}")
+        return float(value)
+
+    def name_or_null(self, key: str, allowed: Weights | None) -> str | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if allowed is None or not isinstance(value, str) or value not in dict(allowed):
+            pools = "none" if allowed is None else ", ".join(n for n, _ in allowed)
+            raise ValueError(
+                f"{self.where}.{key}: expected null or one of its pools ({pools}), got {value!r}"
+            )
+        return value
+
+    def weights(self, key: str, nullable: bool) -> Weights | None:
+        value = self.get(key)
+        where = f"{self.where}.{key}"
+        if value is None and nullable:
+            return None
+        if not isinstance(value, dict) or not value:
+            expected = "a non-empty object of pool -> weight" + (" or null" if nullable else "")
+            raise ValueError(f"{where}: expected {expected}, got {_kind(value)}")
+        out: list[tuple[str, int]] = []
+        for pool, weight in value.items():
+            if not pool:
+                raise ValueError(f"{where}: empty pool name")
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+                raise ValueError(f"{where}.{pool}: expected an integer >= 0, got {weight!r}")
+            out.append((pool, weight))
+        return tuple(out)
+
+
+def _kind(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", type(None): "null"}
+    return names.get(type(value), repr(value))
+
+
+def _route_from(obj: object, where: str) -> tuple[str, RouteState]:
+    r = _Reader(obj, where)
+    name = r.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}.name: expected a non-empty string, got {name!r}")
+    r.where = f"{where} ({name!r})"
+    weights = r.weights("weights", nullable=False)
+    assert weights is not None  # not nullable
+    previous = r.weights("previous", nullable=True)
+    if previous is not None and [p for p, _ in previous] != [p for p, _ in weights]:
+        raise ValueError(f"{r.where}.previous: expected the same pools as weights, in order")
+    state = RouteState(
+        weights=weights,
+        live=r.name_or_null("live", weights),
+        previous=previous,
+        previous_live=r.name_or_null("previous_live", previous),
+        flips=r.integer("flips", 0),
+        rollbacks=r.integer("rollbacks", 0),
+        changed_at=r.time("changed_at"),
+    )
+    return name, state
+
+
+def from_json(data: bytes) -> StateDoc:
+    """Parse and validate `to_json` output. Raises ValueError naming the first problem.
+
+    Validates types and shape only: an all-zero route is accepted here and repaired (with a
+    warning) by `reconcile`, which every load goes through.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON: {err}") from None
+    r = _Reader(obj, "state")
+    fmt = r.get("format")
+    if isinstance(fmt, bool) or fmt != FORMAT:  # True == 1 in Python
+        raise ValueError(f"state.format: expected {FORMAT}, got {fmt!r}")
+    version = r.integer("version", 0)
+    updated_at = r.time("updated_at")
+    items = r.get("routes")
+    if not isinstance(items, list):
+        raise ValueError(f"state.routes: expected an array, got {_kind(items)}")
+    routes = [_route_from(item, f"state.routes[{i}]") for i, item in enumerate(items)]
+    names = [name for name, _ in routes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"state.routes: route {name!r} appears more than once")
+    return StateDoc(version=version, routes=tuple(routes), updated_at=updated_at)
