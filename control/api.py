@@ -1,15 +1,319 @@
-"""The admin listener: Prometheus /metrics and /healthz (the control API joins it in /v1/...)."""
+"""The admin listener: the control API (/v1/...), Prometheus /metrics and /healthz.
+
+Every change goes the same way, one at a time under a lock: check If-Match -> pure transition
+(control/state.py) -> persist (atomic write) -> publish the new routing table to the data plane
+-> audit-log line -> answer. So a change is in effect for new requests before the caller hears
+of it, and survives a crash from the moment it is acknowledged.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
+from control.state import RouteState, StateDoc, StateError, flip, rollback, set_weights
+from control.store import FileStore
+from proxy.config import Config
+from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 
+log = logging.getLogger("pointsman.api")
+
+# Request bodies of the control API are a few hundred bytes; anything far larger is a mistake.
+MAX_API_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """An error answer: JSON {"error": ..., "detail": ...} with an HTTP status."""
+
+    def __init__(self, status: int, error: str, detail: object = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_token(config: Config) -> str | None:
+    """The admin token: from admin.token_file if set, else the environment variable named by
+    admin.token_env. Empty means none."""
+    admin = config.admin
+    if admin.token_file:
+        with open(admin.token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    else:
+        token = os.environ.get(admin.token_env, "").strip()
+    return token or None
+
+
+class ControlPlane:
+    """The mutable routing state of one process, and the only writer of it."""
+
+    def __init__(self, config: Config, proxy: ProxyServer, store: FileStore, doc: StateDoc) -> None:
+        self.config = config
+        self.proxy = proxy
+        self.store = store
+        self.doc = doc
+        self.lock = asyncio.Lock()
+        self.last_change = doc.updated_at
+
+    def publish(self) -> None:
+        """Hand the data plane a routing table built from the current document."""
+        doc = self.doc
+        self.proxy.set_table(
+            RoutingTable(self.config.routes, weights=doc.weights(), version=doc.version)
+        )
+
+    async def change(
+        self,
+        actor: str,
+        action: str,
+        route: str,
+        expected_version: int | None,
+        transition: Callable[[StateDoc, float], StateDoc],
+    ) -> StateDoc:
+        async with self.lock:
+            doc = self.doc
+            if expected_version is not None and expected_version != doc.version:
+                raise ApiError(409, "version conflict", {"current_version": doc.version})
+            before = doc.route(route)
+            now = time.time()
+            try:
+                new = transition(doc, now)
+            except StateError as err:
+                raise ApiError(err.status, err.message, {"code": err.code}) from None
+            # Persist before publishing or answering: an acknowledged change survives a crash.
+            await asyncio.to_thread(self.store.save, new)
+            self.doc = new
+            self.last_change = now
+            self.publish()
+            after = new.route(route)
+            await asyncio.to_thread(
+                self.store.audit,
+                actor,
+                action,
+                route,
+                route_assignment(before),
+                route_assignment(after),
+                new.version,
+                now,
+            )
+            log.info(
+                "%s %s %s by %s: version %d, weights %s",
+                action, route, "ok", actor, new.version, after.weights_dict(),
+            )  # fmt: skip
+            return new
+
+
+def route_assignment(state: RouteState) -> dict[str, object]:
+    return {"weights": state.weights_dict(), "live": state.live}
+
+
+def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
+    doc = plane.doc
+    state = doc.route(name)
+    table = plane.proxy.table
+    route = table.routes[name]
+    pools: dict[str, object] = {}
+    for pool in route.pools:
+        endpoints = []
+        for index, address in enumerate(pool.endpoints):
+            target = pool.targets[index] if index < len(pool.targets) else None
+            endpoints.append(
+                {"address": str(address), "healthy": True if target is None else target.healthy}
+            )
+        pools[pool.name] = {"endpoints": endpoints}
+    previous = None
+    if state.previous is not None:
+        previous = {"weights": dict(state.previous), "live": state.previous_live}
+    return {
+        "name": name,
+        "version": doc.version,
+        "weights": state.weights_dict(),
+        "live": state.live,
+        "previous": previous,
+        "flips": state.flips,
+        "rollbacks": state.rollbacks,
+        "changed_at": state.changed_at,
+        "pools": pools,
+    }
+
+
+PLANE_KEY = web.AppKey("control_plane", ControlPlane)
 PROXY_KEY = web.AppKey("proxy", ProxyServer)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+TOKEN_KEY = web.AppKey("token", str)
+OPEN_READS_KEY = web.AppKey("open_reads", bool)
+
+
+def json_answer(body: object, version: int, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers={"ETag": f'"{version}"'},
+    )
+
+
+@web.middleware
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error is JSON {"error", "detail"}; no traceback ever reaches a client."""
+    plane = request.app.get(PLANE_KEY)
+    version = plane.doc.version if plane is not None else 0
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return json_answer({"error": err.error, "detail": err.detail}, version, err.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_answer({"error": exc.reason.lower(), "detail": None}, version, exc.status)
+    except Exception:
+        log.exception("control API error on %s %s", request.method, request.path)
+        return json_answer({"error": "internal error", "detail": None}, version, 500)
+
+
+def check_auth(request: web.Request, mutating: bool) -> str:
+    """Returns the actor for the audit log; raises 401 (no credentials) or 403 (wrong)."""
+    token = request.app[TOKEN_KEY]
+    if not mutating and request.app[OPEN_READS_KEY]:
+        return "anonymous"
+    if not token:
+        raise ApiError(403, "no admin token is configured: changes are disabled")
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise ApiError(401, "missing bearer token", None)
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise ApiError(403, "wrong token", None)
+    return "token"
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_API_BODY:
+        raise ApiError(400, "request body too large", {"limit": MAX_API_BODY})
+    raw = await request.content.read(MAX_API_BODY + 1)
+    if len(raw) > MAX_API_BODY:
+        raise ApiError(400, "request body too large", {"limit": MAX_API_BODY})
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise ApiError(400, "request body is not valid JSON", str(err)) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", None)
+    return body
+
+
+def expected_version(request: web.Request) -> int | None:
+    value = request.headers.get("If-Match")
+    if value is None or value.strip() == "*":
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise ApiError(400, "If-Match must be a version number", {"got": value})
+    return int(text)
+
+
+def route_name(request: web.Request, plane: ControlPlane) -> str:
+    name = request.match_info["route"]
+    if name not in plane.proxy.table.routes:
+        known = ", ".join(plane.proxy.table.routes)
+        raise ApiError(404, f"unknown route '{name}'", {"routes": known.split(", ")})
+    return name
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    routes = [route_view(plane, name) for name, _ in plane.doc.routes]
+    return json_answer({"version": plane.doc.version, "routes": routes}, plane.doc.version)
+
+
+async def get_route(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    return json_answer(route_view(plane, name), plane.doc.version)
+
+
+async def put_weights(request: web.Request) -> web.Response:
+    actor = check_auth(request, mutating=True)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    version = expected_version(request)
+    body = await read_body(request)
+    weights = body.get("weights")
+    if not isinstance(weights, dict) or not weights:
+        raise ApiError(400, 'expected {"weights": {"<pool>": <integer>, ...}}', None)
+    doc = await plane.change(
+        actor, "weights", name, version, lambda d, now: set_weights(d, name, weights, now)
+    )
+    return json_answer(route_view(plane, name), doc.version)
+
+
+async def post_flip(request: web.Request) -> web.Response:
+    actor = check_auth(request, mutating=True)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    version = expected_version(request)
+    body = await read_body(request)
+    target = body.get("to")
+    force = body.get("force", False)
+    if not isinstance(target, str) or not target:
+        raise ApiError(400, 'expected {"to": "<pool>"}', None)
+    if not isinstance(force, bool):
+        raise ApiError(400, '"force" must be true or false', None)
+    route = plane.proxy.table.routes[name]
+    pool = route.pools_by_name.get(target)
+    if pool is not None and not force and pool.targets and not any(t.healthy for t in pool.targets):
+        raise ApiError(
+            409,
+            f"pool '{target}' has no healthy endpoint; pass force to flip anyway",
+            {"pool": target},
+        )
+    doc = await plane.change(
+        actor, "flip", name, version, lambda d, now: flip(d, name, target, now)
+    )
+    return json_answer(route_view(plane, name), doc.version)
+
+
+async def post_rollback(request: web.Request) -> web.Response:
+    actor = check_auth(request, mutating=True)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    version = expected_version(request)
+    await read_body(request)
+    doc = await plane.change(
+        actor, "rollback", name, version, lambda d, now: rollback(d, name, now)
+    )
+    return json_answer(route_view(plane, name), doc.version)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -30,10 +334,66 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def build_admin_app(proxy: ProxyServer) -> web.Application:
-    app = web.Application()
+class ControlCollector(Collector):
+    """State version, last change time, flips and rollbacks, endpoint health."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def collect(self) -> Iterator[Metric]:
+        plane = self.plane
+        version = GaugeMetricFamily("pointsman_state_version", "Version of the routing state.")
+        version.add_metric([], plane.doc.version)
+        yield version
+        changed = GaugeMetricFamily(
+            "pointsman_state_last_change_timestamp_seconds",
+            "Unix time of the last routing-state change.",
+        )
+        changed.add_metric([], plane.last_change)
+        yield changed
+        flips = CounterMetricFamily(
+            "pointsman_flips", "Blue/green flips, by route.", labels=["route"]
+        )
+        rollbacks = CounterMetricFamily(
+            "pointsman_rollbacks", "Rollbacks, by route.", labels=["route"]
+        )
+        for name, state in plane.doc.routes:
+            flips.add_metric([name], state.flips)
+            rollbacks.add_metric([name], state.rollbacks)
+        yield flips
+        yield rollbacks
+        healthy = GaugeMetricFamily(
+            "pointsman_endpoint_healthy",
+            "1 if the endpoint takes traffic, 0 if ejected.",
+            labels=["route", "pool", "endpoint"],
+        )
+        for route in plane.proxy.table.routes.values():
+            for pool in route.pools:
+                for target in pool.targets:
+                    healthy.add_metric(
+                        [route.name, pool.name, str(target.address)], 1 if target.healthy else 0
+                    )
+        yield healthy
+
+
+def build_admin_app(
+    proxy: ProxyServer, plane: ControlPlane | None = None, token: str | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_API_BODY)
     app[PROXY_KEY] = proxy
-    app[REGISTRY_KEY] = proxy.metrics.registry()
+    registry = proxy.metrics.registry()
+    app[REGISTRY_KEY] = registry
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    if plane is not None:
+        app[PLANE_KEY] = plane
+        app[TOKEN_KEY] = token or ""
+        # Reads are open only where nobody off the machine can reach them.
+        app[OPEN_READS_KEY] = is_loopback(plane.config.admin.listen.host)
+        registry.register(ControlCollector(plane))
+        app.router.add_get("/v1/routes", list_routes)
+        app.router.add_get("/v1/routes/{route}", get_route)
+        app.router.add_put("/v1/routes/{route}/weights", put_weights)
+        app.router.add_post("/v1/routes/{route}/flip", post_flip)
+        app.router.add_post("/v1/routes/{route}/rollback", post_rollback)
     return app

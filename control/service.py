@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from aiohttp import web
 
-from control.api import build_admin_app
+from control.api import ControlPlane, build_admin_app, is_loopback, load_token
+from control.state import initial_state, reconcile
+from control.store import FileStore
 from proxy.config import Config
 from proxy.server import ProxyServer
 
 log = logging.getLogger("pointsman")
+
+
+class StartupError(Exception):
+    """Pointsman must not start as configured (one line for the operator)."""
 
 
 class Service:
@@ -21,19 +28,57 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.proxy = ProxyServer(config)
+        self.plane: ControlPlane | None = None
         self._admin_runner: web.AppRunner | None = None
 
+    def _load_state(self) -> ControlPlane:
+        """Persisted state wins over the config's initial weights; routes or pools the config
+        no longer has are dropped with a warning, not fatal."""
+        store = FileStore(self.config.state.path)
+        now = time.time()
+        doc = store.load()
+        if doc is None:
+            doc = initial_state(self.config.routes, now)
+            store.save(doc)
+            log.info("state: new document at %s (version %d)", store.path, doc.version)
+        else:
+            reconciled, warnings = reconcile(doc, self.config.routes, now)
+            for warning in warnings:
+                log.warning("state: %s", warning)
+            if reconciled is not doc:
+                store.save(reconciled)
+            doc = reconciled
+            log.info("state: resumed from %s (version %d)", store.path, doc.version)
+        return ControlPlane(self.config, self.proxy, store, doc)
+
     async def start(self) -> None:
+        try:
+            token = load_token(self.config)
+        except OSError as err:
+            raise StartupError(f"admin.token_file: cannot read token: {err.strerror}") from None
+        admin = self.config.admin
+        if token is None and not is_loopback(admin.listen.host):
+            raise StartupError(
+                f"admin.listen is {admin.listen}, not a loopback address, and no admin token is"
+                f" set (environment variable {admin.token_env} or admin.token_file): refusing"
+                " to start with an open control API"
+            )
+        try:
+            plane = self._load_state()
+        except (OSError, ValueError) as err:
+            raise StartupError(f"state: {err}") from None
+        self.plane = plane
+        plane.publish()
         await self.proxy.start()
-        app = build_admin_app(self.proxy)
+        app = build_admin_app(self.proxy, plane, token)
         # access_log off: /metrics is scraped every few seconds and would drown the log.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        admin = self.config.admin.listen
-        site = web.TCPSite(runner, admin.host, admin.port, reuse_address=True)
+        listen = admin.listen
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
         await site.start()
         self._admin_runner = runner
-        log.info("admin listening on %s", admin)
+        log.info("admin listening on %s", listen)
 
     async def stop(self) -> None:
         # Data plane first (drains in-flight requests), admin last so /metrics and /healthz

@@ -11,7 +11,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from typing import TypeVar
 
@@ -74,10 +74,32 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active checks: GET `path` on each endpoint every `interval`."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0  # a check slower than this counts as failed
+    healthy_threshold: int = 2  # consecutive passes to take an endpoint back
+    unhealthy_threshold: int = 3  # consecutive failures to take it out
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionConfig:
+    """Passive ejection: consecutive connect errors or 5xx answers take an endpoint out of
+    rotation for `backoff` seconds (0 failures = never)."""
+
+    consecutive_failures: int = 5
+    backoff: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
     endpoints: tuple[Address, ...]
     weight: int  # from the route's `weights` mapping; pools not named there get 0
+    health: HealthCheckConfig | None = None  # None: no active checks
+    ejection: EjectionConfig = field(default_factory=EjectionConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +130,7 @@ class RouteConfig:
 class AdminConfig:
     listen: Address = Address("127.0.0.1", 8081)
     token_env: str = "POINTSMAN_TOKEN"
+    token_file: str | None = None  # read at start when set; wins over token_env
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,13 +307,16 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TOP_KEYS = ("listen", "admin", "timeouts", "limits", "upstream", "state", "routes")
-_ADMIN_KEYS = ("listen", "token_env")
+_ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
 _UPSTREAM_KEYS = ("max_idle", "idle_timeout")
 _STATE_KEYS = ("path",)
 _ROUTE_KEYS = ("name", "hosts", "path_prefix", "pools", "weights", "sticky", "rules")
-_POOL_KEYS = ("endpoints",)
+_POOL_KEYS = ("endpoints", "health", "ejection")
+_HEALTH_KEYS = ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold")
+_EJECTION_KEYS = ("consecutive_failures", "backoff")
+_PoolParts = tuple[tuple[Address, ...], HealthCheckConfig | None, EjectionConfig]
 _STICKY_KEYS = ("header", "cookie", "salt")
 _RULE_KEYS = ("pool", "header", "cookie")
 
@@ -551,12 +577,16 @@ class _Loader:
         if "listen" in section:
             listen = self.address(section["listen"], "admin.listen")
             if listen is not None:
-                result = AdminConfig(listen=listen, token_env=result.token_env)
+                result = replace(result, listen=listen)
         if "token_env" in section:
             expected = "expected an environment variable name"
             token_env = self.string(section["token_env"], "admin.token_env", expected, _ENV_RE)
             if token_env is not None:
-                result = AdminConfig(listen=result.listen, token_env=token_env)
+                result = replace(result, token_env=token_env)
+        if "token_file" in section:
+            token_file = self.string(section["token_file"], "admin.token_file", "expected a path")
+            if token_file is not None:
+                result = replace(result, token_file=token_file)
         return result, section.get("listen")
 
     def timeouts(self, node: Node) -> Timeouts:
@@ -703,8 +733,8 @@ class _Loader:
             hosts=hosts,
             path_prefix=path_prefix,
             pools=tuple(
-                PoolConfig(pool_name, endpoints, weights.get(pool_name, 0))
-                for pool_name, endpoints in pools
+                PoolConfig(pool_name, endpoints, weights.get(pool_name, 0), health, ejection)
+                for pool_name, (endpoints, health, ejection) in pools
             ),
             sticky=sticky,
             rules=tuple(rules),
@@ -731,7 +761,7 @@ class _Loader:
 
     def pools(
         self, node: Node, path: str
-    ) -> tuple[list[tuple[str, tuple[Address, ...]]] | None, list[str] | None]:
+    ) -> tuple[list[tuple[str, _PoolParts]] | None, list[str] | None]:
         """(pools in YAML order, or None if any is bad; pool names as written, for checking
         `weights` and `rules` even when a pool's own body is broken)."""
         expected = "expected a mapping of pool name -> {endpoints: [...]}"
@@ -741,21 +771,21 @@ class _Loader:
         if not section:
             self.report(node, path, f"{expected} with at least one pool")
             return None, []
-        pools: list[tuple[str, tuple[Address, ...]]] | None = []
+        pools: list[tuple[str, _PoolParts]] | None = []
         for pool_name, pool_node in section.items():
-            endpoints = self.pool(pool_name, pool_node, _sub(path, pool_name))
-            if endpoints is None or pools is None:
+            parts = self.pool(pool_name, pool_node, _sub(path, pool_name))
+            if parts is None or pools is None:
                 pools = None
             else:
-                pools.append((pool_name, endpoints))
+                pools.append((pool_name, parts))
         return pools, list(section)
 
-    def pool(self, pool_name: str, node: Node, path: str) -> tuple[Address, ...] | None:
+    def pool(self, pool_name: str, node: Node, path: str) -> _PoolParts | None:
         ok = True
         if not _NAME_RE.fullmatch(pool_name):
             self.report(node, path, f"{_NAME_EXPECTED}, got {pool_name!r}")
             ok = False
-        section = self.mapping(node, path, _POOL_KEYS, required=_POOL_KEYS)
+        section = self.mapping(node, path, _POOL_KEYS, required=("endpoints",))
         if section is None or "endpoints" not in section:
             return None
         items = self.sequence(
@@ -773,7 +803,65 @@ class _Loader:
                 ok = False
             else:
                 endpoints.append(address)
-        return tuple(endpoints) if ok else None
+        health = None
+        if "health" in section:
+            health = self.health(section["health"], f"{path}.health")
+            ok = ok and health is not None
+        ejection: EjectionConfig | None = EjectionConfig()
+        if "ejection" in section:
+            ejection = self.ejection(section["ejection"], f"{path}.ejection")
+        if not ok or ejection is None:
+            return None
+        return tuple(endpoints), health, ejection
+
+    def health(self, node: Node, path: str) -> HealthCheckConfig | None:
+        section = self.mapping(node, path, _HEALTH_KEYS)
+        if section is None:
+            return None
+        values: dict[str, object] = {}
+        ok = True
+        for key, value_node in section.items():
+            value: object
+            if key == "path":
+                value = self.string(value_node, f"{path}.path", "expected a path starting with /")
+                if isinstance(value, str) and not value.startswith("/"):
+                    self.report(
+                        value_node,
+                        f"{path}.path",
+                        f"expected a path starting with /, got {value!r}",
+                    )
+                    value = None
+            elif key in ("interval", "timeout"):
+                value = self.duration(value_node, f"{path}.{key}")
+            else:
+                value = self.integer(value_node, f"{path}.{key}", 1)
+            if value is None:
+                ok = False
+            else:
+                values[key] = value
+        return HealthCheckConfig(**values) if ok else None  # type: ignore[arg-type]
+
+    def ejection(self, node: Node, path: str) -> EjectionConfig | None:
+        section = self.mapping(node, path, _EJECTION_KEYS)
+        if section is None:
+            return None
+        result = EjectionConfig()
+        ok = True
+        if "consecutive_failures" in section:
+            failures = self.integer(
+                section["consecutive_failures"], f"{path}.consecutive_failures", 0
+            )
+            if failures is None:
+                ok = False
+            else:
+                result = replace(result, consecutive_failures=failures)
+        if "backoff" in section:
+            backoff = self.duration(section["backoff"], f"{path}.backoff")
+            if backoff is None:
+                ok = False
+            else:
+                result = replace(result, backoff=backoff)
+        return result if ok else None
 
     def weights(
         self, route_node: Node, section: _Fields, path: str, pool_names: list[str] | None

@@ -590,7 +590,16 @@ class DownstreamConnection:
         targets = pool.targets
         index = pool.rr
         pool.rr = index + 1
-        target = targets[index % len(targets)]
+        count = len(targets)
+        target = targets[index % count]
+        if not target.healthy:
+            for step in range(1, count):
+                if targets[(index + step) % count].healthy:
+                    target = targets[(index + step) % count]
+                    break
+            else:
+                self._local_response(503, "no healthy endpoint in this pool")
+                return
         conn = target.acquire()
         if conn is not None:
             self._attach(conn, reused=True)
@@ -658,22 +667,24 @@ class DownstreamConnection:
         pool = self.pool
         assert pool is not None
         pool.stats.connect_errors += 1
+        if target.failed():
+            log.warning("endpoint %s ejected after %d failures", target.address, target.failures)
         log.warning(
             "connect to %s failed (route %s, pool %s): %s",
             target.address, pool.route_name, pool.name, exc or type(exc).__name__,
         )  # fmt: skip
-        targets = pool.targets
-        if not self.retried and len(targets) > 1:
-            # Nothing was sent yet, so another endpoint of the same pool may take it.
-            self.retried = True
-            pool.stats.retries += 1
+        if not self.retried:
+            # Nothing was sent yet, so another healthy endpoint of the same pool may take it.
+            targets = pool.targets
             index = pool.rr
             pool.rr = index + 1
-            candidate = targets[index % len(targets)]
-            if candidate is target:
-                candidate = targets[(index + 1) % len(targets)]
-            self._dispatch(candidate, fresh=False)
-            return
+            for step in range(len(targets)):
+                candidate = targets[(index + step) % len(targets)]
+                if candidate is not target and candidate.healthy:
+                    self.retried = True
+                    pool.stats.retries += 1
+                    self._dispatch(candidate, fresh=False)
+                    return
         if isinstance(exc, TimeoutError):
             pool.stats.timeouts += 1
             self._local_response(504, "upstream connect timed out", close=True)
@@ -797,6 +808,12 @@ class DownstreamConnection:
         if self.resp_mode == MODE_CHUNKED:
             self.out.append(b"0\r\n\r\n")
         self.upstream = None
+        endpoint = conn.endpoint
+        if self.resp_status >= 500:
+            if endpoint.failed():
+                log.warning("endpoint %s ejected after %d 5xx", endpoint.address, endpoint.failures)
+        elif endpoint.failures:
+            endpoint.failures = 0
         # Reusable only if the upstream got the whole request and framed the whole response.
         conn.finish(reusable=self.request_sent and self.resp_mode != MODE_CLOSE)
         self._finish(self.resp_status, close=self.resp_close or not req.complete)

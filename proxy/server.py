@@ -8,6 +8,7 @@ import socket
 from typing import cast
 
 from proxy.config import Config
+from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
@@ -28,6 +29,7 @@ class ProxyServer:
         self._table = table if table is not None else RoutingTable(config.routes)
         self.metrics.bind(self._table)
         self.upstreams: Upstreams | None = None
+        self.health = HealthChecker()
         self.ctx: ProxyContext | None = None
         self._server: asyncio.Server | None = None
 
@@ -63,6 +65,15 @@ class ProxyServer:
         self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
         self.upstreams.start()
         self._bind_targets(self._table, self.upstreams)
+        checks = []
+        for route in self.config.routes:
+            for pool in route.pools:
+                for address in pool.endpoints:
+                    target = self.upstreams.pool(address)
+                    target.ejection = pool.ejection
+                    if pool.health is not None:
+                        checks.append((target, pool.health))
+        self.health.start(checks)
         ctx = ProxyContext(
             loop, self._table, self.metrics, self.upstreams, self.config.timeouts,
             self.config.limits,
@@ -112,5 +123,6 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        await self.health.stop()
         if self.upstreams is not None:
             await self.upstreams.close()

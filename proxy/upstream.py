@@ -13,7 +13,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.config import Address, UpstreamSettings
+from proxy.config import Address, EjectionConfig, UpstreamSettings
 
 # Upstream write buffer high-water mark: above it the client's request body stops being read.
 UPSTREAM_WRITE_HIGH = 256 * 1024
@@ -298,11 +298,27 @@ class UpstreamConnection:
 class EndpointPool:
     """Idle keep-alive connections to one endpoint (LIFO: the warmest connection is reused)."""
 
-    __slots__ = ("address", "idle", "loop", "settings")
+    __slots__ = (
+        "address",
+        "checks_ok",
+        "ejected_until",
+        "ejection",
+        "failures",
+        "healthy",
+        "idle",
+        "loop",
+        "settings",
+    )
 
     def __init__(self, address: Address, settings: UpstreamSettings) -> None:
         self.address = address
         self.settings = settings
+        # Routing reads only `healthy`: active checks pass (or none run) and not ejected.
+        self.healthy = True
+        self.checks_ok = True
+        self.ejected_until = 0.0
+        self.failures = 0  # consecutive connect errors or 5xx answers
+        self.ejection = EjectionConfig()
         self.idle: deque[UpstreamConnection] = deque()
         self.loop = asyncio.get_running_loop()
 
@@ -317,6 +333,20 @@ class EndpointPool:
                 return conn
         return None
 
+    def failed(self) -> bool:
+        """Count a connect error or 5xx; True if that ejected the endpoint."""
+        self.failures += 1
+        limit = self.ejection.consecutive_failures
+        if limit and self.failures >= limit and self.ejected_until == 0.0:
+            self.ejected_until = self.loop.time() + self.ejection.backoff
+            self.healthy = False
+            return True
+        return False
+
+    def set_checks_ok(self, ok: bool) -> None:
+        self.checks_ok = ok
+        self.healthy = ok and self.ejected_until == 0.0
+
     def forget(self, conn: UpstreamConnection) -> None:
         try:
             self.idle.remove(conn)
@@ -324,6 +354,11 @@ class EndpointPool:
             pass
 
     def sweep(self, now: float) -> None:
+        if self.ejected_until and now >= self.ejected_until:
+            # Back on probation: one more failure ejects it again at once.
+            self.ejected_until = 0.0
+            self.failures = max(0, self.ejection.consecutive_failures - 1)
+            self.healthy = self.checks_ok
         deadline = now - self.settings.idle_timeout
         idle = self.idle
         while idle and idle[0].idle_since < deadline:

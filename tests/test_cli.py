@@ -115,10 +115,11 @@ def test_run_with_a_bad_config_exits_2_without_listening(tmp_path: Path) -> None
 GRACE = 5.0
 
 
-def run_config(port: int, admin_port: int, backend: str) -> str:
+def run_config(port: int, admin_port: int, backend: str, state: Path) -> str:
     return f"""\
 listen: 127.0.0.1:{port}
 admin: {{listen: 127.0.0.1:{admin_port}}}
+state: {{path: "{state}"}}
 timeouts: {{grace: {GRACE}s}}
 routes:
   - name: shop
@@ -191,7 +192,7 @@ async def test_run_serves_then_drains_on_sigterm(
     backend = await backend_factory("blue", handler)
     port, admin_port = free_port(), free_port()
     config = tmp_path / "run.yaml"
-    config.write_text(run_config(port, admin_port, backend.address))
+    config.write_text(run_config(port, admin_port, backend.address, tmp_path / "state.json"))
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(

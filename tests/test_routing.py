@@ -285,10 +285,11 @@ async def test_swapped_routing_table_takes_effect_for_the_next_request(
 # --- two real proxy processes --------------------------------------------------------------
 
 
-def process_config(port: int, admin_port: int, blue: str, green: str) -> str:
+def process_config(port: int, admin_port: int, blue: str, green: str, state: Path) -> str:
     return f"""\
 listen: 127.0.0.1:{port}
 admin: {{listen: 127.0.0.1:{admin_port}}}
+state: {{path: "{state}"}}
 timeouts: {{grace: 2s}}
 routes:
   - name: shop
@@ -345,7 +346,11 @@ async def test_two_processes_make_the_same_sticky_decisions(
         for n, seed in ((1, "1"), (2, "2")):
             port, admin_port = free_port(), free_port()
             config_path = tmp_path / f"proxy{n}.yaml"
-            config_path.write_text(process_config(port, admin_port, blue.address, green.address))
+            config_path.write_text(
+                process_config(
+                    port, admin_port, blue.address, green.address, tmp_path / f"state{n}.json"
+                )
+            )
             log = tmp_path / f"proxy{n}.log"
             with log.open("wb") as out:
                 proc = await asyncio.create_subprocess_exec(

@@ -1,0 +1,82 @@
+"""Active health checks: one small loop per checked endpoint, off the request path.
+
+Each check opens a connection, sends `GET <path>` with `Connection: close` and reads the status
+line; 2xx and 3xx pass, anything else (refused, timed out, 4xx, 5xx, garbage) fails. An endpoint
+is taken out after `unhealthy_threshold` consecutive failures and back in after
+`healthy_threshold` consecutive passes. Endpoints start in (optimistic), so a restart does not
+answer 503 until the first checks have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from proxy.config import HealthCheckConfig
+from proxy.upstream import EndpointPool
+
+log = logging.getLogger("pointsman.health")
+
+# A status line longer than this is not HTTP; the check fails rather than reading on.
+MAX_STATUS_LINE = 1024
+
+
+async def probe(target: EndpointPool, config: HealthCheckConfig) -> bool:
+    """One check; True if the endpoint answered 2xx or 3xx within the timeout."""
+    address = target.address
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(config.timeout):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(
+                b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pointsman-health\r\n"
+                b"Connection: close\r\n\r\n" % (config.path.encode(), str(address).encode())
+            )
+            line = await reader.readuntil(b"\r\n")
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+    if len(line) > MAX_STATUS_LINE:
+        return False
+    parts = line.split(b" ", 2)
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1][:1] in (b"2", b"3")
+
+
+class HealthChecker:
+    """Runs the check loops; `start` with the endpoints to check, `stop` cancels them."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[EndpointPool, asyncio.Task[None]] = {}
+
+    def start(self, checks: Iterable[tuple[EndpointPool, HealthCheckConfig]]) -> None:
+        loop = asyncio.get_running_loop()
+        for target, config in checks:
+            if target not in self._tasks:
+                self._tasks[target] = loop.create_task(self._run(target, config))
+
+    async def _run(self, target: EndpointPool, config: HealthCheckConfig) -> None:
+        passes = failures = 0
+        while True:
+            ok = await probe(target, config)
+            if ok:
+                passes, failures = passes + 1, 0
+                if not target.checks_ok and passes >= config.healthy_threshold:
+                    target.set_checks_ok(True)
+                    log.info("endpoint %s passed %d checks: back in", target.address, passes)
+            else:
+                passes, failures = 0, failures + 1
+                if target.checks_ok and failures >= config.unhealthy_threshold:
+                    target.set_checks_ok(False)
+                    log.warning("endpoint %s failed %d checks: out", target.address, failures)
+            await asyncio.sleep(config.interval)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        # Our own cancellations; gather returns their CancelledErrors instead of raising.
+        await asyncio.gather(*tasks, return_exceptions=True)
