@@ -240,7 +240,8 @@ def test_unknown_keys_name_the_allowed_ones() -> None:
         "(allowed: name, hosts, path_prefix, pools, weights, sticky, rules)"
     ]
     assert problems(MINIMAL.replace('"]}', '"], weight: 5}')) == [
-        "config/x.yaml:5: routes[0].pools.blue.weight: unknown key (allowed: endpoints, health, ejection)"
+        "config/x.yaml:5: routes[0].pools.blue.weight: unknown key "
+        "(allowed: endpoints, health, ejection)"
     ]
 
 
