@@ -790,3 +790,19 @@ def test_client_rejects_a_token_that_cannot_be_a_header() -> None:
     assert repr(AdminClient(DEFAULT_ADMIN_URL, "x")) == (
         "<AdminClient http://127.0.0.1:8081 token timeout=5.0s>"
     )
+
+
+async def test_a_reader_that_goes_away_gets_no_traceback(api: FakeControlApi) -> None:
+    """`pointsman status --json | head -c 10`: the pipe closes before the output is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is already gone
+    env = dict(os.environ, POINTSMAN_ADMIN=api.url, POINTSMAN_TOKEN=TOKEN)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control.cli", "status", "--json",
+        cwd=ROOT, env=env, stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert "Traceback" not in err.decode()
+    assert proc.returncode == 1
