@@ -338,14 +338,10 @@ class DownstreamConnection:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
+        if self.upstream is not None:
             if self.current is not None and not self.tunnel:
                 self.ctx.metrics.reject("client_closed")
-            # Mid-exchange: the upstream connection's state is unknown, so it is not reused.
-            upstream.client = None
-            upstream.abort()
+            self._drop_upstream()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -856,13 +852,8 @@ class DownstreamConnection:
             "bad response from %s (route %s, pool %s): %s", conn.endpoint.address,
             pool.route_name if pool else "-", pool.name if pool else "-", exc,
         )  # fmt: skip
-        self.upstream = None
-        conn.client = None
-        conn.abort()
-        if self.resp_started:
-            self._abort_exchange()
-        else:
-            self._local_response(502, "upstream sent a malformed response", close=True)
+        self._drop_upstream()
+        self._fail_exchange(502, "upstream sent a malformed response")
 
     def tunnel_data(self, data: bytes) -> None:
         self.activity = self.loop.time()
@@ -955,17 +946,30 @@ class DownstreamConnection:
         if self.timer is None or self.timer_at > deadline:
             self._arm(deadline)
 
+    def _drop_upstream(self) -> None:
+        """Detach and cut the upstream connection of the exchange: its state is unknown, so it
+        must not go back to the pool."""
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.client = None
+            upstream.abort()
+
+    def _fail_exchange(self, status: int, error: str) -> None:
+        """An error answer if the response has not started; else cut the client off, since
+        a started response cannot be turned into an error."""
+        if self.resp_started:
+            self._abort_exchange()
+        else:
+            self._local_response(status, error, close=True)
+
     def _abort_exchange(self) -> None:
         """The response cannot be completed: cut both sides so the client sees a failure."""
         pool = self.pool
         req = self.current
         if pool is not None and req is not None:
             pool.stats.observe(502, perf_counter() - req.started)
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
-            upstream.client = None
-            upstream.abort()
+        self._drop_upstream()
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
@@ -977,15 +981,8 @@ class DownstreamConnection:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
-            upstream.client = None
-            upstream.abort()
-        if self.resp_started:
-            self._abort_exchange()
-        else:
-            self._local_response(504, "upstream timed out", close=True)
+        self._drop_upstream()
+        self._fail_exchange(504, "upstream timed out")
 
     def _reject(self, err: Reject) -> None:
         """A request was refused by the parser or our checks."""
@@ -1000,11 +997,7 @@ class DownstreamConnection:
             return
         if self.current is not None:
             # The in-flight request's own body was bad.
-            upstream = self.upstream
-            if upstream is not None:
-                self.upstream = None
-                upstream.client = None
-                upstream.abort()
+            self._drop_upstream()
             if self.resp_started:
                 self._abort_exchange()
                 return
@@ -1037,11 +1030,7 @@ class DownstreamConnection:
             )
         )
         self.out.append(head if req.method == b"HEAD" else head + body)
-        if self.upstream is not None:
-            upstream = self.upstream
-            self.upstream = None
-            upstream.client = None
-            upstream.abort()
+        self._drop_upstream()
         self._finish(status, close=close)
 
     def close(self) -> None:
