@@ -263,12 +263,20 @@ async def get_route(request: web.Request) -> web.Response:
     return json_answer(route_view(plane, name), plane.doc.version)
 
 
-async def put_weights(request: web.Request) -> web.Response:
+async def write_request(
+    request: web.Request,
+) -> tuple[str, ControlPlane, str, int | None, dict[str, Any]]:
+    """What every write starts with: (actor, plane, route name, If-Match version, body)."""
     actor = check_auth(request, mutating=True)
     plane = request.app[PLANE_KEY]
     name = route_name(request, plane)
     version = expected_version(request)
     body = await read_body(request)
+    return actor, plane, name, version, body
+
+
+async def put_weights(request: web.Request) -> web.Response:
+    actor, plane, name, version, body = await write_request(request)
     weights = body.get("weights")
     if not isinstance(weights, dict) or not weights:
         raise ApiError(400, 'expected {"weights": {"<pool>": <integer>, ...}}', None)
@@ -279,11 +287,7 @@ async def put_weights(request: web.Request) -> web.Response:
 
 
 async def post_flip(request: web.Request) -> web.Response:
-    actor = check_auth(request, mutating=True)
-    plane = request.app[PLANE_KEY]
-    name = route_name(request, plane)
-    version = expected_version(request)
-    body = await read_body(request)
+    actor, plane, name, version, body = await write_request(request)
     target = body.get("to")
     force = body.get("force", False)
     if not isinstance(target, str) or not target:
@@ -305,11 +309,7 @@ async def post_flip(request: web.Request) -> web.Response:
 
 
 async def post_rollback(request: web.Request) -> web.Response:
-    actor = check_auth(request, mutating=True)
-    plane = request.app[PLANE_KEY]
-    name = route_name(request, plane)
-    version = expected_version(request)
-    await read_body(request)
+    actor, plane, name, version, _ = await write_request(request)
     doc = await plane.change(
         actor, "rollback", name, version, lambda d, now: rollback(d, name, now)
     )
