@@ -101,6 +101,10 @@ class ControlPlane:
             try:
                 new = transition(doc, now)
             except StateError as err:
+                if err.code == "unchanged":
+                    # Asking for what is already in force succeeds without a new version, so
+                    # a deploy script can retry a flip, and the rollback target stays put.
+                    return doc
                 raise ApiError(err.status, err.message, {"code": err.code}) from None
             # Persist before publishing or answering: an acknowledged change survives a crash.
             await asyncio.to_thread(self.store.save, new)
