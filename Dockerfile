@@ -1,6 +1,7 @@
 # Pointsman image. Build:  docker build -t pointsman .
-# Run (the config's listen addresses must be 0.0.0.0, see config/examples/canary.yaml):
-#   docker run --rm -p 8080:8080 -p 8081:8081 \
+# Run (the config's listen addresses must be 0.0.0.0, see config/examples/canary.yaml; an
+# admin listener off loopback needs a token):
+#   docker run --rm -p 8080:8080 -p 8081:8081 -e POINTSMAN_TOKEN=change-me \
 #     -v "$PWD/config/examples/canary.yaml:/etc/pointsman/pointsman.yaml:ro" pointsman
 # Build stage: compiles the data plane's hot modules with mypyc (needs a C compiler, which
 # the slim image lacks) into a wheel.

@@ -12,7 +12,7 @@ from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
-from proxy.upstream import Upstreams
+from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")
 
@@ -65,11 +65,17 @@ class ProxyServer:
         self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
         self.upstreams.start()
         self._bind_targets(self._table, self.upstreams)
+        # Health is kept per address: an endpoint in several pools takes its health and
+        # ejection settings from the first pool (in config order) that lists it.
         checks = []
+        configured: set[EndpointPool] = set()
         for route in self.config.routes:
             for pool in route.pools:
                 for address in pool.endpoints:
                     target = self.upstreams.pool(address)
+                    if target in configured:
+                        continue
+                    configured.add(target)
                     target.ejection = pool.ejection
                     if pool.health is not None:
                         checks.append((target, pool.health))

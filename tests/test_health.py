@@ -188,3 +188,18 @@ routes:
         listen=Address("127.0.0.1", 0),
         admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
     )
+
+
+async def test_an_endpoint_in_two_pools_takes_the_first_pools_settings(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    a = await backend_factory("a")
+    pools = (
+        f'      blue: {{endpoints: ["{a.address}"], ejection: {{consecutive_failures: 2}}}}\n'
+        f'      green: {{endpoints: ["{a.address}"], ejection: {{consecutive_failures: 9}}}}\n'
+        "    weights: {blue: 1, green: 1}"
+    )
+    proxy = await proxy_factory(config_for_text(pools))
+    shared = targets(proxy, "blue")[0]
+    assert shared is targets(proxy, "green")[0]
+    assert shared.ejection.consecutive_failures == 2
