@@ -8,6 +8,7 @@ It parses the response with httptools and hands the pieces to the client through
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from typing import Protocol, cast
 
@@ -38,6 +39,12 @@ _HOP_BY_HOP = frozenset(
         b"transfer-encoding",
         b"upgrade",
     }
+)
+# Hop-by-hop headers other than Connection, as they appear in a lower-cased head; when none is
+# there (nearly always), the head takes the short path.
+_RARE_HOP_BY_HOP = re.compile(
+    rb"\r\n(?:keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade):"
 )
 _STANDARD_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -216,9 +223,31 @@ class UpstreamConnection:
 
     def _take_head(self, head: bytes) -> None:
         """Split a raw response head: what the client gets, and what the proxy must read.
-        (llhttp has checked the syntax: CRLF line ends, no space before a colon.)"""
+        (llhttp has checked the syntax: CRLF line ends, no space before a colon.)
+
+        Most heads carry one hop-by-hop header, Connection, with a standard token: that case
+        is a handful of C-level calls. Anything else goes through the line-by-line path."""
+        lower = head.lower()
+        first = head.find(b"\r\n")
+        self.status_rest = head[9:first]  # after "HTTP/1.x "
+        if _RARE_HOP_BY_HOP.search(lower) is None:
+            length_at = lower.find(b"\r\ncontent-length:")
+            if length_at != -1:
+                start = length_at + 17
+                self.content_length = head[start : head.find(b"\r\n", start)].strip()
+            connection_at = lower.find(b"\r\nconnection:")
+            if connection_at == -1:
+                self.header_block = head[first + 2 : -2]
+                return
+            end = head.find(b"\r\n", connection_at + 13)
+            token = lower[connection_at + 13 : end].strip()
+            if token in _STANDARD_CONNECTION_TOKENS and lower.find(b"\r\nconnection:", end) == -1:
+                self.header_block = head[first + 2 : connection_at + 2] + head[end + 2 : -2]
+                return
+        self._take_head_slowly(head)
+
+    def _take_head_slowly(self, head: bytes) -> None:
         lines = head.split(b"\r\n")  # status line, header lines, b"", b""
-        self.status_rest = lines[0][9:]  # after "HTTP/1.x "
         kept: list[bytes] = []
         tokens: list[bytes] = []
         for line in lines[1:-2]:
