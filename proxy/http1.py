@@ -1,4 +1,4 @@
-"""Downstream HTTP/1.1 connection: an asyncio.Protocol driving the httptools request parser.
+"""Downstream HTTP/1.1 connection: an asyncio protocol driving the httptools request parser.
 
 One DownstreamConnection serves one client connection. Requests are proxied one at a time in
 arrival order (pipelined requests wait in `pending`, with reading paused), each streamed to an
@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import random
-from bisect import bisect_left
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, cast
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, cast
 import httptools
 import orjson
 
-from proxy.metrics import DURATION_BUCKETS
 from proxy.upstream import EndpointPool, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -903,11 +901,7 @@ class DownstreamConnection:
         pool = self.pool
         if pool is not None:
             # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
-            stats = pool.stats
-            seconds = perf_counter() - req.started
-            stats.status[status // 100 if 100 <= status < 600 else 5] += 1
-            stats.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
-            stats.duration_sum += seconds
+            pool.stats.observe(status, perf_counter() - req.started)
         out = self.out
         if out and self.transport is not None:
             self.out = []

@@ -120,10 +120,6 @@ class Route:
         weights = ", ".join(f"{p.name}={p.weight}" for p in self.pools)
         return f"<Route {self.name} prefix={self.path_prefix!r} {weights}>"
 
-    def pool_for_bucket(self, bucket: int) -> Pool | None:
-        i = bisect_right(self.sticky_buckets, bucket)
-        return self.pools[i] if i < len(self.pools) else None
-
     def choose(
         self, headers: Mapping[bytes, bytes], cookie_header: bytes | None, rand: float
     ) -> Pool | None:
