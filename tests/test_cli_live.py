@@ -3,36 +3,22 @@ codes and output a `set -e` script relies on, and where traffic lands after each
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
-from pathlib import Path
 
 from tests.conftest import free_port
 from tests.test_api import TOKEN, Running, StartService, start_service
+from tests.test_cli_control import pointsman as run_cli
 
 __all__ = ["start_service"]  # the fixture, imported for pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def pointsman(
     running: Running | None, *args: str, token: str | None = TOKEN
 ) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("POINTSMAN_ADMIN", "POINTSMAN_TOKEN")}
-    env["POINTSMAN_ADMIN"] = running.admin if running else f"http://127.0.0.1:{free_port()}"
-    if token is not None:
-        env["POINTSMAN_TOKEN"] = token
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control.cli", *args,
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    assert b"Traceback" not in err, err.decode()
-    return proc.returncode, out.decode(), err.decode()
+    """Run the CLI against the instance (None: an address nothing listens on)."""
+    admin = running.admin if running else f"http://127.0.0.1:{free_port()}"
+    run = await run_cli(*args, admin=admin, token=token)
+    return run.code, run.out, run.err
 
 
 async def test_blue_green_walkthrough_against_a_running_instance(
