@@ -35,6 +35,14 @@ if _stale_extensions():
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app on 127.0.0.1 at an OS-chosen port; (runner to clean up, port)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
+
+
 class Backend:
     """An aiohttp upstream on 127.0.0.1:<port>; records the requests it saw."""
 
@@ -58,13 +66,7 @@ class Backend:
     async def start(self) -> Backend:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(app)
         return self
 
     @property

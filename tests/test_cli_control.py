@@ -28,7 +28,7 @@ from control.client import (
     Reply,
     parse_admin_url,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -116,13 +116,7 @@ class FakeControlApi:
         app.router.add_put("/v1/routes/{route}/weights", self._weights)
         app.router.add_post("/v1/routes/{route}/flip", self._flip)
         app.router.add_post("/v1/routes/{route}/rollback", self._rollback)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:
@@ -261,13 +255,8 @@ async def api() -> AsyncIterator[FakeControlApi]:
 async def odd_api() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/v1/routes/{route}", odd_answers)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    runner, port = await serve_app(app)
+    yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 
 
