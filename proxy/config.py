@@ -8,16 +8,20 @@ and it collects all problems before raising one `ConfigError`.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from fractions import Fraction
 from typing import TypeVar
 
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow
+from proxy.values import DURATION_EXPECTED as _DURATION_EXPECTED
+from proxy.values import SIZE_EXPECTED as _SIZE_EXPECTED
+from proxy.values import Expected as _Expected
+from proxy.values import parse_duration, parse_size
 
 __all__ = [
     "Address",
@@ -124,6 +128,7 @@ class RouteConfig:
     pools: tuple[PoolConfig, ...]  # in the YAML's order (this order is the sticky walk order)
     sticky: StickyConfig | None = None
     rules: tuple[RuleConfig, ...] = ()
+    shadows: tuple[ShadowConfig, ...] = ()  # blind versions that get mirrored copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,98 +169,13 @@ class ConfigError(Exception):
         return "\n".join(self.problems)
 
 
-class _Expected(ValueError):
-    """A value helper's rejection; `expected` lets the loader re-render the bad value as
-    the YAML user wrote it instead of as a Python repr."""
-
-    def __init__(self, expected: str, value: object) -> None:
-        super().__init__(f"{expected}, got {value!r}")
-        self.expected = expected
-
-
 # --- value helpers -----------------------------------------------------------------------
 
-_DURATION_EXPECTED = "expected a duration like '2s' or '500ms'"
-_SIZE_EXPECTED = "expected a size like '64KiB' or '1MiB'"
 _ADDRESS_EXPECTED = "expected an address like '127.0.0.1:8080' or '[::1]:8080'"
-
-# ASCII digits only: `\d` would also accept other scripts' digits.
-_NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-_DURATION_RE = re.compile(rf"\s*{_NUMBER}\s*(ms|s|m|h)?\s*")
-_DURATION_UNITS: dict[str, Fraction] = {
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-}
-_SIZE_RE = re.compile(rf"\s*{_NUMBER}\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
-_SIZE_UNITS: dict[str, int] = {
-    "B": 1,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "TB": 1000**4,
-    "KIB": 1024,
-    "MIB": 1024**2,
-    "GIB": 1024**3,
-    "TIB": 1024**4,
-}
 _HOSTNAME_RE = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 _PORT_RE = re.compile(r"[0-9]{1,5}")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a non-negative number or a string like '500ms', '2s', '1.5s', '1m', '1h'
-    (a bare number string means seconds). Raises ValueError naming what was expected."""
-    # bool is an int subclass, but `connect: yes` is certainly a mistake.
-    if isinstance(value, bool):
-        raise _Expected(_DURATION_EXPECTED, value)
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise _Expected(_DURATION_EXPECTED, value) from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise _Expected(_DURATION_EXPECTED, value)
-        return seconds
-    if isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value)
-        if match is not None:
-            number, unit = match.groups()
-            # Exact arithmetic so '1500ms' is exactly 1.5 and '7ms' equals 7 / 1000.
-            exact = Fraction(number) * _DURATION_UNITS[unit or "s"]
-            try:
-                return float(exact)
-            except OverflowError:
-                pass
-    raise _Expected(_DURATION_EXPECTED, value)
-
-
-def parse_size(value: object) -> int:
-    """Bytes from a non-negative integer or a string like '512B', '1KB' (1000), '64KiB',
-    '1MiB', '2GiB' (a bare number string means bytes). Raises ValueError naming what was
-    expected."""
-    if isinstance(value, bool):
-        raise _Expected(_SIZE_EXPECTED, value)
-    if isinstance(value, int):
-        if value < 0:
-            raise _Expected(_SIZE_EXPECTED, value)
-        return value
-    if isinstance(value, float):
-        if not value.is_integer() or value < 0:
-            raise _Expected(_SIZE_EXPECTED, value)
-        return int(value)
-    if isinstance(value, str):
-        match = _SIZE_RE.fullmatch(value)
-        if match is not None:
-            number, unit = match.groups()
-            exact = Fraction(number) * _SIZE_UNITS[(unit or "B").upper()]
-            if exact.denominator != 1:
-                raise _Expected("expected a whole number of bytes", value)
-            return exact.numerator
-    raise _Expected(_SIZE_EXPECTED, value)
 
 
 def parse_address(value: object) -> Address:
@@ -312,7 +232,7 @@ _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
 _UPSTREAM_KEYS = ("max_idle", "idle_timeout")
 _STATE_KEYS = ("path",)
-_ROUTE_KEYS = ("name", "hosts", "path_prefix", "pools", "weights", "sticky", "rules")
+_ROUTE_KEYS = ("name", "hosts", "path_prefix", "pools", "weights", "sticky", "rules", "shadows")
 _POOL_KEYS = ("endpoints", "health", "ejection")
 _HEALTH_KEYS = ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold")
 _EJECTION_KEYS = ("consecutive_failures", "backoff")
@@ -724,6 +644,12 @@ class _Loader:
                 if rule is not None:
                     rules.append(rule)
 
+        shadows: tuple[ShadowConfig, ...] = ()
+        if "shadows" in section:
+            found = self.shadows(section["shadows"], f"{path}.shadows", pool_names, weights, rules)
+            ok = ok and found is not None
+            shadows = found or ()
+
         if not ok or name is None or hosts is None or path_prefix is None:
             return None
         if pools is None or weights is None:
@@ -738,7 +664,55 @@ class _Loader:
             ),
             sticky=sticky,
             rules=tuple(rules),
+            shadows=shadows,
         )
+
+    def shadows(
+        self,
+        node: Node,
+        path: str,
+        pool_names: list[str] | None,
+        weights: dict[str, int] | None,
+        rules: list[RuleConfig],
+    ) -> tuple[ShadowConfig, ...] | None:
+        items = self.sequence(node, path, "expected a list of shadows")
+        if items is None:
+            return None
+        shadows: list[ShadowConfig] = []
+        ok = True
+        for index, item in enumerate(items):
+            item_path = f"{path}[{index}]"
+            try:
+                value = self._constructor.construct_object(item, deep=True)
+                shadow = parse_shadow(value, pool_names)
+            except yaml.YAMLError as err:
+                self.report(item, item_path, f"cannot read value: {getattr(err, 'problem', err)}")
+                ok = False
+                continue
+            except ShadowSpecError as err:
+                self.report(_node_at(item, err.steps), err.path(item_path), err.message)
+                ok = False
+                continue
+            if any(s.pool == shadow.pool for s in shadows):
+                self.report(item, f"{item_path}.pool", f"pool {shadow.pool!r} is shadowed twice")
+                ok = False
+            # A shadow or baseline pool answers only mirrored copies; live traffic sent there
+            # would be compared with itself.
+            for key, pool in (("pool", shadow.pool), ("baseline", shadow.baseline)):
+                if pool is None:
+                    continue
+                if weights is not None and weights.get(pool, 0) > 0:
+                    message = f"pool {pool!r} takes live traffic (weight {weights[pool]}); "
+                    self.report(
+                        _node_at(item, [key]), f"{item_path}.{key}", message + "give it weight 0"
+                    )
+                    ok = False
+                elif any(rule.pool == pool for rule in rules):
+                    message = f"pool {pool!r} takes live traffic (a rule sends requests to it)"
+                    self.report(_node_at(item, [key]), f"{item_path}.{key}", message)
+                    ok = False
+            shadows.append(shadow)
+        return tuple(shadows) if ok else None
 
     def hosts(self, node: Node, path: str) -> tuple[str, ...] | None:
         expected = "expected a non-empty list of strings"
@@ -949,6 +923,22 @@ class _Loader:
         if not ok or pool is None or headers is None or cookies is None:
             return None
         return RuleConfig(pool=pool, headers=headers, cookies=cookies)
+
+
+def _node_at(node: Node, steps: Sequence[str | int]) -> Node:
+    """The node at `steps` (keys and indices) below `node`, or the deepest one that exists."""
+    for step in steps:
+        found = None
+        if isinstance(node, MappingNode) and isinstance(step, str):
+            found = next((v for k, v in node.value if getattr(k, "value", None) == step), None)
+            if found is None:  # an unknown key: point at the key itself
+                found = next((k for k, _ in node.value if getattr(k, "value", None) == step), None)
+        elif isinstance(node, SequenceNode) and isinstance(step, int) and step < len(node.value):
+            found = node.value[step]
+        if found is None:
+            break
+        node = found
+    return node
 
 
 def _yaml_error(source: str, text: str, err: yaml.YAMLError) -> str:

@@ -28,6 +28,7 @@ from proxy.config import (
     parse_duration,
     parse_size,
 )
+from proxy.shadow_config import CompareConfig, ShadowConfig
 
 SRC = "config/x.yaml"
 
@@ -237,7 +238,7 @@ def test_unknown_keys_name_the_allowed_ones() -> None:
     ]
     assert problems(MINIMAL + "    colour: red\n") == [
         "config/x.yaml:6: routes[0].colour: unknown key "
-        "(allowed: name, hosts, path_prefix, pools, weights, sticky, rules)"
+        "(allowed: name, hosts, path_prefix, pools, weights, sticky, rules, shadows)"
     ]
     assert problems(MINIMAL.replace('"]}', '"], weight: 5}')) == [
         "config/x.yaml:5: routes[0].pools.blue.weight: unknown key "
@@ -689,3 +690,102 @@ def test_parse_address_bad(value: object, message: str) -> None:
 def test_units_scale_exactly(n: int) -> None:
     assert parse_size(f"{n}KiB") == n * 1024
     assert parse_duration(f"{n}ms") == n / 1000
+
+
+# --- shadows ---------------------------------------------------------------------------------
+
+SHADOWED = TWO_POOLS + "    weights: {blue: 1, green: 0}\n    shadows:\n"  # line 8: shadows
+
+
+def test_the_issue_shadow_example_parses_with_defaults_for_the_rest() -> None:
+    text = (
+        SHADOWED
+        + """\
+      - pool: green
+        percent: 100
+        methods: [GET, HEAD]
+        timeout: 2s
+        max_in_flight: 256
+        compare:
+          max_body: 1MiB
+          ignore_headers: [date, X-Request-Id]
+          ignore_json: ["$.generated_at", "$.items[*].etag"]
+"""
+    )
+    (shadow,) = parse_config(text, SRC).routes[0].shadows
+    assert shadow == ShadowConfig(
+        pool="green",
+        percent=100.0,
+        methods=("GET", "HEAD"),
+        timeout=2.0,
+        max_in_flight=256,
+        compare=CompareConfig(
+            max_body=1024 * 1024,
+            ignore_headers=("date", "x-request-id"),
+            ignore_json=("$.generated_at", "$.items[*].etag"),
+        ),
+    )
+    minimal = parse_config(SHADOWED + "      - pool: green\n", SRC).routes[0].shadows[0]
+    assert minimal == ShadowConfig(pool="green")
+    assert minimal.compare.ignore_headers == ("date",)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            "      - pool: gren\n",
+            "config/x.yaml:9: routes[0].shadows[0].pool: unknown pool 'gren' (pools: blue, green)",
+        ),
+        (
+            "      - pool: blue\n",
+            "config/x.yaml:9: routes[0].shadows[0].pool: pool 'blue' takes live traffic "
+            "(weight 1); give it weight 0",
+        ),
+        (
+            "      - {percent: 5}\n",
+            "config/x.yaml:9: routes[0].shadows[0].pool: required key missing",
+        ),
+        (
+            "      - pool: green\n        percent: 150\n",
+            "config/x.yaml:10: routes[0].shadows[0].percent: expected a percentage in 0..100, "
+            "got 150",
+        ),
+        (
+            "      - pool: green\n        methods: [GET, 'P OST']\n",
+            "config/x.yaml:10: routes[0].shadows[0].methods[1]: expected an HTTP method, "
+            "got 'P OST'",
+        ),
+        (
+            "      - pool: green\n        timeout: soon\n",
+            "config/x.yaml:10: routes[0].shadows[0].timeout: expected a duration like '2s' or "
+            "'500ms', got 'soon'",
+        ),
+        (
+            "      - pool: green\n        compare:\n          max_body: 1GiB\n",
+            "config/x.yaml:11: routes[0].shadows[0].compare.max_body: expected a size <= 16MiB, "
+            "got '1GiB'",
+        ),
+        (
+            "      - pool: green\n        compare:\n          ignore_json: ['$.a[']\n",
+            "config/x.yaml:11: routes[0].shadows[0].compare.ignore_json[0]: JSON path '$.a[': "
+            "cannot read from '['",
+        ),
+        (
+            "      - pool: green\n        colour: dark\n",
+            "config/x.yaml:10: routes[0].shadows[0].colour: unknown key (allowed: pool, percent, "
+            "methods, timeout, max_in_flight, baseline, compare)",
+        ),
+        (
+            "      - pool: green\n        baseline: green\n",
+            "config/x.yaml:10: routes[0].shadows[0].baseline: the baseline must be another pool "
+            "than the shadow",
+        ),
+        (
+            "      - pool: green\n      - pool: green\n",
+            "config/x.yaml:10: routes[0].shadows[1].pool: pool 'green' is shadowed twice",
+        ),
+    ],
+)
+def test_shadow_problem(entry: str, expected: str) -> None:
+    assert problems(SHADOWED + entry) == [expected]
