@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, cast
 import httptools
 import orjson
 
+from proxy.shadow import PrimaryCapture
 from proxy.upstream import EndpointPool, UpstreamConnection
 
 if TYPE_CHECKING:
     from proxy.config import Limits, Timeouts
     from proxy.metrics import Metrics
     from proxy.router import Pool, Route, RoutingTable
+    from proxy.shadow import Exchange
     from proxy.upstream import Upstreams
 
 log = logging.getLogger("pointsman.http1")
@@ -126,6 +128,7 @@ class Request:
     wanted: dict[bytes, bytes] = {}  # shared default, never mutated: on_header assigns a new one
     body: list[bytes] | None = None
     body_size = 0
+    mirrors: list[Exchange] | None = None  # copies of this request on their way to shadows
     complete = False
     method = b""
     version = "1.1"
@@ -167,6 +170,7 @@ class DownstreamConnection:
     __slots__ = (
         "activity",
         "backlog",
+        "capture",
         "closed",
         "connect_task",
         "ctx",
@@ -227,6 +231,7 @@ class DownstreamConnection:
         self.tunnel = False
         self.upgrading = False  # an Upgrade request is out; its later bytes wait for the 101
         self.deferred_error: Reject | None = None
+        self.capture: PrimaryCapture | None = None  # the response of a mirrored request
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.idle_since = 0.0
@@ -336,6 +341,9 @@ class DownstreamConnection:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+        req = self.current
+        if req is not None and req.mirrors is not None:
+            self._end_mirrors(req, 0)
         if self.upstream is not None:
             if self.current is not None and not self.tunnel:
                 self.ctx.metrics.reject("client_closed")
@@ -522,6 +530,9 @@ class DownstreamConnection:
         max_body = self.ctx.max_body_bytes
         if max_body and req.body_size > max_body:
             raise Reject(413, "request body too large", "body_too_large")
+        if req.mirrors is not None:
+            for exchange in req.mirrors:
+                exchange.tee(body)
         upstream = self.upstream
         if upstream is not None and req is self.current and upstream.transport is not None:
             self.activity = self.loop.time()
@@ -539,6 +550,9 @@ class DownstreamConnection:
         assert req is not None
         req.complete = True
         self.parsing = None
+        if req.mirrors is not None:
+            for exchange in req.mirrors:
+                exchange.request_complete()
         upstream = self.upstream
         if upstream is not None and req is self.current and upstream.transport is not None:
             if req.chunked:
@@ -578,6 +592,8 @@ class DownstreamConnection:
             self._local_response(503, "no pool of this route takes traffic")
             return
         self.upstream_head = self._build_upstream_head(req)
+        if route.mirrors and not req.upgrade:
+            self._mirror(req, route, pool)
         if req.expect_continue and not req.complete and req.version == "1.1":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -599,6 +615,42 @@ class DownstreamConnection:
             self._attach(conn, reused=True)
         else:
             self._connect_new(target)
+
+    def _mirror(self, req: Request, route: Route, pool: Pool) -> None:
+        """Ask each shadow of the route whether it mirrors this request; hand the body read so
+        far to those that do."""
+        request_id = req.request_id
+        assert request_id is not None  # set by _build_upstream_head
+        mirrors: list[Exchange] = []
+        for shadow in route.mirrors:
+            exchange = shadow.begin(
+                pool.name, req.method, request_id, self.upstream_head, req.content_length
+            )
+            if exchange is not None:
+                exchange.chunked = req.chunked
+                mirrors.append(exchange)
+        if not mirrors:
+            return
+        req.mirrors = mirrors
+        for exchange in mirrors:
+            for chunk in req.body or ():
+                exchange.tee(chunk)
+            if req.complete:
+                exchange.request_complete()
+
+    def _end_mirrors(self, req: Request, status: int) -> None:
+        """The primary exchange is over: give its capture to the mirrors (None: it failed)."""
+        mirrors = req.mirrors
+        assert mirrors is not None
+        req.mirrors = None
+        capture = self.capture
+        self.capture = None
+        latency = perf_counter() - req.started
+        for exchange in mirrors:
+            if capture is None or status == 0:
+                exchange.primary_failed()
+            else:
+                exchange.primary_done(capture, latency)
 
     def _build_upstream_head(self, req: Request) -> bytes:
         host = req.host
@@ -735,6 +787,9 @@ class DownstreamConnection:
         status = conn.status
         self.resp_status = status
         self.resp_started = True
+        if req.mirrors is not None:
+            limit = max(exchange.limit for exchange in req.mirrors)
+            self.capture = PrimaryCapture(status, conn.header_block, limit)
         if (
             conn.content_length is not None
             and 200 <= status < 300
@@ -783,6 +838,8 @@ class DownstreamConnection:
         )
 
     def response_body(self, data: bytes) -> None:
+        if self.capture is not None:
+            self.capture.add(data)
         mode = self.resp_mode
         if mode == MODE_CHUNKED:
             self.out.extend((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -898,6 +955,8 @@ class DownstreamConnection:
         """The response is complete: count it, then close or move on to the next request."""
         req = self.current
         assert req is not None
+        if req.mirrors is not None:
+            self._end_mirrors(req, status)
         pool = self.pool
         if pool is not None:
             # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
@@ -963,6 +1022,8 @@ class DownstreamConnection:
         req = self.current
         if pool is not None and req is not None:
             pool.stats.observe(502, perf_counter() - req.started)
+        if req is not None and req.mirrors is not None:
+            self._end_mirrors(req, 0)
         self._drop_upstream()
         self.closed = True
         if self.transport is not None:

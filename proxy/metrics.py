@@ -65,6 +65,7 @@ class Metrics:
         self.table: RoutingTable | None = None
         self.open_connections: Callable[[], int] = lambda: 0
         self.idle_upstream_connections: Callable[[], int] = lambda: 0
+        self.collectors: list[Collector] = []  # more families (shadows), exported alongside
 
     def bind(self, table: RoutingTable) -> None:
         """Give every pool of a new table its persistent stats object."""
@@ -83,6 +84,8 @@ class Metrics:
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ProxyCollector(self))
+        for collector in self.collectors:
+            registry.register(collector)
         return registry
 
 

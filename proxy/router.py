@@ -17,6 +17,8 @@ from proxy.config import Address, RouteConfig
 from proxy.metrics import PoolStats
 
 if TYPE_CHECKING:
+    from proxy.shadow import Shadow
+    from proxy.shadow_config import ShadowConfig
     from proxy.upstream import EndpointPool
 
 # Sticky buckets: a user lands in [0, BUCKETS). 10,000 gives 0.01 % resolution for weights.
@@ -69,11 +71,13 @@ class Rule:
 class Route:
     __slots__ = (
         "cumulative",
+        "mirrors",
         "name",
         "path_prefix",
         "pools",
         "pools_by_name",
         "rules",
+        "shadows",
         "sticky_buckets",
         "sticky_cookie",
         "sticky_header",
@@ -81,8 +85,19 @@ class Route:
         "total_weight",
     )
 
-    def __init__(self, config: RouteConfig, weights: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        config: RouteConfig,
+        weights: Mapping[str, int] | None = None,
+        shadows: Sequence[ShadowConfig] | None = None,
+    ) -> None:
         self.name = config.name
+        # Shadows from the control plane's state win over the config's (like weights).
+        self.shadows: tuple[ShadowConfig, ...] = (
+            config.shadows if shadows is None else tuple(shadows)
+        )
+        # The live Shadow objects for `shadows`, bound by the server (mirroring is I/O).
+        self.mirrors: tuple[Shadow, ...] = ()
         self.path_prefix = config.path_prefix.encode()
         pools: list[Pool] = []
         for i, pc in enumerate(config.pools):
@@ -183,9 +198,17 @@ class RoutingTable:
         routes: Sequence[RouteConfig],
         weights: Mapping[str, Mapping[str, int]] | None = None,
         version: int = 0,
+        shadows: Mapping[str, Sequence[ShadowConfig]] | None = None,
     ) -> None:
         self.version = version
-        built = [Route(rc, None if weights is None else weights.get(rc.name)) for rc in routes]
+        built = [
+            Route(
+                rc,
+                None if weights is None else weights.get(rc.name),
+                None if shadows is None else shadows.get(rc.name),
+            )
+            for rc in routes
+        ]
         self.routes = {r.name: r for r in built}
         by_host: dict[bytes, list[Route]] = {}
         wildcard: list[Route] = []
@@ -225,3 +248,6 @@ class RoutingTable:
 
     def weights(self) -> dict[str, dict[str, int]]:
         return {r.name: {p.name: p.weight for p in r.pools} for r in self.routes.values()}
+
+    def shadows(self) -> dict[str, tuple[ShadowConfig, ...]]:
+        return {r.name: r.shadows for r in self.routes.values()}

@@ -12,6 +12,7 @@ from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
+from proxy.shadow import ShadowCollector, Shadows
 from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")
@@ -30,6 +31,8 @@ class ProxyServer:
         self.metrics.bind(self._table)
         self.upstreams: Upstreams | None = None
         self.health = HealthChecker()
+        self.shadows = Shadows()
+        self.metrics.collectors.append(ShadowCollector(self.shadows))
         self.ctx: ProxyContext | None = None
         self._server: asyncio.Server | None = None
 
@@ -43,6 +46,7 @@ class ProxyServer:
         self.metrics.bind(table)
         if self.upstreams is not None:
             self._bind_targets(table, self.upstreams)
+            self.shadows.bind(table, self.upstreams)
         self._table = table
         if self.ctx is not None:
             self.ctx.wanted_headers = table.wanted_headers
@@ -65,6 +69,7 @@ class ProxyServer:
         self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
         self.upstreams.start()
         self._bind_targets(self._table, self.upstreams)
+        self.shadows.bind(self._table, self.upstreams)
         # Health is kept per address: an endpoint in several pools takes its health and
         # ejection settings from the first pool (in config order) that lists it.
         checks = []
@@ -130,5 +135,6 @@ class ProxyServer:
             await self._server.wait_closed()
             self._server = None
         await self.health.stop()
+        self.shadows.close()
         if self.upstreams is not None:
             await self.upstreams.close()

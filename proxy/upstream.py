@@ -405,12 +405,21 @@ class Upstreams:
         self.settings = settings
         self.connect_timeout = connect_timeout
         self.pools: dict[Address, EndpointPool] = {}
+        # Mirrors use their own connections, so a slow shadow never holds one a live request
+        # could have used (and health or ejection of live endpoints never sees shadow traffic).
+        self.shadow_pools: dict[Address, EndpointPool] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def pool(self, address: Address) -> EndpointPool:
         pool = self.pools.get(address)
         if pool is None:
             pool = self.pools[address] = EndpointPool(address, self.settings)
+        return pool
+
+    def shadow_pool(self, address: Address) -> EndpointPool:
+        pool = self.shadow_pools.get(address)
+        if pool is None:
+            pool = self.shadow_pools[address] = EndpointPool(address, self.settings)
         return pool
 
     async def connect(self, target: EndpointPool) -> UpstreamConnection:
@@ -426,7 +435,9 @@ class Upstreams:
         return cast(UpstreamConnection, protocol)
 
     def idle_count(self) -> int:
-        return sum(len(p.idle) for p in self.pools.values())
+        return sum(len(p.idle) for p in self.pools.values()) + sum(
+            len(p.idle) for p in self.shadow_pools.values()
+        )
 
     def start(self) -> None:
         if self._sweeper is None:
@@ -438,6 +449,8 @@ class Upstreams:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
             now = loop.time()
             for pool in self.pools.values():
+                pool.sweep(now)
+            for pool in self.shadow_pools.values():
                 pool.sweep(now)
 
     async def close(self) -> None:
@@ -451,5 +464,5 @@ class Upstreams:
                 if task is not None and task.cancelling():
                     raise
             self._sweeper = None
-        for pool in self.pools.values():
+        for pool in (*self.pools.values(), *self.shadow_pools.values()):
             pool.close_all()

@@ -1,0 +1,893 @@
+"""Mirroring: sampled copies of live requests go to shadow ("blind") pools off the request path.
+
+The downstream connection asks each of its route's `Shadow`s whether to mirror a request
+(`Shadow.begin`). A yes gives an `Exchange`: the request head and its teed body (up to
+`compare.max_body`), the primary's response as captured while it streams to the client, and one
+`Leg` per pool the copy goes to (the shadow, plus its baseline when noise cancellation is on).
+Legs use their own upstream connections (`Upstreams.shadow_pool`), a timer each, and write the
+whole copy at once; their responses are read, kept up to `max_body` and never reach the client.
+When the primary and every leg are done, the responses are compared (proxy/compare.py) inline
+when small, else on one comparison thread, and the result is counted and maybe sampled.
+
+Nothing here can delay or fail the primary: the downstream connection only calls `tee`,
+`request_complete`, `primary_done` / `primary_failed`, each of which returns at once, and every
+error of a leg ends in a counted drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from proxy.compare import (
+    MORE_PATH,
+    OTHER_PATH,
+    Captured,
+    Comparison,
+    NoiseModel,
+    PathReport,
+    collapse,
+    compare,
+    redact_headers,
+)
+from proxy.shadow_config import ShadowConfig
+from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams
+
+if TYPE_CHECKING:
+    from proxy.router import RoutingTable
+
+__all__ = [
+    "DROP_REASONS",
+    "SHADOW_HEADER",
+    "DiffSample",
+    "Exchange",
+    "PrimaryCapture",
+    "Shadow",
+    "ShadowCollector",
+    "ShadowStats",
+    "Shadows",
+]
+
+log = logging.getLogger("pointsman.shadow")
+
+SHADOW_HEADER: Final = b"X-Pointsman-Shadow: 1\r\n"
+# Bodies up to this (both sides together) are compared on the event loop: a small JSON diff
+# costs tens of microseconds, less than a hop to a thread. Larger ones go to the comparison
+# thread, since a megabyte of JSON takes tens of milliseconds the loop must not spend.
+INLINE_COMPARE_BYTES: Final = 64 * 1024
+# JSON paths with their own metric label per shadow; past it they count as `other`, so a
+# response with ever-new keys cannot blow up the time series count.
+MAX_COUNTED_PATHS: Final = 100
+# A diff sample keeps this much of the request body, enough to replay a typical API call.
+MAX_SAMPLE_BODY: Final = 8 * 1024
+# Shadow minus primary latency, seconds: symmetric, since a candidate can be faster or slower.
+LATENCY_DELTA_BUCKETS: Final = (
+    -5.0, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.001,
+    0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+)  # fmt: skip
+# Why a mirror was dropped. Before sending: the in-flight bound was reached (`full`), the request
+# body was over compare.max_body (`body_too_large`). After: the leg took longer than its timeout,
+# could not connect, or its upstream broke the exchange; or the primary itself failed, leaving
+# nothing to compare with.
+DROP_REASONS: Final = (
+    "full",
+    "body_too_large",
+    "timeout",
+    "connect_error",
+    "upstream_error",
+    "primary_failed",
+)
+PARTS: Final = ("status", "header", "body")
+
+
+def sample_bucket(request_id: bytes) -> int:
+    """A request id's bucket in [0, 10000): the same id is always sampled the same way."""
+    return zlib.crc32(request_id) % 10_000
+
+
+class ShadowStats:
+    """Counters of one shadow; plain ints, read by ShadowCollector at scrape time."""
+
+    __slots__ = (
+        "compared",
+        "delta_buckets",
+        "delta_sum",
+        "dropped",
+        "matched",
+        "mirrored",
+        "mismatched",
+        "noise",
+        "parts",
+        "paths",
+    )
+
+    def __init__(self) -> None:
+        self.mirrored = 0  # copies sent to the shadow
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.compared = 0
+        self.matched = 0  # no difference at all
+        self.mismatched = 0  # a difference that counts (with a baseline: above the noise)
+        self.noise = 0  # differences, all on paths the baseline shows to be noise
+        self.parts = dict.fromkeys(PARTS, 0)  # mismatches by differing part
+        self.paths: dict[str, int] = {}  # mismatches by collapsed path, capped
+        self.delta_buckets = [0] * (len(LATENCY_DELTA_BUCKETS) + 1)
+        self.delta_sum = 0.0
+
+    def count_path(self, path: str) -> None:
+        if path not in self.paths and len(self.paths) >= MAX_COUNTED_PATHS:
+            path = OTHER_PATH
+        self.paths[path] = self.paths.get(path, 0) + 1
+
+    def observe_delta(self, seconds: float) -> None:
+        index = 0
+        for bound in LATENCY_DELTA_BUCKETS:
+            if seconds <= bound:
+                break
+            index += 1
+        self.delta_buckets[index] += 1
+        self.delta_sum += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class DiffSample:
+    """One mismatching exchange, as `GET .../diffs` shows it (credentials redacted)."""
+
+    at: float  # unix time
+    request_id: str
+    method: str
+    target: str  # the request target (path and query)
+    host: str
+    request_headers: tuple[tuple[str, str], ...]  # as sent to the shadow, redacted
+    request_body: str | None  # latin-1 text of the body (first MAX_SAMPLE_BODY bytes)
+    request_body_truncated: bool
+    endpoint: str  # the shadow endpoint that answered
+    primary_status: int
+    shadow_status: int
+    primary_ms: float
+    shadow_ms: float
+    differences: tuple[tuple[str, str, str, str, bool], ...]  # part, path, primary, shadow, noise
+
+    def to_obj(self) -> dict[str, object]:
+        return {
+            "at": self.at,
+            "request_id": self.request_id,
+            "method": self.method,
+            "target": self.target,
+            "host": self.host,
+            "request_headers": [list(pair) for pair in self.request_headers],
+            "request_body": self.request_body,
+            "request_body_truncated": self.request_body_truncated,
+            "endpoint": self.endpoint,
+            "primary_status": self.primary_status,
+            "shadow_status": self.shadow_status,
+            "primary_ms": round(self.primary_ms, 3),
+            "shadow_ms": round(self.shadow_ms, 3),
+            "differences": [
+                {"part": part, "path": path, "primary": a, "shadow": b, "noise": noise}
+                for part, path, a, b, noise in self.differences
+            ],
+        }
+
+
+class PrimaryCapture:
+    """The primary response of a mirrored request, captured as it streams to the client."""
+
+    __slots__ = ("chunks", "header_block", "limit", "size", "status")
+
+    def __init__(self, status: int, header_block: bytes, limit: int) -> None:
+        self.status = status
+        self.header_block = header_block
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if room > 0:
+            self.chunks.append(data if len(data) <= room else data[:room])
+        self.size += len(data)
+
+
+def _headers(header_block: bytes) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for line in header_block.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            pairs.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+    return tuple(pairs)
+
+
+def _captured(
+    status: int, header_block: bytes, chunks: list[bytes], size: int, limit: int, latency: float
+) -> Captured:
+    body = b"".join(chunks)
+    return Captured(
+        status=status,
+        headers=_headers(header_block),
+        body=body[:limit],
+        body_truncated=size > limit,
+        body_size=size,
+        latency=latency,
+    )
+
+
+class Leg:
+    """One copy of a request on its way to one pool (the shadow or its baseline): a
+    ResponseSink for its upstream connection, which keeps the response up to max_body."""
+
+    __slots__ = (
+        "chunks",
+        "conn",
+        "connect_task",
+        "done",
+        "endpoint",
+        "exchange",
+        "failed",
+        "header_block",
+        "retried",
+        "reused",
+        "sent_at",
+        "size",
+        "status",
+        "timer",
+        "took",
+    )
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.conn: UpstreamConnection | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.endpoint: EndpointPool | None = None
+        self.reused = False
+        self.retried = False
+        self.done = False
+        self.failed: str | None = None  # the drop reason, when it failed
+        self.status = 0
+        self.header_block = b""
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.sent_at = 0.0
+        self.took = 0.0
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, targets: tuple[EndpointPool, ...], rr: int, upstreams: Upstreams) -> None:
+        loop = self.exchange.shadow.loop
+        self.timer = loop.call_later(self.exchange.shadow.config.timeout, self.fail, "timeout")
+        target = targets[rr % len(targets)]
+        self.endpoint = target
+        conn = target.acquire()
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self.connect_task = loop.create_task(self._connect(target, upstreams))
+
+    async def _connect(self, target: EndpointPool, upstreams: Upstreams) -> None:
+        try:
+            conn = await upstreams.connect(target)
+        except (OSError, TimeoutError):
+            self.connect_task = None
+            self.fail("connect_error")
+            return
+        self.connect_task = None
+        if self.done:
+            conn.finish(reusable=True)  # timed out meanwhile; keep the fresh connection warm
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        exchange = self.exchange
+        self.conn = conn
+        self.reused = reused
+        conn.start_request(self, exchange.method == b"HEAD")
+        self.sent_at = time.perf_counter()
+        assert conn.transport is not None
+        conn.transport.write(exchange.wire())
+
+    # -- ResponseSink ----------------------------------------------------------------------
+
+    def response_head(self, conn: UpstreamConnection) -> None:
+        self.status = conn.status
+        self.header_block = conn.header_block
+
+    def response_interim(self, conn: UpstreamConnection) -> None:
+        pass  # 1xx: nothing to compare
+
+    def response_body(self, data: bytes) -> None:
+        room = self.exchange.shadow.config.compare.max_body - self.size
+        if room > 0:
+            self.chunks.append(data if len(data) <= room else data[:room])
+        self.size += len(data)
+
+    def response_flush(self) -> None:
+        pass
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        self.took = time.perf_counter() - self.sent_at
+        self.conn = None
+        conn.finish(reusable=True)  # finish() closes it instead unless the upstream kept it alive
+        self._end(None)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:
+        self.conn = None
+        if self.done:
+            return
+        if not conn.received_any and self.reused and not self.retried and self.endpoint:
+            # A pooled connection the shadow had closed while idle: send again on a new one.
+            self.retried = True
+            upstreams = self.exchange.shadow.upstreams
+            assert upstreams is not None
+            loop = self.exchange.shadow.loop
+            self.connect_task = loop.create_task(self._connect(self.endpoint, upstreams))
+            return
+        self.fail("upstream_error")
+
+    def upstream_bad_response(self, conn: UpstreamConnection, exc: BaseException) -> None:
+        self.fail("upstream_error")
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.fail("upstream_error")  # a shadow never asked to switch protocols
+
+    def start_tunnel(self, rest: bytes) -> None:
+        self.fail("upstream_error")
+
+    def upstream_pause_writing(self) -> None:
+        pass  # the copy was written whole; its size is bounded by max_body
+
+    def upstream_resume_writing(self) -> None:
+        pass
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        if self.done:
+            return
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.client = None
+            conn.abort()  # its state is unknown: never back to the pool
+        self._end(reason)
+
+    def _end(self, reason: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.failed = reason
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.exchange.leg_done()
+
+    def captured(self) -> Captured:
+        return _captured(
+            self.status, self.header_block, self.chunks, self.size,
+            self.exchange.shadow.config.compare.max_body, self.took,
+        )  # fmt: skip
+
+
+class Exchange:
+    """One mirrored request for one shadow: the copy's bytes, the primary's capture, the legs."""
+
+    __slots__ = (
+        "baseline",
+        "body",
+        "body_size",
+        "candidate",
+        "chunked",
+        "ended",
+        "head",
+        "method",
+        "primary",
+        "primary_latency",
+        "primary_state",
+        "request_id",
+        "sent",
+        "shadow",
+        "started_at",
+    )
+
+    def __init__(self, shadow: Shadow, method: bytes, request_id: bytes, head: bytes) -> None:
+        self.shadow = shadow
+        self.method = method
+        self.request_id = request_id
+        self.head = head  # the upstream request head, X-Pointsman-Shadow added
+        self.chunked = False
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.sent = False
+        self.ended = False
+        self.primary: PrimaryCapture | None = None
+        self.primary_latency = 0.0
+        self.primary_state = 0  # 0: in flight, 1: done, 2: failed
+        self.candidate = Leg(self)
+        self.baseline = Leg(self) if shadow.config.baseline is not None else None
+        self.started_at = time.time()
+
+    @property
+    def limit(self) -> int:
+        return self.shadow.config.compare.max_body
+
+    # -- fed by the downstream connection --------------------------------------------------
+
+    def tee(self, data: bytes) -> None:
+        """A piece of the request body, as it streams upstream."""
+        if self.ended or self.sent:
+            return
+        self.body_size += len(data)
+        if self.body_size > self.limit:
+            self.drop("body_too_large")
+            return
+        self.body.append(data)
+
+    def request_complete(self) -> None:
+        """The whole request is read: send the copies."""
+        if self.ended or self.sent:
+            return
+        self.sent = True
+        self.shadow.send(self)
+
+    def primary_done(self, capture: PrimaryCapture | None, latency: float) -> None:
+        if self.ended:
+            return
+        if capture is None:
+            self.primary_failed()
+            return
+        self.primary = capture
+        self.primary_latency = latency
+        self.primary_state = 1
+        self._maybe_compare()
+
+    def primary_failed(self) -> None:
+        """The primary answered with a proxy error or was cut: there is nothing to compare."""
+        if self.ended:
+            return
+        self.primary_state = 2
+        if not self.sent:
+            self.drop("primary_failed")
+        else:
+            self._maybe_compare()
+
+    # -- the copy --------------------------------------------------------------------------
+
+    def wire(self) -> bytes:
+        """The copy as bytes: the head plus the teed body (re-chunked as one chunk if chunked)."""
+        if not self.body:
+            return self.head + (b"0\r\n\r\n" if self.chunked else b"")
+        body = b"".join(self.body)
+        if self.chunked:
+            return self.head + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        return self.head + body
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def leg_done(self) -> None:
+        self._maybe_compare()
+
+    def _maybe_compare(self) -> None:
+        if self.ended or self.primary_state == 0 or not self.candidate.done:
+            return
+        if self.baseline is not None and not self.baseline.done:
+            return
+        if self.candidate.failed is not None:
+            self.drop(self.candidate.failed)
+        elif self.primary_state == 2:
+            self.drop("primary_failed")
+        else:
+            self.ended = True  # the slot is given back once the comparison is recorded
+            self.shadow.compare(self)
+
+    def drop(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        for leg in (self.candidate, self.baseline):
+            if leg is not None and not leg.done:
+                leg.fail(reason)
+        self.shadow.dropped(self, reason)
+
+    def cancel(self) -> None:
+        """Shutdown: stop every leg without counting anything."""
+        self.ended = True
+        for leg in (self.candidate, self.baseline):
+            if leg is not None and not leg.done:
+                leg.done = True
+                if leg.timer is not None:
+                    leg.timer.cancel()
+                if leg.connect_task is not None:
+                    leg.connect_task.cancel()
+                if leg.conn is not None:
+                    leg.conn.client = None
+                    leg.conn.abort()
+
+    # -- comparison (may run on the comparison thread: reads only immutable inputs) ----------
+
+    def inputs(self) -> tuple[Captured, Captured, Captured | None]:
+        primary = self.primary
+        assert primary is not None
+        limit = self.limit
+        first = _captured(
+            primary.status, primary.header_block, primary.chunks, primary.size, limit,
+            self.primary_latency,
+        )  # fmt: skip
+        baseline = None
+        if self.baseline is not None and self.baseline.failed is None:
+            baseline = self.baseline.captured()  # a failed baseline leg just adds no noise sample
+        return first, self.candidate.captured(), baseline
+
+    def sample(self, comparison: Comparison, real: set[str]) -> DiffSample:
+        head = self.head
+        line_end = head.find(b"\r\n")
+        method, _, rest = head[:line_end].partition(b" ")
+        target = rest.rpartition(b" ")[0]
+        headers = _headers(head[line_end + 2 :])
+        host = next((value for name, value in headers if name.lower() == "host"), "")
+        body = b"".join(self.body)
+        endpoint = self.candidate.endpoint
+        primary = self.primary
+        assert primary is not None
+        return DiffSample(
+            at=self.started_at,
+            request_id=self.request_id.decode("latin-1"),
+            method=method.decode("latin-1"),
+            target=target.decode("latin-1"),
+            host=host,
+            request_headers=redact_headers(headers),
+            request_body=body[:MAX_SAMPLE_BODY].decode("latin-1") if body else None,
+            request_body_truncated=len(body) > MAX_SAMPLE_BODY,
+            endpoint=str(endpoint.address) if endpoint is not None else "",
+            primary_status=primary.status,
+            shadow_status=self.candidate.status,
+            primary_ms=self.primary_latency * 1000,
+            shadow_ms=self.candidate.took * 1000,
+            differences=tuple(
+                (d.part, d.path, d.primary, d.candidate, collapse(d.path) not in real)
+                for d in comparison.differences
+            ),
+        )
+
+
+class Shadow:
+    """One shadow of one route: its settings, connections, counters, samples and noise model.
+    Kept across routing-table swaps (by route and pool), so counts survive weight changes."""
+
+    def __init__(self, route: str, config: ShadowConfig, shadows: Shadows) -> None:
+        self.route = route
+        self.registry = shadows
+        self.loop = asyncio.get_running_loop()
+        self.upstreams: Upstreams | None = None
+        self.stats = ShadowStats()
+        self.in_flight = 0
+        self.live: set[Exchange] = set()  # for shutdown
+        self.rr = 0
+        self.targets: tuple[EndpointPool, ...] = ()
+        self.baseline_targets: tuple[EndpointPool, ...] = ()
+        self.config = config
+        self.methods: frozenset[bytes] = frozenset()
+        self.buckets = 0
+        self.samples: deque[DiffSample] = deque(maxlen=config.compare.samples)
+        self.noise = NoiseModel()
+        self.configure(config)
+
+    def __repr__(self) -> str:
+        config = self.config
+        return f"<Shadow {self.route}/{config.pool} {config.percent}% in_flight={self.in_flight}>"
+
+    @property
+    def pool(self) -> str:
+        return self.config.pool
+
+    def configure(self, config: ShadowConfig) -> None:
+        if config.compare != self.config.compare or config.baseline != self.config.baseline:
+            # Other comparison rules make the old rates meaningless.
+            self.noise = NoiseModel()
+            self.samples = deque(self.samples, maxlen=config.compare.samples)
+        self.config = config
+        self.methods = frozenset(m.encode() for m in config.methods)
+        self.buckets = config.sample_buckets
+
+    # -- called on the request path --------------------------------------------------------
+
+    def begin(
+        self,
+        primary_pool: str,
+        method: bytes,
+        request_id: bytes,
+        head: bytes,
+        content_length: bytes | None,
+    ) -> Exchange | None:
+        """A new Exchange if this request is to be mirrored (and there is room), else None."""
+        if method not in self.methods or sample_bucket(request_id) >= self.buckets:
+            return None
+        config = self.config
+        if primary_pool == config.pool or primary_pool == config.baseline:
+            return None  # live traffic on the shadow itself (a canary of it): nothing to compare
+        if content_length is not None and content_length.isdigit():
+            if int(content_length) > self.config.compare.max_body:
+                self.stats.dropped["body_too_large"] += 1
+                return None
+        if self.in_flight >= self.config.max_in_flight:
+            self.stats.dropped["full"] += 1
+            return None
+        self.in_flight += 1
+        exchange = Exchange(self, method, request_id, head[:-2] + SHADOW_HEADER + b"\r\n")
+        self.live.add(exchange)
+        return exchange
+
+    def send(self, exchange: Exchange) -> None:
+        upstreams = self.upstreams
+        if upstreams is None or not self.targets:
+            exchange.drop("connect_error")
+            return
+        self.stats.mirrored += 1
+        rr = self.rr
+        self.rr = rr + 1
+        exchange.candidate.send(self.targets, rr, upstreams)
+        if exchange.baseline is not None and self.baseline_targets:
+            exchange.baseline.send(self.baseline_targets, rr, upstreams)
+        elif exchange.baseline is not None:
+            exchange.baseline.fail("connect_error")
+
+    # -- called when an exchange ends ------------------------------------------------------
+
+    def _release(self, exchange: Exchange) -> None:
+        if exchange in self.live:
+            self.live.discard(exchange)
+            self.in_flight -= 1
+
+    def dropped(self, exchange: Exchange, reason: str) -> None:
+        self.stats.dropped[reason] += 1
+        self._release(exchange)
+
+    def compare(self, exchange: Exchange) -> None:
+        primary = exchange.primary
+        assert primary is not None
+        limit = exchange.limit
+        if min(primary.size, limit) + min(exchange.candidate.size, limit) <= INLINE_COMPARE_BYTES:
+            try:
+                result = _run_compare(exchange, self.config)
+            except Exception:
+                log.exception("comparison failed (route %s, shadow %s)", self.route, self.pool)
+                self._release(exchange)
+                return
+            self.record(exchange, result)
+        else:
+            self.registry.compare_later(self, exchange)
+
+    def record(self, exchange: Exchange, result: tuple[Comparison, Comparison | None]) -> None:
+        """Count one comparison (on the event loop)."""
+        self._release(exchange)
+        candidate, baseline = result
+        stats = self.stats
+        stats.compared += 1
+        stats.observe_delta(candidate.latency_delta)
+        noise = self.noise
+        noise.record_candidate(candidate)
+        if baseline is not None:
+            noise.record_baseline(baseline)
+        if candidate.matched:
+            stats.matched += 1
+            return
+        paths = candidate.paths
+        compare_cfg = self.config.compare
+        if baseline is not None or self.config.baseline is not None:
+            real = set(
+                noise.real_paths(
+                    candidate, compare_cfg.relative_threshold, compare_cfg.absolute_threshold
+                )
+            )
+        else:
+            real = set(paths)
+        if not real:
+            stats.noise += 1
+            return
+        stats.mismatched += 1
+        parts = {d.part for d in candidate.differences if collapse(d.path) in real}
+        for part in parts:
+            stats.parts[part] += 1
+        for path in sorted(real):
+            if path != MORE_PATH:
+                stats.count_path(path)
+        self.samples.append(exchange.sample(candidate, real))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def report(self) -> list[PathReport]:
+        compare_cfg = self.config.compare
+        return self.noise.report(compare_cfg.relative_threshold, compare_cfg.absolute_threshold)
+
+    def cancel_all(self) -> None:
+        for exchange in list(self.live):
+            exchange.cancel()
+        self.live.clear()
+        self.in_flight = 0
+
+
+def _run_compare(exchange: Exchange, config: ShadowConfig) -> tuple[Comparison, Comparison | None]:
+    primary, candidate, baseline = exchange.inputs()
+    compare_cfg = config.compare
+    ignore_headers = frozenset(compare_cfg.ignore_headers)
+    first = compare(primary, candidate, ignore_headers, compare_cfg.ignore_json)
+    second = None
+    if baseline is not None:
+        second = compare(primary, baseline, ignore_headers, compare_cfg.ignore_json)
+    return first, second
+
+
+class Shadows:
+    """Every Shadow of one proxy process, the comparison thread, and binding to tables."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], Shadow] = {}
+        self.upstreams: Upstreams | None = None
+        # One thread: comparisons are CPU-bound under the GIL, so more threads would only
+        # take more of the loop's time; their number is bounded by the shadows' in-flight caps.
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self, route: str, pool: str) -> Shadow | None:
+        return self.by_key.get((route, pool))
+
+    def bind(self, table: RoutingTable, upstreams: Upstreams | None) -> None:
+        """Give every route of a new table its live Shadow objects (kept by route and pool)."""
+        if upstreams is not None:
+            self.upstreams = upstreams
+        for route in table.routes.values():
+            mirrors = []
+            for config in route.shadows:
+                shadow = self.by_key.get((route.name, config.pool))
+                if shadow is None:
+                    shadow = self.by_key[(route.name, config.pool)] = Shadow(
+                        route.name, config, self
+                    )
+                shadow.configure(config)
+                shadow.upstreams = self.upstreams
+                if self.upstreams is not None:
+                    shadow.targets = self._targets(route.pools_by_name[config.pool].endpoints)
+                    baseline = config.baseline
+                    shadow.baseline_targets = (
+                        self._targets(route.pools_by_name[baseline].endpoints) if baseline else ()
+                    )
+                mirrors.append(shadow)
+            route.mirrors = tuple(mirrors)
+
+    def _targets(self, endpoints: tuple[object, ...]) -> tuple[EndpointPool, ...]:
+        upstreams = self.upstreams
+        assert upstreams is not None
+        return tuple(upstreams.shadow_pool(address) for address in endpoints)  # type: ignore[arg-type]
+
+    def compare_later(self, shadow: Shadow, exchange: Exchange) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="pointsman-compare")
+            self._loop = asyncio.get_running_loop()
+        future = self._executor.submit(_run_compare, exchange, shadow.config)
+        loop = self._loop
+        assert loop is not None
+
+        def done(f: Future[tuple[Comparison, Comparison | None]]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._compared, shadow, exchange, f)
+            except RuntimeError:
+                pass  # the loop has closed: shutting down, nothing left to count
+
+        future.add_done_callback(done)
+
+    def _compared(
+        self,
+        shadow: Shadow,
+        exchange: Exchange,
+        future: Future[tuple[Comparison, Comparison | None]],
+    ) -> None:
+        if future.cancelled():
+            shadow._release(exchange)
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("comparison failed (route %s, shadow %s)", shadow.route, shadow.pool,
+                      exc_info=exc)  # fmt: skip
+            shadow._release(exchange)
+            return
+        shadow.record(exchange, future.result())
+
+    def close(self) -> None:
+        for shadow in self.by_key.values():
+            shadow.cancel_all()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+class ShadowCollector(Collector):
+    """Prometheus families for every shadow, read at scrape time."""
+
+    def __init__(self, shadows: Shadows) -> None:
+        self.shadows = shadows
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["route", "shadow"]
+        mirrored = CounterMetricFamily(
+            "pointsman_shadow_mirrored", "Request copies sent to a shadow.", labels=labels
+        )
+        dropped = CounterMetricFamily(
+            "pointsman_shadow_dropped",
+            "Mirrors dropped, by reason (full, body_too_large, timeout, connect_error, "
+            "upstream_error, primary_failed).",
+            labels=[*labels, "reason"],
+        )
+        compared = CounterMetricFamily(
+            "pointsman_shadow_compared", "Mirrored exchanges compared.", labels=labels
+        )
+        matched = CounterMetricFamily(
+            "pointsman_shadow_matched", "Comparisons with no difference.", labels=labels
+        )
+        mismatched = CounterMetricFamily(
+            "pointsman_shadow_mismatched",
+            "Comparisons with a difference that counts (above the noise, with a baseline).",
+            labels=labels,
+        )
+        noise = CounterMetricFamily(
+            "pointsman_shadow_noise",
+            "Comparisons whose differences were all noise (seen against the baseline too).",
+            labels=labels,
+        )
+        parts = CounterMetricFamily(
+            "pointsman_shadow_mismatch_parts",
+            "Mismatches by differing part (status, header, body).",
+            labels=[*labels, "part"],
+        )
+        paths = CounterMetricFamily(
+            "pointsman_shadow_mismatch_paths",
+            f"Mismatches by differing path (indices as [*]; past {MAX_COUNTED_PATHS}: other).",
+            labels=[*labels, "path"],
+        )
+        delta = HistogramMetricFamily(
+            "pointsman_shadow_latency_delta_seconds",
+            "Shadow minus primary latency on the same request (negative: shadow faster).",
+            labels=labels,
+        )
+        in_flight = GaugeMetricFamily(
+            "pointsman_shadow_in_flight", "Mirrors in flight.", labels=labels
+        )
+        for (route, pool), shadow in list(self.shadows.by_key.items()):
+            s = shadow.stats
+            key = [route, pool]
+            mirrored.add_metric(key, s.mirrored)
+            for reason, count in s.dropped.items():
+                dropped.add_metric([*key, reason], count)
+            compared.add_metric(key, s.compared)
+            matched.add_metric(key, s.matched)
+            mismatched.add_metric(key, s.mismatched)
+            noise.add_metric(key, s.noise)
+            for part, count in s.parts.items():
+                parts.add_metric([*key, part], count)
+            for path, count in list(s.paths.items()):
+                paths.add_metric([*key, path], count)
+            buckets: list[tuple[str, float]] = []
+            acc = 0
+            for bound, count in zip(LATENCY_DELTA_BUCKETS, s.delta_buckets, strict=False):
+                acc += count
+                buckets.append((repr(bound), acc))
+            buckets.append(("+Inf", acc + s.delta_buckets[-1]))
+            delta.add_metric(key, buckets, s.delta_sum)
+            in_flight.add_metric(key, shadow.in_flight)
+        yield from (mirrored, dropped, compared, matched, mismatched, noise, parts, paths, delta)
+        yield in_flight
