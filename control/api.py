@@ -23,16 +23,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from control.state import RouteState, StateDoc, StateError, flip, rollback, set_weights
+from control.state import (
+    RouteState,
+    StateDoc,
+    StateError,
+    flip,
+    remove_shadow,
+    rollback,
+    set_shadow,
+    set_weights,
+)
 from control.store import FileStore
 from proxy.config import Config
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
+from proxy.shadow import Shadow
+from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
 
 log = logging.getLogger("pointsman.api")
 
 # Request bodies of the control API are a few hundred bytes; anything far larger is a mistake.
 MAX_API_BODY = 64 * 1024
+# Diff samples in one answer unless ?limit= says otherwise (a shadow keeps compare.samples).
+DEFAULT_DIFFS_LIMIT = 20
 
 
 class ApiError(Exception):
@@ -81,7 +94,12 @@ class ControlPlane:
         """Hand the data plane a routing table built from the current document."""
         doc = self.doc
         self.proxy.set_table(
-            RoutingTable(self.config.routes, weights=doc.weights(), version=doc.version)
+            RoutingTable(
+                self.config.routes,
+                weights=doc.weights(),
+                version=doc.version,
+                shadows=doc.shadows(),
+            )
         )
 
     async def change(
@@ -123,14 +141,19 @@ class ControlPlane:
                 now,
             )
             log.info(
-                "%s %s %s by %s: version %d, weights %s",
+                "%s %s %s by %s: version %d, weights %s, shadows %s",
                 action, route, "ok", actor, new.version, after.weights_dict(),
+                [s.pool for s in after.shadows or ()],
             )  # fmt: skip
             return new
 
 
 def route_assignment(state: RouteState) -> dict[str, object]:
-    return {"weights": state.weights_dict(), "live": state.live}
+    return {
+        "weights": state.weights_dict(),
+        "live": state.live,
+        "shadows": {s.pool: s.percent for s in state.shadows or ()},
+    }
 
 
 def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
@@ -160,6 +183,47 @@ def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
         "rollbacks": state.rollbacks,
         "changed_at": state.changed_at,
         "pools": pools,
+        "shadows": [s.pool for s in route.shadows],
+    }
+
+
+def _rate(count: int, total: int) -> float:
+    return round(count / total, 6) if total else 0.0
+
+
+def shadow_view(plane: ControlPlane, route: str, shadow: Shadow) -> dict[str, object]:
+    """What GET /v1/routes/{route}/shadows/{pool} answers: settings, counts, rates per path."""
+    stats = shadow.stats
+    paths = [
+        {
+            "path": r.path,
+            "diff_rate": round(r.candidate_rate, 6),
+            "noise_rate": round(r.noise_rate, 6),
+            "diffs": r.candidate_diffs,
+            "noise_diffs": r.baseline_diffs,
+            "counts": r.counts_as_mismatch,
+        }
+        for r in shadow.report()
+    ]
+    return {
+        "route": route,
+        "pool": shadow.pool,
+        "version": plane.doc.version,
+        "settings": shadow_to_obj(shadow.config),
+        "endpoints": [str(t.address) for t in shadow.targets],
+        "in_flight": shadow.in_flight,
+        "mirrored": stats.mirrored,
+        "dropped": dict(stats.dropped),
+        "compared": stats.compared,
+        "matched": stats.matched,
+        "mismatched": stats.mismatched,
+        "noise": stats.noise,
+        "mismatch_rate": _rate(stats.mismatched, stats.compared),
+        "mismatched_parts": dict(stats.parts),
+        "samples": shadow.noise.candidate_samples,
+        "baseline_samples": shadow.noise.baseline_samples,
+        "paths": paths,
+        "diffs_kept": len(shadow.samples),
     }
 
 
@@ -320,6 +384,110 @@ async def post_rollback(request: web.Request) -> web.Response:
     return json_answer(route_view(plane, name), doc.version)
 
 
+def live_shadow(request: web.Request, plane: ControlPlane, route: str) -> Shadow:
+    pool = request.match_info["pool"]
+    table_route = plane.proxy.table.routes[route]
+    shadow = plane.proxy.shadows.get(route, pool)
+    if shadow is None or all(s.pool != pool for s in table_route.shadows):
+        known = [s.pool for s in table_route.shadows]
+        raise ApiError(404, f"route '{route}' has no shadow '{pool}'", {"shadows": known})
+    return shadow
+
+
+async def list_shadows(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    views = []
+    for config in plane.proxy.table.routes[name].shadows:
+        shadow = plane.proxy.shadows.get(name, config.pool)
+        if shadow is not None:
+            views.append(shadow_view(plane, name, shadow))
+    return json_answer({"route": name, "shadows": views}, plane.doc.version)
+
+
+async def get_shadow(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    shadow = live_shadow(request, plane, name)
+    return json_answer(shadow_view(plane, name, shadow), plane.doc.version)
+
+
+async def get_diffs(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    shadow = live_shadow(request, plane, name)
+    text = request.query.get("limit", str(DEFAULT_DIFFS_LIMIT))
+    if not text.isdigit() or int(text) < 1:
+        raise ApiError(400, "limit must be a positive integer", {"got": text})
+    samples = list(shadow.samples)[::-1][: int(text)]  # newest first
+    body = {
+        "route": name,
+        "pool": shadow.pool,
+        "kept": len(shadow.samples),
+        "summary": shadow_view(plane, name, shadow),
+        "diffs": [sample.to_obj() for sample in samples],
+    }
+    return json_answer(body, plane.doc.version)
+
+
+def _shadow_from_body(
+    plane: ControlPlane, route: str, pool: str, body: dict[str, Any], merge: bool
+) -> ShadowConfig:
+    """PUT: the body is the whole shadow (defaults for what it omits); PATCH: the body's keys
+    change the current shadow (e.g. {"percent": 5})."""
+    value: dict[str, Any] = dict(body)
+    if merge:
+        current = next((s for s in plane.proxy.table.routes[route].shadows if s.pool == pool), None)
+        if current is None:
+            raise ApiError(404, f"route '{route}' has no shadow '{pool}'", None)
+        value = shadow_to_obj(current)
+        for key, item in body.items():
+            if key == "compare" and isinstance(item, dict) and isinstance(value["compare"], dict):
+                value["compare"] = {**value["compare"], **item}
+            else:
+                value[key] = item
+    pools = [p.name for p in plane.proxy.table.routes[route].pools]
+    if pool not in pools:
+        # The URL names a pool the route lacks: not found, as for a flip to an unknown pool.
+        raise ApiError(404, f"route '{route}' has no pool '{pool}'", {"pools": pools})
+    try:
+        return parse_shadow(value, pools, pool=pool)
+    except ShadowSpecError as err:
+        raise ApiError(400, f"{err.path('')}: {err.message}", {"path": err.path("")}) from None
+
+
+async def put_shadow(request: web.Request) -> web.Response:
+    return await _write_shadow(request, merge=False)
+
+
+async def patch_shadow(request: web.Request) -> web.Response:
+    return await _write_shadow(request, merge=True)
+
+
+async def _write_shadow(request: web.Request, merge: bool) -> web.Response:
+    actor, plane, name, version, body = await write_request(request)
+    pool = request.match_info["pool"]
+    shadow = _shadow_from_body(plane, name, pool, body, merge)
+    doc = await plane.change(
+        actor, "shadow", name, version, lambda d, now: set_shadow(d, name, shadow, now)
+    )
+    live = plane.proxy.shadows.get(name, pool)
+    assert live is not None  # bound by the table just published
+    return json_answer(shadow_view(plane, name, live), doc.version)
+
+
+async def delete_shadow(request: web.Request) -> web.Response:
+    actor, plane, name, version, _ = await write_request(request)
+    pool = request.match_info["pool"]
+    doc = await plane.change(
+        actor, "unshadow", name, version, lambda d, now: remove_shadow(d, name, pool, now)
+    )
+    return json_answer(route_view(plane, name), doc.version)
+
+
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY_KEY]
     body = generate_latest(registry)
@@ -400,4 +568,10 @@ def build_admin_app(
         app.router.add_put("/v1/routes/{route}/weights", put_weights)
         app.router.add_post("/v1/routes/{route}/flip", post_flip)
         app.router.add_post("/v1/routes/{route}/rollback", post_rollback)
+        app.router.add_get("/v1/routes/{route}/shadows", list_shadows)
+        app.router.add_get("/v1/routes/{route}/shadows/{pool}", get_shadow)
+        app.router.add_put("/v1/routes/{route}/shadows/{pool}", put_shadow)
+        app.router.add_patch("/v1/routes/{route}/shadows/{pool}", patch_shadow)
+        app.router.add_delete("/v1/routes/{route}/shadows/{pool}", delete_shadow)
+        app.router.add_get("/v1/routes/{route}/shadows/{pool}/diffs", get_diffs)
     return app

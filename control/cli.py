@@ -1,5 +1,6 @@
-"""The `pointsman` command: `run` and `check`, and the deploy-script commands `status`,
-`weights`, `flip` and `rollback`, which call the control API (control/client.py)."""
+"""The `pointsman` command: `run` and `check`, the deploy-script commands `status`, `weights`,
+`flip` and `rollback`, and `diffs` for reading a shadow's comparison; all but the first two call
+the control API (control/client.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -75,7 +78,7 @@ exit codes:
     0  clean stop / the config is valid
     1  start-up failure (run)
     2  the config is invalid or cannot be read
-  status, weights, flip, rollback:
+  status, weights, flip, rollback, diffs:
     0  success
     1  the admin API refused the call (4xx/5xx); one line on stderr says why
     2  usage error
@@ -331,6 +334,128 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _control(args, lambda client: client.rollback(args.route, args.if_match), describe)
 
 
+# Request headers left out of a replay command: the proxy adds them again (or curl does), and a
+# redacted credential would only be sent as the text "[redacted]".
+_REPLAY_SKIPPED = frozenset(
+    {"content-length", "transfer-encoding", "x-forwarded-for", "x-forwarded-proto",
+     "x-forwarded-host", "via", "connection"}
+)  # fmt: skip
+REDACTED = "[redacted]"
+
+
+def _percent(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value * 100:.1f}%"
+    return _text(value)
+
+
+def replay_command(diff: dict[str, Any]) -> str:
+    """A curl command that sends the mirrored request to the shadow endpoint again."""
+    url = f"http://{diff.get('endpoint', '')}{diff.get('target', '/')}"
+    method = str(diff.get("method", "GET"))
+    # curl -X HEAD would wait for the body the answer's Content-Length announces; -I does not.
+    verb = ["-I"] if method == "HEAD" else ["-i", "-X", shlex.quote(method)]
+    parts = ["curl", "-sS", *verb, shlex.quote(url)]
+    omitted = []
+    for pair in diff.get("request_headers") or []:
+        if not isinstance(pair, list) or len(pair) != 2:
+            continue
+        name, value = str(pair[0]), str(pair[1])
+        if name.lower() in _REPLAY_SKIPPED:
+            continue
+        if value == REDACTED:
+            omitted.append(name)
+            continue
+        parts += ["-H", shlex.quote(f"{name}: {value}")]
+    body = diff.get("request_body")
+    if isinstance(body, str):
+        parts += ["--data-binary", shlex.quote(body)]
+    command = " ".join(parts)
+    if omitted:
+        command += f"   # left out (redacted): {', '.join(omitted)}"
+    if diff.get("request_body_truncated"):
+        command += "   # body truncated in the sample"
+    return command
+
+
+def diffs_lines(body: object) -> list[str]:
+    """The summary of a shadow, its paths, then each kept mismatch with a replay command."""
+    if not isinstance(body, dict) or not isinstance(body.get("summary"), dict):
+        raise _BadAnswer("expected an object with 'summary' and 'diffs'")
+    summary: dict[str, Any] = body["summary"]
+    dropped = summary.get("dropped") or {}
+    dropped_total = sum(v for v in dropped.values() if isinstance(v, int))
+    dropped_text = ", ".join(f"{k} {v}" for k, v in dropped.items() if v) or "none"
+    lines = [
+        f"{_text(body.get('route'))}/{_text(body.get('pool'))}: "
+        f"{_text(summary.get('compared'))} compared, {_text(summary.get('mismatched'))} "
+        f"mismatched ({_percent(summary.get('mismatch_rate'))}), "
+        f"{_text(summary.get('matched'))} matched, {_text(summary.get('noise'))} noise only; "
+        f"{_text(summary.get('mirrored'))} mirrored, {dropped_total} dropped ({dropped_text})"
+    ]
+    paths = summary.get("paths") or []
+    if paths:
+        baseline = bool(summary.get("baseline_samples"))
+        lines.append("paths: diff rate" + (", noise rate (baseline)" if baseline else ""))
+        width = max(len(str(p.get("path"))) for p in paths if isinstance(p, dict))
+        for p in paths:
+            if not isinstance(p, dict):
+                continue
+            noise = f"  noise {_percent(p.get('noise_rate')):>6}" if baseline else ""
+            verdict = "counts" if p.get("counts") else "noise" if baseline else "below threshold"
+            lines.append(
+                f"  {p.get('path')!s:<{width}}  diff {_percent(p.get('diff_rate')):>6}"
+                f"{noise}  {verdict}"
+            )
+    diffs = body.get("diffs")
+    if not isinstance(diffs, list):
+        raise _BadAnswer("diffs: expected an array")
+    if not diffs:
+        lines.append("no mismatches kept")
+        return lines
+    lines.append(f"newest {len(diffs)} of {_text(body.get('kept'))} kept mismatches:")
+    for number, diff in enumerate(diffs, start=1):
+        if not isinstance(diff, dict):
+            raise _BadAnswer("diffs: expected objects")
+        at = diff.get("at")
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
+            if isinstance(at, int | float)
+            else "?"
+        )
+        lines.append("")
+        lines.append(
+            f"#{number} {_text(diff.get('method'))} {_text(diff.get('target'))}  {when}  "
+            f"id {_text(diff.get('request_id'))}  primary {_text(diff.get('primary_status'))} "
+            f"in {_text(diff.get('primary_ms'))} ms, shadow {_text(diff.get('shadow_status'))} "
+            f"in {_text(diff.get('shadow_ms'))} ms"
+        )
+        for d in diff.get("differences") or []:
+            if not isinstance(d, dict):
+                continue
+            noise = "  (noise)" if d.get("noise") else ""
+            lines.append(
+                f"  {_text(d.get('path'))}: primary {_text(d.get('primary'))}  "
+                f"shadow {_text(d.get('shadow'))}{noise}"
+            )
+        lines.append(f"  replay: {replay_command(diff)}")
+    return lines
+
+
+def cmd_diffs(args: argparse.Namespace) -> int:
+    return _control(
+        args,
+        lambda client: client.diffs(args.route, args.pool, args.limit),
+        lambda reply: diffs_lines(reply.body),
+    )
+
+
+def positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _add_control_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -410,6 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "rollback", "restore a route's assignment before its last change", cmd_rollback
     )
     rollback.add_argument("route", metavar="ROUTE")
+    diffs = _add_control_parser(
+        sub, "diffs", "show a shadow's comparison: rates per path and the latest mismatches",
+        cmd_diffs, if_match=False,
+    )  # fmt: skip
+    diffs.add_argument("route", metavar="ROUTE")
+    diffs.add_argument("pool", metavar="POOL", help="the shadow pool")
+    diffs.add_argument(
+        "--limit", type=positive_int, default=5, help="mismatches to show (default 5)"
+    )
     return parser
 
 

@@ -145,6 +145,11 @@ class AdminClient:
         """POST /v1/routes/ROUTE/rollback with {}."""
         return self._call("POST", f"/v1/routes/{_quote(route)}/rollback", {}, if_match)
 
+    def diffs(self, route: str, pool: str, limit: int | None = None) -> Reply:
+        """GET /v1/routes/ROUTE/shadows/POOL/diffs[?limit=N]: newest mismatches + summary."""
+        path = f"/v1/routes/{_quote(route)}/shadows/{_quote(pool)}/diffs"
+        return self._call("GET", path if limit is None else f"{path}?limit={limit}")
+
     # --- the transport ----------------------------------------------------------------------
 
     def _call(

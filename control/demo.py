@@ -1,10 +1,16 @@
 """Tiny demo upstreams for `make run`: one server per endpoint in the config, each answering
-with the name of its pool (its "version"), so routing decisions can be seen with curl."""
+with the name of its pool (its "version"), so routing decisions can be seen with curl.
+
+`/api/products` answers JSON, the same from every version except `dark`, a blind version with a
+bug (currencies in lower case); every answer carries a fresh timestamp, which is noise. So the
+demo's shadow comparison (`pointsman diffs shop dark`) shows one real difference and one that
+the baseline pool `twin` shows to be noise."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import signal
 import sys
@@ -30,10 +36,31 @@ async def hello(request: web.Request) -> web.Response:
     return web.Response(text=text, headers={"X-Version": version})
 
 
+# The version with the deliberate bug that the shadow comparison is there to find.
+BUGGY_VERSION = "dark"
+PRODUCTS = (
+    {"id": 1, "name": "kettle", "price": 25.0, "currency": "EUR"},
+    {"id": 2, "name": "teapot", "price": 19.5, "currency": "EUR"},
+    {"id": 3, "name": "cups (6)", "price": 12.0, "currency": "EUR"},
+)
+
+
+async def products(request: web.Request) -> web.Response:
+    version = request.app[VERSION_KEY]
+    items = [dict(item) for item in PRODUCTS]
+    if version == BUGGY_VERSION:
+        for item in items:
+            item["currency"] = str(item["currency"]).lower()
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+    body = {"products": items, "count": len(items), "generated_at": now}
+    return web.json_response(body, headers={"X-Version": version})
+
+
 def build_app(version: str, address: Address) -> web.Application:
     app = web.Application()
     app[VERSION_KEY] = version
     app[ADDRESS_KEY] = str(address)
+    app.router.add_get("/api/products", products)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 import orjson
 
 from proxy.config import RouteConfig
+from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
 
 __all__ = [
     "FLIP_WEIGHT",
@@ -29,7 +30,9 @@ __all__ = [
     "from_json",
     "initial_state",
     "reconcile",
+    "remove_shadow",
     "rollback",
+    "set_shadow",
     "set_weights",
     "to_json",
 ]
@@ -51,6 +54,8 @@ _STATUS: Final[Mapping[str, int]] = {
     "bad_weights": 400,
     "nothing_to_roll_back": 409,
     "unchanged": 409,
+    "no_shadow": 404,
+    "shadow_conflict": 409,
 }
 
 
@@ -84,6 +89,9 @@ class RouteState:
     flips: int = 0
     rollbacks: int = 0
     changed_at: float = 0.0  # unix time of the last transition
+    # The route's shadows; None only in a document read from a file that predates them, until
+    # `reconcile` fills in the config's.
+    shadows: tuple[ShadowConfig, ...] | None = None
 
     def weights_dict(self) -> dict[str, int]:
         return dict(self.weights)
@@ -107,6 +115,10 @@ class StateDoc:
     def weights(self) -> dict[str, dict[str, int]]:
         """Per-route weights, as `proxy.router.RoutingTable(weights=...)` takes them."""
         return {name: state.weights_dict() for name, state in self.routes}
+
+    def shadows(self) -> dict[str, tuple[ShadowConfig, ...]]:
+        """Per-route shadows, as `RoutingTable(shadows=...)` takes them (None: the config's)."""
+        return {name: state.shadows for name, state in self.routes if state.shadows is not None}
 
 
 # --- transitions -------------------------------------------------------------------------------
@@ -145,7 +157,8 @@ def _change(
 ) -> StateDoc:
     """Move `route` to a new assignment, remembering the current one for rollback."""
     old = doc.route(route)
-    new = RouteState(
+    new = replace(
+        old,
         weights=weights,
         live=live,
         previous=old.weights,
@@ -208,6 +221,42 @@ def rollback(doc: StateDoc, route: str, now: float) -> StateDoc:
     return _change(doc, route, current.previous, current.previous_live, now, rollbacks=1)
 
 
+def set_shadow(doc: StateDoc, route: str, shadow: ShadowConfig, now: float) -> StateDoc:
+    """Add the shadow, or replace the route's shadow of the same pool. Its pool and baseline
+    must be pools of the route taking no live traffic (shadow_conflict): live traffic on a
+    shadow would be compared with itself. Weights and the rollback target are untouched."""
+    current = doc.route(route)
+    for role, pool in (("shadow", shadow.pool), ("baseline", shadow.baseline)):
+        if pool is None:
+            continue
+        if pool not in dict(current.weights):
+            raise _unknown_pool(route, pool, current.weights)
+        if dict(current.weights)[pool] > 0:
+            raise StateError(
+                "shadow_conflict",
+                f"pool {pool!r} takes live traffic (weight {dict(current.weights)[pool]}); "
+                f"a {role} pool must have weight 0",
+            )
+    shadows = current.shadows or ()
+    if shadow in shadows:
+        raise StateError("unchanged", f"route {route!r} already has this shadow of {shadow.pool!r}")
+    if any(s.pool == shadow.pool for s in shadows):
+        new_shadows = tuple(shadow if s.pool == shadow.pool else s for s in shadows)
+    else:
+        new_shadows = (*shadows, shadow)
+    return _commit(doc, route, replace(current, shadows=new_shadows, changed_at=now), now)
+
+
+def remove_shadow(doc: StateDoc, route: str, pool: str, now: float) -> StateDoc:
+    current = doc.route(route)
+    shadows = current.shadows or ()
+    if not any(s.pool == pool for s in shadows):
+        known = ", ".join(s.pool for s in shadows) or "none"
+        raise StateError("no_shadow", f"route {route!r} has no shadow {pool!r} (shadows: {known})")
+    kept = tuple(s for s in shadows if s.pool != pool)
+    return _commit(doc, route, replace(current, shadows=kept, changed_at=now), now)
+
+
 # --- from config -------------------------------------------------------------------------------
 
 
@@ -218,7 +267,12 @@ def _config_weights(route: RouteConfig) -> Weights:
 def _fresh(route: RouteConfig, now: float) -> RouteState:
     weights = _config_weights(route)
     return RouteState(
-        weights=weights, live=_sole_pool(weights), previous=None, previous_live=None, changed_at=now
+        weights=weights,
+        live=_sole_pool(weights),
+        previous=None,
+        previous_live=None,
+        changed_at=now,
+        shadows=route.shadows,
     )
 
 
@@ -278,8 +332,40 @@ def _reconcile_route(
                 "configured pools; rollback is unavailable until the next change"
             )
     return replace(
-        state, weights=weights, live=live, previous=previous, previous_live=previous_live
+        state,
+        weights=weights,
+        live=live,
+        previous=previous,
+        previous_live=previous_live,
+        shadows=_reconcile_shadows(name, state.shadows, rc, weights, warnings),
     )
+
+
+def _reconcile_shadows(
+    name: str,
+    shadows: tuple[ShadowConfig, ...] | None,
+    rc: RouteConfig,
+    weights: Weights,
+    warnings: list[str],
+) -> tuple[ShadowConfig, ...]:
+    """Persisted shadows win over the config's; one naming a pool gone from the config is
+    dropped with a warning. (One whose pool has since got weight, as a canary, is kept:
+    mirroring skips the requests routed to that pool itself.)"""
+    if shadows is None:
+        return rc.shadows  # a file from before shadows were persisted
+    kept: list[ShadowConfig] = []
+    live = dict(weights)
+    for shadow in shadows:
+        pools = [p for p in (shadow.pool, shadow.baseline) if p is not None]
+        missing = [p for p in pools if p not in live]
+        if missing:
+            warnings.append(
+                f"route {name!r}: shadow {shadow.pool!r} names pool {missing[0]!r}, which is no "
+                "longer in the config; dropped"
+            )
+            continue
+        kept.append(shadow)
+    return tuple(kept)
 
 
 def reconcile(
@@ -337,6 +423,7 @@ def _route_json(name: str, state: RouteState) -> dict[str, Any]:
         "flips": state.flips,
         "rollbacks": state.rollbacks,
         "changed_at": state.changed_at,
+        "shadows": None if state.shadows is None else [shadow_to_obj(s) for s in state.shadows],
     }
 
 
@@ -432,8 +519,23 @@ def _route_from(obj: object, where: str) -> tuple[str, RouteState]:
         flips=r.integer("flips", 0),
         rollbacks=r.integer("rollbacks", 0),
         changed_at=r.time("changed_at"),
+        shadows=_shadows_from(r.obj.get("shadows"), r.where),
     )
     return name, state
+
+
+def _shadows_from(value: object, where: str) -> tuple[ShadowConfig, ...] | None:
+    if value is None:
+        return None  # absent: written before shadows were persisted
+    if not isinstance(value, list):
+        raise ValueError(f"{where}.shadows: expected an array or null, got {_kind(value)}")
+    shadows = []
+    for index, item in enumerate(value):
+        try:
+            shadows.append(parse_shadow(item))
+        except ShadowSpecError as err:
+            raise ValueError(f"{err.path(f'{where}.shadows[{index}]')}: {err.message}") from None
+    return tuple(shadows)
 
 
 def from_json(data: bytes) -> StateDoc:

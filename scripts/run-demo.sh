@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: the demo upstreams (blue, green) and Pointsman in front of them, with
+# `make run`: the demo upstreams (blue, green, dark, twin) and Pointsman in front of them, with
 # config/demo.yaml. Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,12 @@ Blue/green with the control API (routing state persists in var/state.json):
   .venv/bin/pointsman status shop                          # weights, live pool, health
   .venv/bin/pointsman flip shop green                      # all traffic to green
   .venv/bin/pointsman rollback shop                        # back to where it was
+
+A blind version: every GET is mirrored to "dark" and its answer compared with the live one's
+("twin", a second copy of the live version, shows which differences are just noise):
+
+  curl -s localhost:8080/api/products                      # answered by blue or green
+  .venv/bin/pointsman diffs shop dark                      # what dark answers differently
 
 Metrics: curl -s localhost:8081/metrics | grep pointsman_     Stop with Ctrl-C.
 

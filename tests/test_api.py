@@ -230,7 +230,7 @@ async def test_get_one_route_has_the_documented_shape(start_service: StartServic
     body = answer.body
     assert set(body) == {
         "name", "version", "weights", "live", "previous", "flips", "rollbacks", "changed_at",
-        "pools",
+        "pools", "shadows",
     }  # fmt: skip
     assert body["name"] == "shop"
     assert body["version"] == 1
@@ -684,9 +684,9 @@ async def test_each_change_appends_one_audit_line(start_service: StartService) -
         assert TOKEN not in json.dumps(record)
     assert [r["action"] for r in records] == ["weights", "flip", "rollback"]
     assert [r["version"] for r in records] == versions == [2, 3, 4]
-    initial = {"weights": {"blue": 100, "green": 0}, "live": "blue"}
-    split = {"weights": {"blue": 75, "green": 25}, "live": None}
-    flipped = {"weights": {"blue": 0, "green": 100}, "live": "green"}
+    initial = {"weights": {"blue": 100, "green": 0}, "live": "blue", "shadows": {}}
+    split = {"weights": {"blue": 75, "green": 25}, "live": None, "shadows": {}}
+    flipped = {"weights": {"blue": 0, "green": 100}, "live": "green", "shadows": {}}
     assert [(r["before"], r["after"]) for r in records] == [
         (initial, split),
         (split, flipped),

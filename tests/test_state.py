@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,12 +21,15 @@ from control.state import (
     from_json,
     initial_state,
     reconcile,
+    remove_shadow,
     rollback,
+    set_shadow,
     set_weights,
     to_json,
 )
 from proxy.config import Address, PoolConfig, RouteConfig
 from proxy.router import RoutingTable
+from proxy.shadow_config import CompareConfig, ShadowConfig, shadow_to_obj
 
 T0 = 1_700_000_000.0
 T1 = T0 + 60
@@ -504,3 +508,192 @@ def test_from_json_only_ever_raises_value_error(value: Any) -> None:
         from_json(data)
     except ValueError:
         pass
+
+
+# --- shadows -----------------------------------------------------------------------------------
+
+# Every setting away from its default, so a round trip that loses one shows.
+DARK = ShadowConfig(
+    pool="dark",
+    percent=12.5,
+    methods=("GET", "POST"),
+    timeout=0.25,
+    max_in_flight=7,
+    baseline="twin",
+    compare=CompareConfig(
+        max_body=4096,
+        ignore_headers=("date", "x-trace-id"),
+        ignore_json=("$.served_at", "$.items[*].id"),
+        samples=9,
+        relative_threshold=0.5,
+        absolute_threshold=0.1,
+    ),
+)
+TWIN = ShadowConfig(pool="twin")
+# The config's route: blue live, dark and twin dark pools, dark mirrored with defaults.
+MIRRORED = replace(route("shop", blue=100, dark=0, twin=0), shadows=(ShadowConfig(pool="dark"),))
+
+
+@pytest.fixture
+def mirrored() -> StateDoc:
+    return initial_state((MIRRORED, API), T0)
+
+
+def test_initial_state_takes_the_configs_shadows(mirrored: StateDoc) -> None:
+    assert mirrored.route("shop").shadows == (ShadowConfig(pool="dark"),)
+    assert mirrored.route("api").shadows == ()
+    assert mirrored.shadows() == {"shop": (ShadowConfig(pool="dark"),), "api": ()}
+
+
+def test_shadow_error_codes_map_to_http_statuses() -> None:
+    assert StateError("no_shadow", "why").status == 404
+    assert StateError("shadow_conflict", "why").status == 409
+
+
+def test_set_shadow_replaces_or_adds_and_leaves_routing_alone(mirrored: StateDoc) -> None:
+    doc = set_weights(mirrored, "api", {"stable": 50, "canary": 50}, T0 + 1)
+    replaced = set_shadow(doc, "shop", DARK, T1)
+    shop = replaced.route("shop")
+    assert shop.shadows == (DARK,)  # the config's dark shadow, replaced in place
+    assert (replaced.version, replaced.updated_at, shop.changed_at) == (doc.version + 1, T1, T1)
+    assert (shop.weights, shop.live, shop.previous) == (
+        doc.route("shop").weights, "blue", None,
+    )  # fmt: skip
+    assert replaced.route("api") == doc.route("api")  # its rollback target too
+    added = set_shadow(replaced, "shop", TWIN, T1 + 1)
+    assert added.route("shop").shadows == (DARK, TWIN)
+    assert added.version == doc.version + 2
+    assert doc.route("shop").shadows == (ShadowConfig(pool="dark"),)  # the old doc is intact
+
+
+def test_set_shadow_refuses_live_pools_unknown_pools_and_repeats(mirrored: StateDoc) -> None:
+    cases: list[tuple[ShadowConfig, str, str]] = [
+        (ShadowConfig(pool="blue"), "shadow_conflict", "'blue' takes live traffic (weight 100)"),
+        (ShadowConfig(pool="twin", baseline="blue"), "shadow_conflict", "a baseline pool"),
+        (ShadowConfig(pool="purple"), "unknown_pool", "'purple' (pools: blue, dark, twin)"),
+        (ShadowConfig(pool="twin", baseline="purple"), "unknown_pool", "'purple'"),
+        (ShadowConfig(pool="dark"), "unchanged", "already has this shadow of 'dark'"),
+    ]
+    for shadow, code, text in cases:
+        with pytest.raises(StateError) as info:
+            set_shadow(mirrored, "shop", shadow, T1)
+        assert info.value.code == code, shadow
+        assert text in info.value.message, info.value.message
+    with pytest.raises(StateError) as info:
+        set_shadow(mirrored, "nope", TWIN, T1)
+    assert info.value.code == "unknown_route"
+
+
+def test_remove_shadow(mirrored: StateDoc) -> None:
+    doc = set_shadow(mirrored, "shop", TWIN, T1)
+    removed = remove_shadow(doc, "shop", "dark", T1 + 1)
+    assert removed.route("shop").shadows == (TWIN,)
+    assert removed.version == doc.version + 1
+    assert removed.route("shop").weights == doc.route("shop").weights
+    with pytest.raises(StateError) as info:
+        remove_shadow(removed, "shop", "dark", T1 + 2)
+    assert (info.value.code, info.value.status) == ("no_shadow", 404)
+    assert "no shadow 'dark' (shadows: twin)" in info.value.message
+    with pytest.raises(StateError) as info:
+        remove_shadow(mirrored, "api", "canary", T1)
+    assert "(shadows: none)" in info.value.message
+
+
+def test_json_round_trip_with_shadows(mirrored: StateDoc) -> None:
+    doc = set_shadow(set_shadow(mirrored, "shop", DARK, T1), "shop", TWIN, T1)
+    text = to_json(doc)
+    assert from_json(text) == doc
+    assert to_json(from_json(text)) == text
+    routes = orjson.loads(text)["routes"]
+    assert routes[0]["shadows"] == [shadow_to_obj(DARK), shadow_to_obj(TWIN)]
+    assert routes[0]["shadows"][0]["compare"]["ignore_json"] == ["$.served_at", "$.items[*].id"]
+    assert routes[1]["shadows"] == []
+
+
+def test_a_state_file_from_before_shadows_takes_the_configs(mirrored: StateDoc) -> None:
+    raw = orjson.loads(to_json(mirrored))
+    for item in raw["routes"]:
+        del item["shadows"]
+    old = from_json(orjson.dumps(raw))
+    assert old.route("shop").shadows is None
+    assert old.shadows() == {}  # RoutingTable then keeps each route's configured shadows
+    result, warnings = reconcile(old, (MIRRORED, API), now=T1)
+    assert result.route("shop").shadows == (ShadowConfig(pool="dark"),)
+    assert result.route("api").shadows == ()
+    assert warnings == []
+    # Written again, the document now says so explicitly.
+    assert orjson.loads(to_json(result))["routes"][0]["shadows"] == [
+        shadow_to_obj(ShadowConfig(pool="dark"))
+    ]
+
+
+def test_reconcile_keeps_persisted_shadows_over_the_configs(mirrored: StateDoc) -> None:
+    doc = remove_shadow(set_shadow(mirrored, "shop", TWIN, T1), "shop", "dark", T1)
+    result, warnings = reconcile(doc, (MIRRORED, API))
+    assert result is doc  # nothing to fit: the persisted shadows win
+    assert result.route("shop").shadows == (TWIN,)
+    assert warnings == []
+
+
+def test_reconcile_drops_a_shadow_whose_pool_left_the_config(mirrored: StateDoc) -> None:
+    doc = set_shadow(
+        set_shadow(mirrored, "shop", DARK, T1), "shop", TWIN, T1
+    )  # dark's baseline: twin
+    without_twin = replace(route("shop", blue=100, dark=0), shadows=MIRRORED.shadows)
+    result, warnings = reconcile(doc, (without_twin, API), now=T1 + 5)
+    assert result.route("shop").shadows == ()
+    assert result.version == doc.version + 1
+    text = "\n".join(warnings)
+    assert "route 'shop': shadow 'dark' names pool 'twin', which is no longer in the config" in text
+    assert "route 'shop': shadow 'twin' names pool 'twin'" in text
+    assert sum("shadow" in line for line in warnings) == 2
+    assert all("\n" not in line for line in warnings)
+
+    without_dark = replace(route("shop", blue=100, twin=0), shadows=())
+    result, warnings = reconcile(doc, (without_dark, API))
+    assert result.route("shop").shadows == (TWIN,)
+    assert [line for line in warnings if "shadow" in line] == [
+        "route 'shop': shadow 'dark' names pool 'dark', which is no longer in the config; dropped"
+    ]
+
+
+header_names = st.text(alphabet="abcdefghxyz-0123456789", min_size=1, max_size=10)
+json_patterns = st.sampled_from(["$", "$.a", "$.items[*].id", "$.*", '$["odd key"]', "$.a[3]"])
+
+
+@st.composite
+def shadow_configs(draw: st.DrawFn, pools: list[str]) -> ShadowConfig:
+    pool = draw(st.sampled_from(pools))
+    others = [p for p in pools if p != pool]
+    unit = st.floats(min_value=0, max_value=1, allow_nan=False)
+    return ShadowConfig(
+        pool=pool,
+        percent=draw(st.floats(min_value=0, max_value=100, allow_nan=False)),
+        methods=tuple(
+            draw(
+                st.lists(st.sampled_from(["GET", "HEAD", "POST", "PURGE"]), min_size=1, unique=True)
+            )
+        ),
+        timeout=draw(st.floats(min_value=0.001, max_value=300, allow_nan=False)),
+        max_in_flight=draw(st.integers(1, 10_000)),
+        baseline=draw(st.none() | st.sampled_from(others)) if others else None,
+        compare=CompareConfig(
+            max_body=draw(st.integers(0, 16 * 1024 * 1024)),
+            ignore_headers=tuple(draw(st.lists(header_names, max_size=3, unique=True))),
+            ignore_json=tuple(draw(st.lists(json_patterns, max_size=3))),
+            samples=draw(st.integers(1, 10_000)),
+            relative_threshold=draw(st.floats(min_value=0, max_value=1e6, allow_nan=False)),
+            absolute_threshold=draw(unit),
+        ),
+    )
+
+
+@given(st.data())
+def test_json_round_trip_of_any_shadows(data: st.DataObject) -> None:
+    state = data.draw(route_states())
+    pools = [name for name, _ in state.weights]
+    shadows = data.draw(st.lists(shadow_configs(pools), max_size=3, unique_by=lambda s: s.pool))
+    doc = StateDoc(
+        version=3, routes=(("r", replace(state, shadows=tuple(shadows))),), updated_at=T0
+    )
+    assert from_json(to_json(doc)) == doc
