@@ -8,7 +8,13 @@ import os
 from setuptools import setup
 
 # Modules on the per-request path; everything else stays interpreted.
-HOT_MODULES = ["proxy/http1.py", "proxy/upstream.py", "proxy/router.py", "proxy/metrics.py"]
+HOT_MODULES = [
+    "proxy/http1.py",
+    "proxy/upstream.py",
+    "proxy/router.py",
+    "proxy/metrics.py",
+    "proxy/shadow.py",
+]
 
 ext_modules = []
 if os.environ.get("POINTSMAN_PURE") != "1":

@@ -570,6 +570,13 @@ class NoiseModel:
         for path in self._slots(comparison):
             self._counts[path][0] += 1
 
+    def count_matched(self, baseline: bool) -> None:
+        """Count a candidate comparison that found no difference (and a baseline one, if
+        `baseline`) without building it: what record_* would count for an empty Comparison."""
+        self._candidate_samples += 1
+        if baseline:
+            self._baseline_samples += 1
+
     def record_baseline(self, comparison: Comparison) -> None:
         """Count one primary-vs-baseline comparison."""
         self._baseline_samples += 1

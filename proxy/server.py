@@ -12,7 +12,8 @@ from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
-from proxy.shadow import ShadowCollector, Shadows
+from proxy.shadow import Shadows
+from proxy.shadow_metrics import ShadowCollector
 from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")
@@ -135,6 +136,6 @@ class ProxyServer:
             await self._server.wait_closed()
             self._server = None
         await self.health.stop()
-        self.shadows.close()
+        await self.shadows.close()
         if self.upstreams is not None:
             await self.upstreams.close()

@@ -4,7 +4,7 @@ The downstream connection asks each of its route's `Shadow`s whether to mirror a
 (`Shadow.begin`). A yes gives an `Exchange`: the request head and its teed body (up to
 `compare.max_body`), the primary's response as captured while it streams to the client, and one
 `Leg` per pool the copy goes to (the shadow, plus its baseline when noise cancellation is on).
-Legs use their own upstream connections (`Upstreams.shadow_pool`), a timer each, and write the
+Legs use their own upstream connections (`Upstreams.shadow_pool`), a deadline each, and write the
 whole copy at once; their responses are read, kept up to `max_body` and never reach the client.
 When the primary and every leg are done, the responses are compared (proxy/compare.py) inline
 when small, else on one comparison thread, and the result is counted and maybe sampled.
@@ -20,19 +20,11 @@ import asyncio
 import logging
 import time
 import zlib
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
-
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from proxy.compare import (
     MORE_PATH,
@@ -45,6 +37,7 @@ from proxy.compare import (
     compare,
     redact_headers,
 )
+from proxy.config import Address
 from proxy.shadow_config import ShadowConfig
 from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams
 
@@ -58,7 +51,6 @@ __all__ = [
     "Exchange",
     "PrimaryCapture",
     "Shadow",
-    "ShadowCollector",
     "ShadowStats",
     "Shadows",
 ]
@@ -93,6 +85,16 @@ DROP_REASONS: Final = (
     "primary_failed",
 )
 PARTS: Final = ("status", "header", "body")
+# Pacing: a shadow takes new mirrors at most at max_in_flight / (its typical latency) per
+# second (Little's law), so a slow shadow's slots come back spread out instead of all at once;
+# freed in one burst, they would be refilled, sent and compared in one burst that delays the
+# live requests of that moment. Up to this many mirrors may start back to back.
+PACE_BURST: Final = 16
+# Weight of the newest latency in the shadow's moving average.
+LATENCY_EWMA_WEIGHT: Final = 0.2
+# How often mirrors past their timeout are failed: a timeout fires up to this much late, in
+# exchange for no timer per mirrored request.
+SWEEP_INTERVAL: Final = 0.05
 
 
 def sample_bucket(request_id: bytes) -> int:
@@ -134,12 +136,7 @@ class ShadowStats:
         self.paths[path] = self.paths.get(path, 0) + 1
 
     def observe_delta(self, seconds: float) -> None:
-        index = 0
-        for bound in LATENCY_DELTA_BUCKETS:
-            if seconds <= bound:
-                break
-            index += 1
-        self.delta_buckets[index] += 1
+        self.delta_buckets[bisect_left(LATENCY_DELTA_BUCKETS, seconds)] += 1
         self.delta_sum += seconds
 
 
@@ -212,6 +209,15 @@ def _headers(header_block: bytes) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _kept_lines(header_block: bytes, skip: frozenset[bytes]) -> list[bytes]:
+    """Header lines whose lower-case name is not in `skip`, in order (for the quick match)."""
+    return [
+        line
+        for line in header_block.split(b"\r\n")
+        if line and line[: line.find(b":")].lower() not in skip
+    ]
+
+
 def _captured(
     status: int, header_block: bytes, chunks: list[bytes], size: int, limit: int, latency: float
 ) -> Captured:
@@ -234,6 +240,7 @@ class Leg:
         "chunks",
         "conn",
         "connect_task",
+        "deadline",
         "done",
         "endpoint",
         "exchange",
@@ -244,7 +251,6 @@ class Leg:
         "sent_at",
         "size",
         "status",
-        "timer",
         "took",
     )
 
@@ -252,7 +258,7 @@ class Leg:
         self.exchange = exchange
         self.conn: UpstreamConnection | None = None
         self.connect_task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time past which the sweeper fails it (0: not sent yet)
         self.endpoint: EndpointPool | None = None
         self.reused = False
         self.retried = False
@@ -269,7 +275,9 @@ class Leg:
 
     def send(self, targets: tuple[EndpointPool, ...], rr: int, upstreams: Upstreams) -> None:
         loop = self.exchange.shadow.loop
-        self.timer = loop.call_later(self.exchange.shadow.config.timeout, self.fail, "timeout")
+        # A deadline checked by the Shadows sweeper, not a timer per mirror: a timer costs an
+        # allocation and two libuv calls on every mirrored request.
+        self.deadline = loop.time() + self.exchange.shadow.config.timeout
         target = targets[rr % len(targets)]
         self.endpoint = target
         conn = target.acquire()
@@ -320,6 +328,7 @@ class Leg:
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         self.took = time.perf_counter() - self.sent_at
+        self.exchange.shadow.observe_latency(self.took)
         self.conn = None
         conn.finish(reusable=True)  # finish() closes it instead unless the upstream kept it alive
         self._end(None)
@@ -358,6 +367,11 @@ class Leg:
     def fail(self, reason: str) -> None:
         if self.done:
             return
+        if reason in ("timeout", "connect_error"):
+            # A hung or refusing shadow is paced like one that answers at the timeout: it
+            # must not cost a connection attempt per live request.
+            shadow = self.exchange.shadow
+            shadow.observe_latency(shadow.config.timeout)
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
@@ -373,9 +387,6 @@ class Leg:
             return
         self.done = True
         self.failed = reason
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.exchange.leg_done()
 
     def captured(self) -> Captured:
@@ -483,6 +494,12 @@ class Exchange:
     def leg_done(self) -> None:
         self._maybe_compare()
 
+    def expire(self, now: float) -> None:
+        """Fail the legs past their deadline (called by the Shadows sweeper)."""
+        for leg in (self.candidate, self.baseline):
+            if leg is not None and not leg.done and 0.0 < leg.deadline <= now:
+                leg.fail("timeout")
+
     def _maybe_compare(self) -> None:
         if self.ended or self.primary_state == 0 or not self.candidate.done:
             return
@@ -511,8 +528,6 @@ class Exchange:
         for leg in (self.candidate, self.baseline):
             if leg is not None and not leg.done:
                 leg.done = True
-                if leg.timer is not None:
-                    leg.timer.cancel()
                 if leg.connect_task is not None:
                     leg.connect_task.cancel()
                 if leg.conn is not None:
@@ -520,6 +535,20 @@ class Exchange:
                     leg.conn.abort()
 
     # -- comparison (may run on the comparison thread: reads only immutable inputs) ----------
+
+    def same_as_primary(self, leg: Leg, skip: frozenset[bytes]) -> bool:
+        """Byte-for-byte the same status, body and header lines (minus `skip`): the common case
+        of a healthy shadow, settled without building and diffing the responses. Anything else
+        (even headers in another order) goes to the full comparison, which decides."""
+        primary = self.primary
+        assert primary is not None
+        if primary.status != leg.status or primary.size != leg.size:
+            return False
+        if b"".join(primary.chunks) != b"".join(leg.chunks):
+            return False
+        if primary.header_block == leg.header_block:
+            return True  # often: the same server software, and Date within the same second
+        return _kept_lines(primary.header_block, skip) == _kept_lines(leg.header_block, skip)
 
     def inputs(self) -> tuple[Captured, Captured, Captured | None]:
         primary = self.primary
@@ -568,7 +597,8 @@ class Exchange:
 
 class Shadow:
     """One shadow of one route: its settings, connections, counters, samples and noise model.
-    Kept across routing-table swaps (by route and pool), so counts survive weight changes."""
+    Kept across routing-table swaps (by route and pool) while the route keeps the shadow, so
+    counts survive weight and percent changes; removing the shadow discards it."""
 
     def __init__(self, route: str, config: ShadowConfig, shadows: Shadows) -> None:
         self.route = route
@@ -584,6 +614,10 @@ class Shadow:
         self.config = config
         self.methods: frozenset[bytes] = frozenset()
         self.buckets = 0
+        self.skip_headers: frozenset[bytes] = frozenset()  # not compared (quick match)
+        self.latency = 0.0  # moving average of the shadow's answer time, seconds (pacing)
+        self.tokens = float(PACE_BURST)
+        self.tokens_at = 0.0
         self.samples: deque[DiffSample] = deque(maxlen=config.compare.samples)
         self.noise = NoiseModel()
         self.configure(config)
@@ -604,6 +638,10 @@ class Shadow:
         self.config = config
         self.methods = frozenset(m.encode() for m in config.methods)
         self.buckets = config.sample_buckets
+        # Content-Length is judged with the body; hop-by-hop lines never reach a header block.
+        self.skip_headers = frozenset(
+            [b"content-length", *(name.encode() for name in config.compare.ignore_headers)]
+        )
 
     # -- called on the request path --------------------------------------------------------
 
@@ -625,13 +663,34 @@ class Shadow:
             if int(content_length) > self.config.compare.max_body:
                 self.stats.dropped["body_too_large"] += 1
                 return None
-        if self.in_flight >= self.config.max_in_flight:
+        if self.in_flight >= self.config.max_in_flight or not self._take_token():
             self.stats.dropped["full"] += 1
             return None
         self.in_flight += 1
         exchange = Exchange(self, method, request_id, head[:-2] + SHADOW_HEADER + b"\r\n")
         self.live.add(exchange)
         return exchange
+
+    def _take_token(self) -> bool:
+        """The pacing bucket (PACE_BURST): refilled at max_in_flight / latency per second."""
+        latency = self.latency
+        if latency <= 0.0:
+            return True  # nothing measured yet
+        now = time.perf_counter()
+        rate = self.config.max_in_flight / latency
+        tokens = min(PACE_BURST, self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+    def observe_latency(self, seconds: float) -> None:
+        if self.latency <= 0.0:
+            self.latency = seconds
+        else:
+            self.latency += LATENCY_EWMA_WEIGHT * (seconds - self.latency)
 
     def send(self, exchange: Exchange) -> None:
         upstreams = self.upstreams
@@ -661,6 +720,20 @@ class Shadow:
     def compare(self, exchange: Exchange) -> None:
         primary = exchange.primary
         assert primary is not None
+        baseline = exchange.baseline
+        if baseline is not None and baseline.failed is not None:
+            baseline = None  # a failed baseline leg just adds no noise sample
+        skip = self.skip_headers
+        if exchange.same_as_primary(exchange.candidate, skip) and (
+            baseline is None or exchange.same_as_primary(baseline, skip)
+        ):
+            self._release(exchange)
+            stats = self.stats
+            stats.compared += 1
+            stats.matched += 1
+            stats.observe_delta(exchange.candidate.took - exchange.primary_latency)
+            self.noise.count_matched(baseline is not None)
+            return
         limit = exchange.limit
         if min(primary.size, limit) + min(exchange.candidate.size, limit) <= INLINE_COMPARE_BYTES:
             try:
@@ -743,6 +816,7 @@ class Shadows:
         # take more of the loop's time; their number is bounded by the shadows' in-flight caps.
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def get(self, route: str, pool: str) -> Shadow | None:
         return self.by_key.get((route, pool))
@@ -751,6 +825,12 @@ class Shadows:
         """Give every route of a new table its live Shadow objects (kept by route and pool)."""
         if upstreams is not None:
             self.upstreams = upstreams
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        configured = {(r.name, c.pool) for r in table.routes.values() for c in r.shadows}
+        for key in [key for key in self.by_key if key not in configured]:
+            # A removed shadow: its mirrors stop, and one added again later starts afresh.
+            self.by_key.pop(key).cancel_all()
         for route in table.routes.values():
             mirrors = []
             for config in route.shadows:
@@ -762,18 +842,32 @@ class Shadows:
                 shadow.configure(config)
                 shadow.upstreams = self.upstreams
                 if self.upstreams is not None:
-                    shadow.targets = self._targets(route.pools_by_name[config.pool].endpoints)
+                    pools = route.pools_by_name
+                    limit = config.max_in_flight
+                    shadow.targets = self._targets(pools[config.pool].endpoints, limit)
                     baseline = config.baseline
                     shadow.baseline_targets = (
-                        self._targets(route.pools_by_name[baseline].endpoints) if baseline else ()
+                        self._targets(pools[baseline].endpoints, limit) if baseline else ()
                     )
                 mirrors.append(shadow)
             route.mirrors = tuple(mirrors)
 
-    def _targets(self, endpoints: tuple[object, ...]) -> tuple[EndpointPool, ...]:
+    def _targets(
+        self, endpoints: tuple[Address, ...], max_in_flight: int
+    ) -> tuple[EndpointPool, ...]:
         upstreams = self.upstreams
         assert upstreams is not None
-        return tuple(upstreams.shadow_pool(address) for address in endpoints)  # type: ignore[arg-type]
+        return tuple(upstreams.shadow_pool(address, max_in_flight) for address in endpoints)
+
+    async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = loop.time()
+            for shadow in list(self.by_key.values()):
+                if shadow.live:
+                    for exchange in list(shadow.live):
+                        exchange.expire(now)
 
     def compare_later(self, shadow: Shadow, exchange: Exchange) -> None:
         if self._executor is None:
@@ -808,86 +902,19 @@ class Shadows:
             return
         shadow.record(exchange, future.result())
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            try:
+                await sweeper
+            except asyncio.CancelledError:
+                # Our own cancellation of the sweeper; re-raise if we are being cancelled too.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
         for shadow in self.by_key.values():
             shadow.cancel_all()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-
-class ShadowCollector(Collector):
-    """Prometheus families for every shadow, read at scrape time."""
-
-    def __init__(self, shadows: Shadows) -> None:
-        self.shadows = shadows
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["route", "shadow"]
-        mirrored = CounterMetricFamily(
-            "pointsman_shadow_mirrored", "Request copies sent to a shadow.", labels=labels
-        )
-        dropped = CounterMetricFamily(
-            "pointsman_shadow_dropped",
-            "Mirrors dropped, by reason (full, body_too_large, timeout, connect_error, "
-            "upstream_error, primary_failed).",
-            labels=[*labels, "reason"],
-        )
-        compared = CounterMetricFamily(
-            "pointsman_shadow_compared", "Mirrored exchanges compared.", labels=labels
-        )
-        matched = CounterMetricFamily(
-            "pointsman_shadow_matched", "Comparisons with no difference.", labels=labels
-        )
-        mismatched = CounterMetricFamily(
-            "pointsman_shadow_mismatched",
-            "Comparisons with a difference that counts (above the noise, with a baseline).",
-            labels=labels,
-        )
-        noise = CounterMetricFamily(
-            "pointsman_shadow_noise",
-            "Comparisons whose differences were all noise (seen against the baseline too).",
-            labels=labels,
-        )
-        parts = CounterMetricFamily(
-            "pointsman_shadow_mismatch_parts",
-            "Mismatches by differing part (status, header, body).",
-            labels=[*labels, "part"],
-        )
-        paths = CounterMetricFamily(
-            "pointsman_shadow_mismatch_paths",
-            f"Mismatches by differing path (indices as [*]; past {MAX_COUNTED_PATHS}: other).",
-            labels=[*labels, "path"],
-        )
-        delta = HistogramMetricFamily(
-            "pointsman_shadow_latency_delta_seconds",
-            "Shadow minus primary latency on the same request (negative: shadow faster).",
-            labels=labels,
-        )
-        in_flight = GaugeMetricFamily(
-            "pointsman_shadow_in_flight", "Mirrors in flight.", labels=labels
-        )
-        for (route, pool), shadow in list(self.shadows.by_key.items()):
-            s = shadow.stats
-            key = [route, pool]
-            mirrored.add_metric(key, s.mirrored)
-            for reason, count in s.dropped.items():
-                dropped.add_metric([*key, reason], count)
-            compared.add_metric(key, s.compared)
-            matched.add_metric(key, s.matched)
-            mismatched.add_metric(key, s.mismatched)
-            noise.add_metric(key, s.noise)
-            for part, count in s.parts.items():
-                parts.add_metric([*key, part], count)
-            for path, count in list(s.paths.items()):
-                paths.add_metric([*key, path], count)
-            buckets: list[tuple[str, float]] = []
-            acc = 0
-            for bound, count in zip(LATENCY_DELTA_BUCKETS, s.delta_buckets, strict=False):
-                acc += count
-                buckets.append((repr(bound), acc))
-            buckets.append(("+Inf", acc + s.delta_buckets[-1]))
-            delta.add_metric(key, buckets, s.delta_sum)
-            in_flight.add_metric(key, shadow.in_flight)
-        yield from (mirrored, dropped, compared, matched, mismatched, noise, parts, paths, delta)
-        yield in_flight

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from dataclasses import replace
 from typing import Protocol, cast
 
 import httptools
@@ -416,10 +417,15 @@ class Upstreams:
             pool = self.pools[address] = EndpointPool(address, self.settings)
         return pool
 
-    def shadow_pool(self, address: Address) -> EndpointPool:
+    def shadow_pool(self, address: Address, max_in_flight: int) -> EndpointPool:
+        """The mirrors' pool for `address`. It keeps as many idle connections as mirrors may be
+        in flight: fewer, and every burst of answers would close connections the next burst
+        must open again."""
         pool = self.shadow_pools.get(address)
         if pool is None:
             pool = self.shadow_pools[address] = EndpointPool(address, self.settings)
+        if pool.settings.max_idle < max_in_flight:
+            pool.settings = replace(pool.settings, max_idle=max_in_flight)
         return pool
 
     async def connect(self, target: EndpointPool) -> UpstreamConnection:

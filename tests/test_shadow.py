@@ -361,3 +361,26 @@ async def test_shadow_metrics_are_exported(
     # Negative bounds: prometheus-client leaves out _sum and _count; +Inf carries the count.
     bucket = 'pointsman_shadow_latency_delta_seconds_bucket{le="+Inf",route="shop",shadow="dark"}'
     assert f"{bucket} 1.0" in text
+
+
+async def test_a_removed_shadow_stops_and_one_added_again_starts_afresh(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    from proxy.router import RoutingTable
+
+    blue = await backend_factory("blue")
+    dark = await backend_factory("dark")
+    server, shadow = await start(proxy_factory, blue.address, dark.address)
+    await get(server.port)
+    await wait_until(lambda: shadow.stats.compared == 1, "the first comparison")
+    server.set_table(RoutingTable(server.config.routes, shadows={"shop": ()}))
+    assert server.shadows.get("shop", "dark") is None
+    assert (await get(server.port))[0] == 200
+    assert len(dark.seen) == 1  # no copy while the shadow is gone
+    server.set_table(RoutingTable(server.config.routes))  # the config's shadow again
+    again = server.shadows.get("shop", "dark")
+    assert again is not None and again is not shadow
+    assert (again.stats.mirrored, len(again.samples)) == (0, 0)
+    await get(server.port)
+    await wait_until(lambda: again.stats.compared == 1, "the new shadow's comparison")
+    assert len(dark.seen) == 2
