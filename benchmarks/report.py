@@ -10,6 +10,9 @@ The results directory holds what run.sh collected:
     meta.env                   key=value: settings of the run (wrk flags, ports, commands, ...)
     mem.env                    key=value: memory measurements (RSS in KiB), may be absent
     wrk_<target>_<round>.txt   raw `wrk --latency` output, target in backend/nginx/pointsman
+    shadow_<phase>_<round>.txt raw wrk output of the shadow-isolation phases (SHADOW_PHASES)
+    shadow_<phase>_<round>.cpu Pointsman CPU ticks (utime + stime) during that wrk run
+    shadow_<phase>_<round>.json the shadow's counts from the control API after the phase
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ P99_TARGET_CONNS = 50
 MAX_IDLE_RSS_MIB = 150.0
 IDLE_TARGET_CONNS = 10_000
 MAX_STREAM_GROWTH_MIB = 64.0
+# Shadow isolation (issue 4): a 1 s shadow at 100 % keeps the primary within 10 % of no shadow;
+# a fast shadow at 100 % costs at most 2x the CPU per request.
+MAX_SLOW_SHADOW_RPS_DROP = 0.10
+MAX_SLOW_SHADOW_P99_RISE = 0.10
+MAX_FAST_SHADOW_CPU_RATIO = 2.0
+SHADOW_PHASES: tuple[tuple[str, str], ...] = (
+    ("pm_plain", "Pointsman, no shadow"),
+    ("pm_fast", "Pointsman, fast shadow at 100 %"),
+    ("pm_slow", "Pointsman, 1 s shadow at 100 %"),
+    ("nginx_plain", "nginx proxy, no mirror"),
+    ("nginx_mirror", "nginx proxy, `mirror` to the 1 s shadow"),
+)
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 NUMBER_UNIT = re.compile(r"^([0-9.]+)([a-z]+)$")
@@ -371,6 +386,12 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
                 checks.append(Check(name, "-", req, status(False, "no result")))
         lines.append("")
 
+    # ---- shadows
+    shadow_lines, shadow_checks, shadow_summary = shadow_section(results, meta)
+    lines.extend(shadow_lines)
+    checks.extend(shadow_checks)
+    summary["shadow"] = shadow_summary
+
     # ---- memory
     lines.append("## Memory (RSS of the Pointsman process)")
     lines.append("")
@@ -403,6 +424,130 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
     if out is not None:
         out.write_text(text)
     return text, summary, failed
+
+
+def shadow_section(
+    results: Path, meta: dict[str, str]
+) -> tuple[list[str], list[Check], dict[str, object]]:
+    """The shadow-isolation table and its three targets."""
+    lines = ["## Shadow isolation", ""]
+    names = (
+        "1 s shadow at 100 %: Pointsman req/s vs no shadow",
+        "1 s shadow at 100 %: Pointsman p99 vs no shadow",
+        "Fast shadow at 100 %: CPU per request vs no shadow",
+    )
+    required = (
+        f"≥ {1 - MAX_SLOW_SHADOW_RPS_DROP:.2f}x",
+        f"≤ {1 + MAX_SLOW_SHADOW_P99_RISE:.2f}x",
+        f"≤ {MAX_FAST_SHADOW_CPU_RATIO:.1f}x",
+    )
+    if meta.get("skip_shadow") == "1" or meta.get("skip_wrk") == "1":
+        lines += ["Skipped (BENCH_SKIP_SHADOW=1 or BENCH_SKIP_WRK=1).", ""]
+        return (
+            lines,
+            [Check(n, "-", r, "SKIPPED") for n, r in zip(names, required, strict=True)],
+            {},
+        )
+    clk_tck = as_int(meta, "clk_tck") or 100
+    rows: dict[str, tuple[WrkResult, float | None]] = {}
+    for key, _ in SHADOW_PHASES:
+        parsed: list[WrkResult] = []
+        cpu: list[float] = []
+        for f in sorted(results.glob(f"shadow_{key}_*.txt")):
+            try:
+                r = parse_wrk(f.read_text())
+            except ParseError:
+                continue
+            parsed.append(r)
+            ticks = f.with_suffix(".cpu")
+            if key.startswith("pm_") and ticks.exists() and r.requests:
+                cpu.append(int(ticks.read_text().strip() or 0) / clk_tck / r.requests)
+        if parsed:
+            rows[key] = (combine(parsed), statistics.median(cpu) if cpu else None)
+    delay = meta.get("shadow_delay", "1.0")
+    lines.append(
+        f"Same wrk settings as above, one phase after another, {meta.get('rounds', '1')} "
+        f"round(s), median. The shadow is added and removed through the control API between "
+        f"phases (`percent: 100`, `methods: [GET]`, `timeout: 2s`, `max_in_flight: 256`); the "
+        f"slow shadow (benchmarks/slow.py) answers after {delay} s, the fast one is the same "
+        "nginx backend. CPU per request: Pointsman's utime + stime during the run (all its "
+        "threads, comparison included) over the requests wrk completed."
+    )
+    lines.append("")
+    lines.append("| Target | Requests/s | p50 | p99 | CPU per request | Errors | Shadow counts |")
+    lines.append("|---|---:|---:|---:|---:|---|---|")
+    summary: dict[str, object] = {}
+    for key, label in SHADOW_PHASES:
+        if key not in rows:
+            lines.append(f"| {label} | - | - | - | - | no result | |")
+            continue
+        r, cpu = rows[key]
+        err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
+        counts = ""
+        last = sorted(results.glob(f"shadow_{key}_*.json"))
+        if last:
+            try:
+                view = json.loads(last[-1].read_text())
+                dropped = {k: v for k, v in view.get("dropped", {}).items() if v}
+                counts = (
+                    f"mirrored {view.get('mirrored', 0):,}, compared {view.get('compared', 0):,}"
+                    f", dropped {dropped or 0} (last round)"
+                )
+            except (OSError, ValueError, AttributeError):
+                counts = "unreadable"
+        cpu_text = f"{cpu * 1e6:.1f} µs" if cpu is not None else ""
+        lines.append(
+            f"| {label} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} | {cpu_text} "
+            f"| {err} | {md_escape(counts)} |"
+        )
+        summary[key] = {"wrk": asdict(r), "cpu_per_request": cpu}
+    checks: list[Check] = []
+    plain, slow, fast = rows.get("pm_plain"), rows.get("pm_slow"), rows.get("pm_fast")
+    if plain and slow and plain[0].rps > 0 and plain[0].p99_ms > 0:
+        rps_ratio = slow[0].rps / plain[0].rps
+        p99_ratio = slow[0].p99_ms / plain[0].p99_ms
+        lines.append(
+            f"| **1 s shadow / no shadow (Pointsman)** | **{rps_ratio:.2f}x** | | "
+            f"**{p99_ratio:.2f}x** | | | |"
+        )
+        checks.append(
+            Check(names[0], f"{rps_ratio:.2f}x", required[0],
+                  status(rps_ratio >= 1 - MAX_SLOW_SHADOW_RPS_DROP and not slow[0].errors))
+        )  # fmt: skip
+        checks.append(
+            Check(names[1], f"{p99_ratio:.2f}x", required[1],
+                  status(p99_ratio <= 1 + MAX_SLOW_SHADOW_P99_RISE and not slow[0].errors))
+        )  # fmt: skip
+        summary["slow_ratios"] = {"rps": rps_ratio, "p99": p99_ratio}
+    else:
+        checks += [
+            Check(n, "-", r, status(False, "no result"))
+            for n, r in zip(names[:2], required[:2], strict=True)
+        ]
+    ng, ngm = rows.get("nginx_plain"), rows.get("nginx_mirror")
+    if ng and ngm and ng[0].rps > 0 and ng[0].p99_ms > 0:
+        rps_ratio = ngm[0].rps / ng[0].rps
+        p99_ratio = ngm[0].p99_ms / ng[0].p99_ms
+        ok = rps_ratio >= 1 - MAX_SLOW_SHADOW_RPS_DROP and p99_ratio <= 1 + MAX_SLOW_SHADOW_P99_RISE
+        verdict = "within" if ok else "fails"
+        lines.append(
+            f"| **nginx `mirror` / no mirror** ({verdict} the 10 % bound) | **{rps_ratio:.2f}x** "
+            f"| | **{p99_ratio:.2f}x** | | | |"
+        )
+        summary["nginx_mirror_ratios"] = {"rps": rps_ratio, "p99": p99_ratio}
+    if plain and fast and plain[1] and fast[1]:
+        cpu_ratio = fast[1] / plain[1]
+        lines.append(
+            f"| **fast shadow / no shadow, CPU per request** | | | | **{cpu_ratio:.2f}x** | | |"
+        )
+        measured = f"{cpu_ratio:.2f}x ({fast[1] * 1e6:.1f} vs {plain[1] * 1e6:.1f} µs)"
+        ok = cpu_ratio <= MAX_FAST_SHADOW_CPU_RATIO and not fast[0].errors
+        checks.append(Check(names[2], measured, required[2], status(ok)))
+        summary["fast_cpu_ratio"] = cpu_ratio
+    else:
+        checks.append(Check(names[2], "-", required[2], status(False, "no result")))
+    lines.append("")
+    return lines, checks, summary
 
 
 def memory_section(meta: dict[str, str], mem: dict[str, str]) -> tuple[list[str], list[Check]]:
