@@ -23,6 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from control.rollout import RolloutError
+from control.rollouts import RolloutCollector, RolloutRunner
 from control.state import (
     RouteState,
     StateDoc,
@@ -89,6 +91,7 @@ class ControlPlane:
         self.doc = doc
         self.lock = asyncio.Lock()
         self.last_change = doc.updated_at
+        self.rollouts = RolloutRunner(self)
 
     def publish(self) -> None:
         """Hand the data plane a routing table built from the current document."""
@@ -146,6 +149,14 @@ class ControlPlane:
                 [s.pool for s in after.shadows or ()],
             )  # fmt: skip
             return new
+
+    async def save_quietly(self, transition: Callable[[StateDoc, float], StateDoc]) -> None:
+        """Persist a change that moves no traffic and needs no new version (a rollout's time in
+        step): no publish, no audit line."""
+        async with self.lock:
+            new = transition(self.doc, time.time())
+            await asyncio.to_thread(self.store.save, new)
+            self.doc = new
 
 
 def route_assignment(state: RouteState) -> dict[str, object]:
@@ -343,8 +354,15 @@ async def write_request(
     return actor, plane, name, version, body
 
 
+def refuse_during_rollout(plane: ControlPlane, route: str) -> None:
+    reason = plane.rollouts.blocks_manual_change(route)
+    if reason is not None:
+        raise ApiError(409, reason, {"code": "rollout_in_progress"})
+
+
 async def put_weights(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
+    refuse_during_rollout(plane, name)
     weights = body.get("weights")
     if not isinstance(weights, dict) or not weights:
         raise ApiError(400, 'expected {"weights": {"<pool>": <integer>, ...}}', None)
@@ -356,6 +374,7 @@ async def put_weights(request: web.Request) -> web.Response:
 
 async def post_flip(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
+    refuse_during_rollout(plane, name)
     target = body.get("to")
     force = body.get("force", False)
     if not isinstance(target, str) or not target:
@@ -378,6 +397,7 @@ async def post_flip(request: web.Request) -> web.Response:
 
 async def post_rollback(request: web.Request) -> web.Response:
     actor, plane, name, version, _ = await write_request(request)
+    refuse_during_rollout(plane, name)
     doc = await plane.change(
         actor, "rollback", name, version, lambda d, now: rollback(d, name, now)
     )
@@ -488,6 +508,46 @@ async def delete_shadow(request: web.Request) -> web.Response:
     return json_answer(route_view(plane, name), doc.version)
 
 
+def rollout_error(err: RolloutError) -> ApiError:
+    return ApiError(err.status, err.message, {"code": err.code})
+
+
+async def post_rollout(request: web.Request) -> web.Response:
+    actor, plane, name, version, body = await write_request(request)
+    if version is not None and version != plane.doc.version:
+        raise ApiError(409, "version conflict", {"current_version": plane.doc.version})
+    try:
+        status = await plane.rollouts.start(name, body, actor)
+    except RolloutError as err:
+        raise rollout_error(err) from None
+    return json_answer(status, plane.doc.version, 201)
+
+
+async def get_rollout(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    try:
+        return json_answer(plane.rollouts.status(name), plane.doc.version)
+    except RolloutError as err:
+        raise rollout_error(err) from None
+
+
+async def post_rollout_command(request: web.Request) -> web.Response:
+    actor, plane, name, version, _ = await write_request(request)
+    command = request.match_info["command"]
+    if command not in ("pause", "resume", "promote", "abort"):
+        raise ApiError(404, f"unknown rollout command '{command}'",
+                       {"commands": ["pause", "resume", "promote", "abort"]})  # fmt: skip
+    if version is not None and version != plane.doc.version:
+        raise ApiError(409, "version conflict", {"current_version": plane.doc.version})
+    try:
+        status = await plane.rollouts.command(name, command, actor)
+    except RolloutError as err:
+        raise rollout_error(err) from None
+    return json_answer(status, plane.doc.version)
+
+
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY_KEY]
     body = generate_latest(registry)
@@ -563,6 +623,7 @@ def build_admin_app(
         # Reads are open only where nobody off the machine can reach them.
         app[OPEN_READS_KEY] = is_loopback(plane.config.admin.listen.host)
         registry.register(ControlCollector(plane))
+        registry.register(RolloutCollector(plane.rollouts))
         app.router.add_get("/v1/routes", list_routes)
         app.router.add_get("/v1/routes/{route}", get_route)
         app.router.add_put("/v1/routes/{route}/weights", put_weights)
@@ -574,4 +635,7 @@ def build_admin_app(
         app.router.add_patch("/v1/routes/{route}/shadows/{pool}", patch_shadow)
         app.router.add_delete("/v1/routes/{route}/shadows/{pool}", delete_shadow)
         app.router.add_get("/v1/routes/{route}/shadows/{pool}/diffs", get_diffs)
+        app.router.add_post("/v1/routes/{route}/rollout", post_rollout)
+        app.router.add_get("/v1/routes/{route}/rollout", get_rollout)
+        app.router.add_post("/v1/routes/{route}/rollout/{command}", post_rollout_command)
     return app

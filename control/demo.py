@@ -4,7 +4,11 @@ with the name of its pool (its "version"), so routing decisions can be seen with
 `/api/products` answers JSON, the same from every version except `dark`, a blind version with a
 bug (currencies in lower case); every answer carries a fresh timestamp, which is noise. So the
 demo's shadow comparison (`pointsman diffs shop dark`) shows one real difference and one that
-the baseline pool `twin` shows to be noise."""
+the baseline pool `twin` shows to be noise.
+
+To watch a canary roll back, make a version misbehave: `POST /__demo/fault?errors=0.2` on one
+of its endpoints makes that endpoint answer 500 to a fifth of requests, `?delay=0.5` adds half
+a second to every answer, `?errors=0&delay=0` heals it."""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ import argparse
 import asyncio
 import datetime
 import logging
+import random
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -23,7 +28,40 @@ from proxy.config import Address, ConfigError, load_config
 log = logging.getLogger("pointsman.demo")
 
 VERSION_KEY = web.AppKey("version", str)
+FAULT_KEY = web.AppKey("fault", dict[str, float])  # "errors": share answered 500, "delay": s
+# An injected delay longer than this is a typo; the demo must stay responsive.
+MAX_FAULT_DELAY = 10.0
 ADDRESS_KEY = web.AppKey("address", str)
+
+
+@web.middleware
+async def faults(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Injected misbehaviour (see the module docstring); /__demo/ itself is never affected."""
+    fault = request.app[FAULT_KEY]
+    if not request.path.startswith("/__demo/"):
+        if fault["delay"]:
+            await asyncio.sleep(fault["delay"])
+        if fault["errors"] and random.random() < fault["errors"]:
+            version = request.app[VERSION_KEY]
+            return web.Response(status=500, text=f"injected error from {version}\n")
+    return await handler(request)
+
+
+async def set_fault(request: web.Request) -> web.Response:
+    fault = request.app[FAULT_KEY]
+    for key, top in (("errors", 1.0), ("delay", MAX_FAULT_DELAY)):
+        if key in request.query:
+            try:
+                value = float(request.query[key])
+            except ValueError:
+                value = -1.0
+            if not 0.0 <= value <= top:
+                return web.Response(status=400, text=f"{key}: expected a number in 0..{top:g}\n")
+            fault[key] = value
+    return web.Response(text=f"{request.app[VERSION_KEY]}: errors={fault['errors']:g} "
+                             f"delay={fault['delay']:g}s\n")  # fmt: skip
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -57,9 +95,11 @@ async def products(request: web.Request) -> web.Response:
 
 
 def build_app(version: str, address: Address) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[faults])
     app[VERSION_KEY] = version
     app[ADDRESS_KEY] = str(address)
+    app[FAULT_KEY] = {"errors": 0.0, "delay": 0.0}
+    app.router.add_post("/__demo/fault", set_fault)
     app.router.add_get("/api/products", products)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app

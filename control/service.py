@@ -70,6 +70,7 @@ class Service:
         self.plane = plane
         plane.publish()
         await self.proxy.start()
+        await plane.rollouts.restore()
         app = build_admin_app(self.proxy, plane, token)
         # access_log off: /metrics is scraped every few seconds and would drown the log.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -81,8 +82,11 @@ class Service:
         log.info("admin listening on %s", listen)
 
     async def stop(self) -> None:
-        # Data plane first (drains in-flight requests), admin last so /metrics and /healthz
+        # Rollouts first (their time in step is saved; no step may change during the drain),
+        # then the data plane (drains in-flight requests), admin last so /metrics and /healthz
         # answer (healthz says draining) while it drains.
+        if self.plane is not None:
+            await self.plane.rollouts.close()
         await self.proxy.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()

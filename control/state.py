@@ -32,6 +32,8 @@ __all__ = [
     "reconcile",
     "remove_shadow",
     "rollback",
+    "rollout_progress",
+    "rollout_step",
     "set_shadow",
     "set_weights",
     "to_json",
@@ -92,6 +94,9 @@ class RouteState:
     # The route's shadows; None only in a document read from a file that predates them, until
     # `reconcile` fills in the config's.
     shadows: tuple[ShadowConfig, ...] | None = None
+    # The route's canary rollout in its persisted form (control/rollout.to_json_obj), current or
+    # last finished; validated by control/rollout.from_json_obj when the service starts.
+    rollout: Mapping[str, Any] | None = None
 
     def weights_dict(self) -> dict[str, int]:
         return dict(self.weights)
@@ -245,6 +250,36 @@ def set_shadow(doc: StateDoc, route: str, shadow: ShadowConfig, now: float) -> S
     else:
         new_shadows = (*shadows, shadow)
     return _commit(doc, route, replace(current, shadows=new_shadows, changed_at=now), now)
+
+
+def rollout_step(
+    doc: StateDoc,
+    route: str,
+    weights: Mapping[str, int] | None,
+    rollout: Mapping[str, Any],
+    now: float,
+) -> StateDoc:
+    """A rollout's visible change (start, step, pause, promotion, rollback...): the rollout
+    document replaced and, with `weights`, the route's weights set (remembered for rollback,
+    like any change). Version + 1. Weights are the rollout machine's, already checked."""
+    current = doc.route(route)
+    if weights is not None:
+        new_weights = tuple((name, weights.get(name, 0)) for name, _ in current.weights)
+        if new_weights != current.weights:
+            doc = _change(doc, route, new_weights, _sole_pool(new_weights), now)
+            current = doc.route(route)
+    return _commit(doc, route, replace(current, rollout=dict(rollout), changed_at=now), now)
+
+
+def rollout_progress(doc: StateDoc, route: str, rollout: Mapping[str, Any], now: float) -> StateDoc:
+    """A rollout's quiet progress (time spent, analysis windows), saved so a restart resumes
+    where it was: same version, since no routing changed and no one's If-Match should break."""
+    doc.route(route)  # unknown_route if it is not there
+    routes = tuple(
+        (name, replace(state, rollout=dict(rollout)) if name == route else state)
+        for name, state in doc.routes
+    )
+    return StateDoc(version=doc.version, routes=routes, updated_at=now)
 
 
 def remove_shadow(doc: StateDoc, route: str, pool: str, now: float) -> StateDoc:
@@ -424,6 +459,7 @@ def _route_json(name: str, state: RouteState) -> dict[str, Any]:
         "rollbacks": state.rollbacks,
         "changed_at": state.changed_at,
         "shadows": None if state.shadows is None else [shadow_to_obj(s) for s in state.shadows],
+        "rollout": None if state.rollout is None else dict(state.rollout),
     }
 
 
@@ -520,8 +556,17 @@ def _route_from(obj: object, where: str) -> tuple[str, RouteState]:
         rollbacks=r.integer("rollbacks", 0),
         changed_at=r.time("changed_at"),
         shadows=_shadows_from(r.obj.get("shadows"), r.where),
+        rollout=_rollout_from(r.obj.get("rollout"), r.where),
     )
     return name, state
+
+
+def _rollout_from(value: object, where: str) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}.rollout: expected an object or null, got {_kind(value)}")
+    return value
 
 
 def _shadows_from(value: object, where: str) -> tuple[ShadowConfig, ...] | None:

@@ -1,0 +1,454 @@
+"""The I/O shell around control/rollout.py: one driver task per running canary, counters read
+from the data plane, weights applied through the control plane, webhooks, metrics.
+
+A route's rollout lives in memory as an immutable `Rollout` and in the state document as its
+persisted form. Every visible change (start, step, pause, promotion, rollback...) goes through
+`ControlPlane.change` like a manual change: persisted, published, audited, version + 1. Quiet
+progress (time in step, analysis windows) is saved after each analysis without a new version,
+so a restart resumes the step with the time it had (minus at most one analysis interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from control import rollout as machine
+from control.rollout import Counters, Decision, MismatchCounters, PoolCounters, Rollout
+from control.state import StateDoc, rollout_progress, rollout_step
+from proxy.metrics import DURATION_BUCKETS
+
+if TYPE_CHECKING:
+    from control.api import ControlPlane
+
+__all__ = ["RolloutCollector", "RolloutRunner"]
+
+log = logging.getLogger("pointsman.rollout")
+
+# Webhook events waiting per route; past this the oldest are dropped (and logged): a hook that
+# is down for hours must not grow memory without bound.
+WEBHOOK_QUEUE_LIMIT: Final = 1000
+# First pause between webhook retries; doubled each time, capped by the next constant.
+WEBHOOK_RETRY_DELAY: Final = 0.2
+WEBHOOK_RETRY_DELAY_MAX: Final = 5.0
+# A webhook answer is read only this far: hooks answer with a status, not a document.
+WEBHOOK_MAX_ANSWER: Final = 64 * 1024
+ACTIVE_PHASES: Final = frozenset({"running", "paused", "awaiting_confirm"})
+# Phases that keep manual weight changes out (a paused or finished rollout lets them through).
+BLOCKING_PHASES: Final = frozenset({"running", "awaiting_confirm"})
+PHASES: Final = ("running", "paused", "awaiting_confirm", "promoted", "failed", "aborted")
+
+
+class RolloutRunner:
+    """Every route's rollout in this process."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.rollouts: dict[str, Rollout] = {}  # current or last finished, by route
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._hooks: dict[str, _HookSender] = {}
+        self.promotions: dict[str, int] = {}
+        self.rollbacks: dict[tuple[str, str], int] = {}  # (route, reason) -> count
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def blocks_manual_change(self, route: str) -> str | None:
+        """Why a manual weight change on `route` must wait (None: it may go ahead)."""
+        rollout = self.rollouts.get(route)
+        if rollout is None or rollout.phase not in BLOCKING_PHASES:
+            return None
+        return (
+            f"a rollout of {rollout.spec.candidate!r} is {rollout.phase.replace('_', ' ')} on "
+            f"route {route!r}; pause or abort it first"
+        )
+
+    def status(self, route: str) -> dict[str, Any]:
+        rollout = self.rollouts.get(route)
+        if rollout is None:
+            raise machine.RolloutError("no_rollout", f"route {route!r} has no rollout")
+        return machine.status_obj(rollout, _now())
+
+    def counters(self, route: str, candidate: str) -> Counters:
+        """A snapshot of the data plane's cumulative counters for the route's pools."""
+        proxy = self.plane.proxy
+        pools: dict[str, PoolCounters] = {}
+        for (route_name, pool), stats in list(proxy.metrics.pools.items()):
+            if route_name != route:
+                continue
+            cumulative: list[int] = []
+            total = 0
+            for count in stats.duration_buckets:
+                total += count
+                cumulative.append(total)
+            requests = sum(stats.status[1:])
+            pools[pool] = PoolCounters(requests, stats.status[5], tuple(cumulative))
+        mismatch = None
+        shadow = proxy.shadows.get(route, candidate)
+        if shadow is not None:
+            mismatch = MismatchCounters(shadow.stats.compared, shadow.stats.mismatched)
+        return Counters(pools=pools, bounds=DURATION_BUCKETS, mismatch=mismatch)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def start(self, route: str, body: object, actor: str = "rollout") -> dict[str, Any]:
+        async with self._lock(route):
+            current = self.rollouts.get(route)
+            if current is not None and current.phase in ACTIVE_PHASES:
+                raise machine.RolloutError(
+                    "rollout_exists",
+                    f"route {route!r} already has a rollout of {current.spec.candidate!r} "
+                    f"({current.phase.replace('_', ' ')}); abort it first",
+                )
+            state = self.plane.doc.route(route)
+            pools = [name for name, _ in state.weights]
+            spec = machine.parse_spec(body, pools)
+            decision = machine.start(
+                spec, state.weights_dict(), pools, self.counters(route, spec.candidate),
+                _now(), time.time(),
+            )  # fmt: skip
+            await self._apply(route, decision, actor)
+            self._ensure_driver(route)
+            return machine.status_obj(decision.rollout, _now())
+
+    async def command(self, route: str, name: str, actor: str = "rollout") -> dict[str, Any]:
+        async with self._lock(route):
+            rollout = self.rollouts.get(route)
+            if rollout is None:
+                raise machine.RolloutError("no_rollout", f"route {route!r} has no rollout")
+            now, wall = _now(), time.time()
+            counters = self.counters(route, rollout.spec.candidate)
+            if name == "pause":
+                decision = machine.pause(rollout, now, wall)
+            elif name == "resume":
+                decision = machine.resume(rollout, counters, now, wall)
+            elif name == "promote":
+                decision = machine.promote(rollout, now, wall)
+            else:
+                decision = machine.abort(rollout, now, wall)
+            await self._apply(route, decision, actor)
+            self._poke(route)
+            return machine.status_obj(decision.rollout, _now())
+
+    # -- the driver ------------------------------------------------------------------------
+
+    def _lock(self, route: str) -> asyncio.Lock:
+        lock = self._locks.get(route)
+        if lock is None:
+            lock = self._locks[route] = asyncio.Lock()
+        return lock
+
+    def _poke(self, route: str) -> None:
+        event = self._wake.get(route)
+        if event is not None:
+            event.set()
+
+    def _ensure_driver(self, route: str) -> None:
+        task = self._drivers.get(route)
+        if task is None or task.done():
+            self._wake[route] = asyncio.Event()
+            self._drivers[route] = asyncio.get_running_loop().create_task(self._drive(route))
+
+    async def _drive(self, route: str) -> None:
+        """Sleep until the machine has something to do (or a command pokes it), then tick."""
+        wake = self._wake[route]
+        while True:
+            rollout = self.rollouts.get(route)
+            if rollout is None or rollout.phase not in ACTIVE_PHASES:
+                return
+            delay = machine.due(rollout, _now()) - _now()
+            if math.isinf(delay):
+                await wake.wait()
+                wake.clear()
+                continue
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+                    wake.clear()
+                    continue  # a command changed the rollout: look again
+                except TimeoutError:
+                    pass
+            async with self._lock(route):
+                rollout = self.rollouts[route]
+                if rollout.phase != "running":
+                    continue
+                counters = self.counters(route, rollout.spec.candidate)
+                try:
+                    decision = machine.tick(rollout, counters, _now(), time.time())
+                    await self._apply(route, decision)
+                except Exception:
+                    # Never leave a ramp half-driven silently: log, wait a moment, try again.
+                    log.exception("rollout on route %s: tick failed", route)
+                    await asyncio.sleep(1.0)
+
+    async def _apply(self, route: str, decision: Decision, actor: str = "rollout") -> None:
+        """Persist and publish the decision, then hand its events to the webhook sender."""
+        before = self.rollouts.get(route)
+        rollout = decision.rollout
+        obj = machine.to_json_obj(rollout, _now())
+        visible = (
+            decision.weights is not None
+            or bool(decision.events)
+            or before is None
+            or before.phase != rollout.phase
+        )
+        if visible:
+            action = "rollout:" + (decision.events[-1].event if decision.events else rollout.phase)
+            weights = decision.weights
+            await self.plane.change(
+                actor, action, route, None,
+                lambda doc, now: rollout_step(doc, route, weights, obj, now),
+            )  # fmt: skip
+        else:
+            await self._save_progress(route, obj)
+        self.rollouts[route] = rollout
+        for event in decision.events:
+            log.info("rollout %s: %s (step %d) %s", route, event.event, event.step, event.detail)
+            if event.event == "promoted":
+                self.promotions[route] = self.promotions.get(route, 0) + 1
+            elif event.event in ("rolled_back", "aborted"):
+                reason = "aborted" if event.event == "aborted" else _reason_kind(rollout)
+                self.rollbacks[(route, reason)] = self.rollbacks.get((route, reason), 0) + 1
+        if rollout.spec.webhooks is not None and decision.events:
+            sender = self._hooks.get(route)
+            if sender is None or sender.closed:
+                sender = self._hooks[route] = _HookSender(self, route)
+            for event in decision.events:
+                sender.put(rollout, event)
+
+    async def confirmed(self, route: str, ok: bool, detail: str) -> None:
+        """The confirm hook's answer, from the webhook sender."""
+        async with self._lock(route):
+            rollout = self.rollouts.get(route)
+            if rollout is None or rollout.phase != "awaiting_confirm":
+                return
+            counters = self.counters(route, rollout.spec.candidate)
+            decision = machine.confirmed(rollout, ok, detail, counters, _now(), time.time())
+            await self._apply(route, decision)
+            self._poke(route)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Pick up the rollouts of the persisted state (at start-up): a running one continues
+        its step with the time it had; its analysis window restarts with this process's
+        counters. One whose confirm hook was pending asks the hook again."""
+        for route, state in self.plane.doc.routes:
+            if state.rollout is None:
+                continue
+            try:
+                rollout = machine.from_json_obj(state.rollout, _now(), f"state {route}.rollout")
+            except ValueError as err:
+                log.error("rollout of route %s not resumed: %s", route, err)
+                continue
+            if rollout.phase in ACTIVE_PHASES:
+                counters = self.counters(route, rollout.spec.candidate)
+                rollout = machine.rebase(rollout, counters, _now())
+                log.info(
+                    "rollout %s resumed: %s at step %d, %.1fs in step", route, rollout.phase,
+                    rollout.step_index, machine.time_in_step(rollout, _now()),
+                )  # fmt: skip
+            self.rollouts[route] = rollout
+            if rollout.phase in ACTIVE_PHASES:
+                self._ensure_driver(route)
+                if rollout.phase == "awaiting_confirm" and rollout.spec.webhooks is not None:
+                    sender = self._hooks[route] = _HookSender(self, route)
+                    ask = machine.Event("confirm", rollout.step_index, rollout.weights,
+                                        time.time(), "asked again after a restart")  # fmt: skip
+                    sender.put(rollout, ask)
+
+    async def close(self) -> None:
+        """Save each running rollout's time in step, then stop drivers and webhook senders."""
+        for route, rollout in list(self.rollouts.items()):
+            if rollout.phase in ACTIVE_PHASES:
+                try:
+                    await self._save_progress(route, machine.to_json_obj(rollout, _now()))
+                except OSError as err:
+                    log.error("rollout %s: progress not saved at shutdown: %s", route, err)
+        tasks = [*self._drivers.values(), *(s.task for s in self._hooks.values() if s.task)]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        self._drivers.clear()
+        self._hooks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _save_progress(self, route: str, obj: dict[str, Any]) -> None:
+        def transition(doc: StateDoc, now: float) -> StateDoc:
+            return rollout_progress(doc, route, obj, now)
+
+        await self.plane.save_quietly(transition)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _reason_kind(rollout: Rollout) -> str:
+    """The check that failed, as a metric label (error_rate, p99_ms, mismatch_rate, ...)."""
+    analysis = rollout.last_analysis
+    if analysis is not None:
+        for check in analysis.checks:
+            if check.passed is False:
+                return check.name
+    return "other"
+
+
+class _HookSender:
+    """Delivers one route's webhook events in order, each with a timeout and bounded retries.
+    A `confirm` event calls the confirm hook and feeds its answer back to the runner."""
+
+    def __init__(self, runner: RolloutRunner, route: str) -> None:
+        self.runner = runner
+        self.route = route
+        self.queue: asyncio.Queue[tuple[Rollout, machine.Event]] = asyncio.Queue()
+        self.closed = False
+        self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, rollout: Rollout, event: machine.Event) -> None:
+        if self.queue.qsize() >= WEBHOOK_QUEUE_LIMIT:
+            dropped = self.queue.get_nowait()
+            log.warning("rollout %s: webhook queue full, dropped %s", self.route, dropped[1].event)
+        self.queue.put_nowait((rollout, event))
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                rollout, event = await self.queue.get()
+                hooks = rollout.spec.webhooks
+                if hooks is None:
+                    continue
+                body = {
+                    "event": event.event,
+                    "route": self.route,
+                    "candidate": rollout.spec.candidate,
+                    "stable": rollout.spec.stable,
+                    "step": event.step,
+                    "weights": dict(event.weights),
+                    "detail": event.detail,
+                    "at": event.at,
+                    "phase": rollout.phase,
+                }
+                if event.event == "confirm":
+                    if hooks.confirm_url is None:
+                        continue
+                    ok, detail = await self._post(hooks.confirm_url, body, hooks, confirm=True)
+                    await self.runner.confirmed(self.route, ok, detail)
+                elif hooks.url is not None:
+                    ok, detail = await self._post(hooks.url, body, hooks, confirm=False)
+                    if not ok:
+                        log.warning("rollout %s: webhook %s failed: %s", self.route,
+                                    event.event, detail)  # fmt: skip
+        finally:
+            self.closed = True
+
+    async def _post(
+        self, url: str, body: dict[str, Any], hooks: machine.WebhookSpec, confirm: bool
+    ) -> tuple[bool, str]:
+        """(2xx?, what happened). A non-2xx answer from the confirm hook is its refusal and is
+        not retried; failures to reach a hook are retried `hooks.retries` times."""
+        delay = WEBHOOK_RETRY_DELAY
+        detail = ""
+        for attempt in range(hooks.retries + 1):
+            try:
+                async with asyncio.timeout(hooks.timeout):
+                    async with self.runner.session().post(url, json=body) as answer:
+                        text = (await answer.content.read(WEBHOOK_MAX_ANSWER)).decode(
+                            "utf-8", "replace"
+                        )
+                        if 200 <= answer.status < 300:
+                            return True, f"{answer.status}"
+                        detail = f"HTTP {answer.status} {text.strip()[:200]}".strip()
+                        if confirm or answer.status < 500:
+                            return False, detail
+            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                detail = f"{type(err).__name__}: {err}".strip()
+            if attempt < hooks.retries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WEBHOOK_RETRY_DELAY_MAX)
+        return False, detail or "no answer"
+
+
+class RolloutCollector(Collector):
+    """Rollout phase, step and candidate weight; the last analysis's values with their
+    thresholds (so a dashboard can draw both lines); promotions and rollbacks by reason."""
+
+    def __init__(self, runner: RolloutRunner) -> None:
+        self.runner = runner
+
+    def collect(self) -> Iterator[Metric]:
+        phase = GaugeMetricFamily(
+            "pointsman_rollout_phase", "1 for the rollout's current phase.",
+            labels=["route", "phase"],
+        )  # fmt: skip
+        step = GaugeMetricFamily(
+            "pointsman_rollout_step", "Index of the rollout's current step (-1: none yet).",
+            labels=["route"],
+        )  # fmt: skip
+        weight = GaugeMetricFamily(
+            "pointsman_rollout_candidate_percent",
+            "The candidate's share of traffic set by the rollout, percent.",
+            labels=["route", "candidate"],
+        )
+        value = GaugeMetricFamily(
+            "pointsman_rollout_analysis_value",
+            "The last analysis's measured value per check (error_rate, p99_ms, ...).",
+            labels=["route", "check"],
+        )
+        threshold = GaugeMetricFamily(
+            "pointsman_rollout_analysis_threshold",
+            "The threshold of each check of the last analysis.",
+            labels=["route", "check"],
+        )
+        promotions = CounterMetricFamily(
+            "pointsman_rollout_promotions", "Rollouts promoted.", labels=["route"]
+        )
+        rollbacks = CounterMetricFamily(
+            "pointsman_rollout_rollbacks",
+            "Rollouts rolled back, by reason (the failed check, or aborted).",
+            labels=["route", "reason"],
+        )
+        runner = self.runner
+        for route, rollout in list(runner.rollouts.items()):
+            for name in PHASES:
+                phase.add_metric([route, name], 1.0 if rollout.phase == name else 0.0)
+            step.add_metric([route], rollout.step_index)
+            weights = dict(rollout.weights)
+            total = sum(weights.values())
+            share = 100.0 * weights.get(rollout.spec.candidate, 0) / total if total else 0.0
+            weight.add_metric([route, rollout.spec.candidate], share)
+            if rollout.last_analysis is not None:
+                for check in rollout.last_analysis.checks:
+                    if check.value is not None:
+                        value.add_metric([route, check.name], check.value)
+                    if check.threshold is not None:
+                        threshold.add_metric([route, check.name], check.threshold)
+        for route, count in list(runner.promotions.items()):
+            promotions.add_metric([route], count)
+        for (route, reason), count in list(runner.rollbacks.items()):
+            rollbacks.add_metric([route, reason], count)
+        yield from (phase, step, weight, value, threshold, promotions, rollbacks)
