@@ -92,6 +92,10 @@ PARTS: Final = ("status", "header", "body")
 PACE_BURST: Final = 16
 # Weight of the newest latency in the shadow's moving average.
 LATENCY_EWMA_WEIGHT: Final = 0.2
+# Diff samples kept per second per shadow, at most: building one costs more than the
+# comparison itself, and when everything mismatches the ring is refreshed many times a second
+# for nobody. The ring still holds the latest mismatches; counts are never sampled.
+SAMPLES_PER_SECOND: Final = 20.0
 # How often mirrors past their timeout are failed: a timeout fires up to this much late, in
 # exchange for no timer per mirrored request.
 SWEEP_INTERVAL: Final = 0.05
@@ -616,6 +620,8 @@ class Shadow:
         self.buckets = 0
         self.skip_headers: frozenset[bytes] = frozenset()  # not compared (quick match)
         self.latency = 0.0  # moving average of the shadow's answer time, seconds (pacing)
+        self.sample_tokens = SAMPLES_PER_SECOND
+        self.sample_tokens_at = 0.0
         self.tokens = float(PACE_BURST)
         self.tokens_at = 0.0
         self.samples: deque[DiffSample] = deque(maxlen=config.compare.samples)
@@ -780,7 +786,16 @@ class Shadow:
         for path in sorted(real):
             if path != MORE_PATH:
                 stats.count_path(path)
-        self.samples.append(exchange.sample(candidate, real))
+        now = time.perf_counter()
+        tokens = min(
+            SAMPLES_PER_SECOND,
+            self.sample_tokens + (now - self.sample_tokens_at) * SAMPLES_PER_SECOND,
+        )
+        self.sample_tokens_at = now
+        if tokens >= 1.0:
+            self.samples.append(exchange.sample(candidate, real))
+            tokens -= 1.0
+        self.sample_tokens = tokens
 
     # -- reading -----------------------------------------------------------------------------
 
