@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 __all__ = [
     "DEFAULT_ADMIN_URL",
     "REQUEST_TIMEOUT",
+    "ROLLOUT_COMMANDS",
     "AdminClient",
     "AdminUnreachable",
     "Reply",
@@ -32,6 +33,8 @@ DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:8081"
 # Seconds for the connect and for each read: a control call answers in milliseconds, so a
 # deploy script should hear of a hung admin listener quickly rather than hang with it.
 REQUEST_TIMEOUT: Final = 5.0
+# The operator commands of a running rollout: POST /v1/routes/ROUTE/rollout/<command>.
+ROLLOUT_COMMANDS: Final = ("pause", "resume", "promote", "abort")
 # Error bodies are short JSON; a larger answer is read up to this much.
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 
@@ -149,6 +152,22 @@ class AdminClient:
         """GET /v1/routes/ROUTE/shadows/POOL/diffs[?limit=N]: newest mismatches + summary."""
         path = f"/v1/routes/{_quote(route)}/shadows/{_quote(pool)}/diffs"
         return self._call("GET", path if limit is None else f"{path}?limit={limit}")
+
+    def start_rollout(self, route: str, spec: Mapping[str, Any]) -> Reply:
+        """POST /v1/routes/ROUTE/rollout with a rollout spec (keys left out take the server's
+        defaults): 201 and the rollout's status object."""
+        return self._call("POST", f"/v1/routes/{_quote(route)}/rollout", dict(spec))
+
+    def rollout(self, route: str) -> Reply:
+        """GET /v1/routes/ROUTE/rollout: the status of the current rollout, or of the last
+        finished one."""
+        return self._call("GET", f"/v1/routes/{_quote(route)}/rollout")
+
+    def rollout_command(self, route: str, command: str) -> Reply:
+        """POST /v1/routes/ROUTE/rollout/COMMAND (pause, resume, promote or abort), no body."""
+        if command not in ROLLOUT_COMMANDS:
+            raise ValueError(f"unknown rollout command {command!r} (one of {ROLLOUT_COMMANDS})")
+        return self._call("POST", f"/v1/routes/{_quote(route)}/rollout/{command}")
 
     # --- the transport ----------------------------------------------------------------------
 

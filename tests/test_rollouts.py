@@ -385,3 +385,37 @@ async def test_webhooks_in_order_and_a_refusing_confirm_hook_stops_the_final_ste
         assert events == ["start", "confirm", "paused"]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("fault", "exit_code"), [(None, 0), ("errors", 1)])
+async def test_canary_wait_exits_0_when_promoted_and_1_when_rolled_back(
+    fault: str | None, exit_code: int, start_rollouts: StartRollouts
+) -> None:
+    import os
+    import sys
+
+    rs = await start_rollouts()
+    if fault == "errors":
+        rs.green.error_share = 0.5
+    load, stop = Load(), asyncio.Event()
+    loader = asyncio.create_task(run_load(rs.proxy, stop, load))
+    env = {**os.environ, "POINTSMAN_ADMIN": rs.admin, "POINTSMAN_TOKEN": TOKEN}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control.cli", "canary", "shop", "green",
+            "--steps", "20,100", "--interval", "0.5s", "--analysis-interval", "0.1s",
+            "--min-requests", "3", "--max-error-rate", "0.05", "--wait",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            out, err = await proc.communicate()
+    finally:
+        stop.set()
+        await loader
+    assert proc.returncode == exit_code, (out.decode(), err.decode())
+    last = out.decode().strip().splitlines()[-1]
+    if exit_code == 0:
+        assert "promoted" in last, out.decode()
+    else:
+        assert "rolled back" in last and "error_rate" in last, out.decode()
+    assert load.failures == []
