@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from control.errors import CodedError
 from proxy.config import parse_duration
 
 __all__ = [
@@ -148,24 +149,11 @@ _STATUS: Final[Mapping[str, int]] = {
 }
 
 
-class RolloutError(Exception):
+class RolloutError(CodedError):
     """A refused spec or command. `code` is one of the keys of the status map; str() is for
     humans and names the offending key path."""
 
-    def __init__(self, code: str, message: str) -> None:
-        if code not in _STATUS:
-            raise ValueError(f"unknown RolloutError code {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def status(self) -> int:
-        """The HTTP status the control API answers with."""
-        return _STATUS[self.code]
-
-    def __repr__(self) -> str:
-        return f"RolloutError({self.code!r}, {self.message!r})"
+    STATUS = _STATUS
 
 
 # --- the spec ----------------------------------------------------------------------------------

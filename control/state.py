@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import orjson
 
+from control.errors import CodedError
 from proxy.config import RouteConfig
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
 
@@ -61,23 +62,10 @@ _STATUS: Final[Mapping[str, int]] = {
 }
 
 
-class StateError(Exception):
+class StateError(CodedError):
     """A refused transition. `code` is one of the keys of the status map; str() is for humans."""
 
-    def __init__(self, code: str, message: str) -> None:
-        if code not in _STATUS:
-            raise ValueError(f"unknown StateError code {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def status(self) -> int:
-        """The HTTP status the control API answers with."""
-        return _STATUS[self.code]
-
-    def __repr__(self) -> str:
-        return f"StateError({self.code!r}, {self.message!r})"
+    STATUS = _STATUS
 
 
 @dataclass(frozen=True, slots=True)
