@@ -384,3 +384,19 @@ async def test_a_removed_shadow_stops_and_one_added_again_starts_afresh(
     await get(server.port)
     await wait_until(lambda: again.stats.compared == 1, "the new shadow's comparison")
     assert len(dark.seen) == 2
+
+
+async def test_a_refusing_shadow_is_paced_not_tried_on_every_request(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    blue = await backend_factory("blue")
+    refusing = f"127.0.0.1:{free_port()}"
+    # A refused connect counts as an answer at the timeout (60 s), so new mirrors are then
+    # admitted at max_in_flight / 60 s (about 4 a second) after a first burst of 16.
+    server, shadow = await start(proxy_factory, blue.address, refusing, timeout="60s")
+    for i in range(60):
+        assert (await get(server.port, f"/{i}"))[0] == 200
+    await wait_until(lambda: shadow.in_flight == 0, "the attempts to end")
+    tried = shadow.stats.dropped["connect_error"]
+    assert tried + shadow.stats.dropped["full"] == 60
+    assert 1 <= tried <= 30, tried  # the burst, plus what the pace allowed meanwhile
