@@ -291,6 +291,8 @@ class RolloutRunner:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+            except Exception:
+                log.exception("rollout task ended with an error")
         self._drivers.clear()
         self._hooks.clear()
         if self._session is not None:
@@ -353,18 +355,26 @@ class _HookSender:
                     "at": event.at,
                     "phase": rollout.phase,
                 }
-                if event.event == "confirm":
-                    if hooks.confirm_url is None:
-                        continue
-                    ok, detail = await self._post(hooks.confirm_url, body, hooks, confirm=True)
-                    await self.runner.confirmed(self.route, ok, detail)
-                elif hooks.url is not None:
-                    ok, detail = await self._post(hooks.url, body, hooks, confirm=False)
-                    if not ok:
-                        log.warning("rollout %s: webhook %s failed: %s", self.route,
-                                    event.event, detail)  # fmt: skip
+                try:
+                    await self._deliver(event, body, hooks)
+                except Exception:
+                    # One event's trouble (a state file that cannot be written, say) must not
+                    # silence the ones after it.
+                    log.exception("rollout %s: webhook %s", self.route, event.event)
         finally:
             self.closed = True
+
+    async def _deliver(
+        self, event: machine.Event, body: dict[str, Any], hooks: machine.WebhookSpec
+    ) -> None:
+        if event.event == "confirm":
+            if hooks.confirm_url is not None:
+                ok, detail = await self._post(hooks.confirm_url, body, hooks, confirm=True)
+                await self.runner.confirmed(self.route, ok, detail)
+        elif hooks.url is not None:
+            ok, detail = await self._post(hooks.url, body, hooks, confirm=False)
+            if not ok:
+                log.warning("rollout %s: webhook %s failed: %s", self.route, event.event, detail)
 
     async def _post(
         self, url: str, body: dict[str, Any], hooks: machine.WebhookSpec, confirm: bool
