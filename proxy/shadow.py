@@ -832,6 +832,7 @@ class Shadows:
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False  # after close(), a late table swap must not start a new sweeper
 
     def get(self, route: str, pool: str) -> Shadow | None:
         return self.by_key.get((route, pool))
@@ -840,13 +841,16 @@ class Shadows:
         """Give every route of a new table its live Shadow objects (kept by route and pool)."""
         if upstreams is not None:
             self.upstreams = upstreams
-            if self._sweeper is None:
+            if self._sweeper is None and not self._closed:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         configured = {(r.name, c.pool) for r in table.routes.values() for c in r.shadows}
         for key in [key for key in self.by_key if key not in configured]:
             # A removed shadow: its mirrors stop, and one added again later starts afresh.
             self.by_key.pop(key).cancel_all()
         for route in table.routes.values():
+            if self._closed:
+                route.mirrors = ()  # shut down: nothing would end new mirrors any more
+                continue
             mirrors = []
             for config in route.shadows:
                 shadow = self.by_key.get((route.name, config.pool))
@@ -918,6 +922,7 @@ class Shadows:
         shadow.record(exchange, future.result())
 
     async def close(self) -> None:
+        self._closed = True
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.cancel()

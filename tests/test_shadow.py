@@ -400,3 +400,18 @@ async def test_a_refusing_shadow_is_paced_not_tried_on_every_request(
     tried = shadow.stats.dropped["connect_error"]
     assert tried + shadow.stats.dropped["full"] == 60
     assert 1 <= tried <= 30, tried  # the burst, plus what the pace allowed meanwhile
+
+
+async def test_a_table_published_after_shutdown_starts_no_mirrors_and_no_task(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    from proxy.router import RoutingTable
+
+    blue = await backend_factory("blue")
+    dark = await backend_factory("dark")
+    server, _ = await start(proxy_factory, blue.address, dark.address)
+    tasks_before = asyncio.all_tasks()
+    await server.shadows.close()
+    server.set_table(RoutingTable(server.config.routes))  # e.g. an API change during the drain
+    assert all(not route.mirrors for route in server.table.routes.values())
+    assert asyncio.all_tasks() <= tasks_before  # no new sweeper
