@@ -115,8 +115,7 @@ class ControlPlane:
     ) -> StateDoc:
         async with self.lock:
             doc = self.doc
-            if expected_version is not None and expected_version != doc.version:
-                raise ApiError(409, "version conflict", {"current_version": doc.version})
+            self.check_version(expected_version)
             before = doc.route(route)
             now = time.time()
             try:
@@ -149,6 +148,11 @@ class ControlPlane:
                 [s.pool for s in after.shadows or ()],
             )  # fmt: skip
             return new
+
+    def check_version(self, expected_version: int | None) -> None:
+        """If-Match: refuse (409) unless the state is still at the version the caller saw."""
+        if expected_version is not None and expected_version != self.doc.version:
+            raise ApiError(409, "version conflict", {"current_version": self.doc.version})
 
     async def save_quietly(self, transition: Callable[[StateDoc, float], StateDoc]) -> None:
         """Persist a change that moves no traffic and needs no new version (a rollout's time in
@@ -514,8 +518,7 @@ def rollout_error(err: RolloutError) -> ApiError:
 
 async def post_rollout(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
-    if version is not None and version != plane.doc.version:
-        raise ApiError(409, "version conflict", {"current_version": plane.doc.version})
+    plane.check_version(version)
     try:
         status = await plane.rollouts.start(name, body, actor)
     except RolloutError as err:
@@ -539,8 +542,7 @@ async def post_rollout_command(request: web.Request) -> web.Response:
     if command not in ("pause", "resume", "promote", "abort"):
         raise ApiError(404, f"unknown rollout command '{command}'",
                        {"commands": ["pause", "resume", "promote", "abort"]})  # fmt: skip
-    if version is not None and version != plane.doc.version:
-        raise ApiError(409, "version conflict", {"current_version": plane.doc.version})
+    plane.check_version(version)
     try:
         status = await plane.rollouts.command(name, command, actor)
     except RolloutError as err:

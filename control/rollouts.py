@@ -25,6 +25,7 @@ from control import rollout as machine
 from control.rollout import Counters, Decision, MismatchCounters, PoolCounters, Rollout
 from control.state import StateDoc, rollout_progress, rollout_step
 from proxy.metrics import DURATION_BUCKETS
+from proxy.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from control.api import ControlPlane
@@ -86,13 +87,8 @@ class RolloutRunner:
         for (route_name, pool), stats in list(proxy.metrics.pools.items()):
             if route_name != route:
                 continue
-            cumulative: list[int] = []
-            total = 0
-            for count in stats.duration_buckets:
-                total += count
-                cumulative.append(total)
-            requests = sum(stats.status[1:])
-            pools[pool] = PoolCounters(requests, stats.status[5], tuple(cumulative))
+            cumulative = tuple(stats.cumulative_buckets())
+            pools[pool] = PoolCounters(sum(stats.status[1:]), stats.status[5], cumulative)
         mismatch = None
         shadow = proxy.shadows.get(route, candidate)
         if shadow is not None:
@@ -281,18 +277,7 @@ class RolloutRunner:
                     await self._save_progress(route, machine.to_json_obj(rollout, _now()))
                 except OSError as err:
                     log.error("rollout %s: progress not saved at shutdown: %s", route, err)
-        tasks = [*self._drivers.values(), *(s.task for s in self._hooks.values() if s.task)]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-            except Exception:
-                log.exception("rollout task ended with an error")
+        await cancel_and_wait([*self._drivers.values(), *(s.task for s in self._hooks.values())])
         self._drivers.clear()
         self._hooks.clear()
         if self._session is not None:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 
 from proxy.config import HealthCheckConfig
+from proxy.tasks import cancel_and_wait
 from proxy.upstream import EndpointPool
 
 log = logging.getLogger("pointsman.health")
@@ -76,7 +77,4 @@ class HealthChecker:
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        # Our own cancellations; gather returns their CancelledErrors instead of raising.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)

@@ -49,6 +49,16 @@ class PoolStats:
         self.timeouts = 0
         self.retries = 0
 
+    def cumulative_buckets(self) -> list[int]:
+        """Requests at or under each bound of DURATION_BUCKETS, then all (+Inf): Prometheus
+        `le` counts. (observe() keeps per-bucket counts, one increment per request.)"""
+        out: list[int] = []
+        total = 0
+        for count in self.duration_buckets:
+            total += count
+            out.append(total)
+        return out
+
     def observe(self, status: int, seconds: float) -> None:
         self.status[status // 100 if 100 <= status < 600 else 5] += 1
         self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
@@ -122,13 +132,9 @@ class ProxyCollector(Collector):
         for (route, pool), s in list(m.pools.items()):
             for i, cls in enumerate(STATUS_CLASSES, start=1):
                 requests.add_metric([route, pool, cls], s.status[i])
-            buckets: list[tuple[str, float]] = []
-            acc = 0
-            for bound, count in zip(DURATION_BUCKETS, s.duration_buckets, strict=False):
-                acc += count
-                buckets.append((repr(bound), acc))
-            acc += s.duration_buckets[-1]
-            buckets.append(("+Inf", acc))
+            counts = s.cumulative_buckets()
+            buckets = [(repr(b), float(c)) for b, c in zip(DURATION_BUCKETS, counts, strict=False)]
+            buckets.append(("+Inf", float(counts[-1])))
             duration.add_metric([route, pool], buckets, s.duration_sum)
             connect_errors.add_metric([route, pool], s.connect_errors)
             timeouts.add_metric([route, pool], s.timeouts)

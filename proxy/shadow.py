@@ -39,6 +39,7 @@ from proxy.compare import (
 )
 from proxy.config import Address
 from proxy.shadow_config import ShadowConfig
+from proxy.tasks import cancel_and_wait
 from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams
 
 if TYPE_CHECKING:
@@ -768,7 +769,7 @@ class Shadow:
             return
         paths = candidate.paths
         compare_cfg = self.config.compare
-        if baseline is not None or self.config.baseline is not None:
+        if self.config.baseline is not None:
             real = set(
                 noise.real_paths(
                     candidate, compare_cfg.relative_threshold, compare_cfg.absolute_threshold
@@ -924,15 +925,7 @@ class Shadows:
     async def close(self) -> None:
         self._closed = True
         sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            try:
-                await sweeper
-            except asyncio.CancelledError:
-                # Our own cancellation of the sweeper; re-raise if we are being cancelled too.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
+        await cancel_and_wait([sweeper])
         for shadow in self.by_key.values():
             shadow.cancel_all()
         if self._executor is not None:

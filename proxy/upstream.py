@@ -16,6 +16,7 @@ from typing import Protocol, cast
 import httptools
 
 from proxy.config import Address, EjectionConfig, UpstreamSettings
+from proxy.tasks import cancel_and_wait
 
 # Upstream write buffer high-water mark: above it the client's request body stops being read.
 UPSTREAM_WRITE_HIGH = 256 * 1024
@@ -460,15 +461,7 @@ class Upstreams:
                 pool.sweep(now)
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                # Our own cancellation of the sweeper; re-raise if we are being cancelled too.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await cancel_and_wait([sweeper])
         for pool in (*self.pools.values(), *self.shadow_pools.values()):
             pool.close_all()
