@@ -8,7 +8,6 @@ It parses the response with httptools and hands the pieces to the client through
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from dataclasses import replace
 from typing import Protocol, cast
@@ -28,27 +27,24 @@ IDLE_SWEEP_INTERVAL = 1.0
 # is held in memory until complete.
 MAX_RESPONSE_HEAD = 64 * 1024
 
-# Response headers that describe one hop only (RFC 9110 7.6.1); never forwarded.
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Hop-by-hop headers other than Connection, as they appear in a lower-cased head; when none is
-# there (nearly always), the head takes the short path.
-_RARE_HOP_BY_HOP = re.compile(
-    rb"\r\n(?:keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
-    rb"|transfer-encoding|upgrade):"
-)
+# Response header names the proxy looks at, lower-cased; codes for on_header's dispatch. All but
+# Content-Length describe one hop only (RFC 9110 7.6.1) and are never forwarded.
+_R_CONTENT_LENGTH, _R_CONNECTION, _R_TRANSFER_ENCODING, _R_UPGRADE, _R_HOP = range(5)
+_RESPONSE_HEADER_CODES = {
+    b"content-length": _R_CONTENT_LENGTH,
+    b"connection": _R_CONNECTION,
+    b"transfer-encoding": _R_TRANSFER_ENCODING,
+    b"upgrade": _R_UPGRADE,
+    b"keep-alive": _R_HOP,
+    b"proxy-connection": _R_HOP,
+    b"proxy-authenticate": _R_HOP,
+    b"proxy-authorization": _R_HOP,
+    b"te": _R_HOP,
+    b"trailer": _R_HOP,
+}
 _STANDARD_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+# b"200" for 200, and so on: the status code of a status line, without formatting per response.
+_STATUS_CODES = [b"%d" % code for code in range(1000)]
 
 
 class ResponseSink(Protocol):
@@ -78,18 +74,19 @@ class UpstreamConnection:
         "chunked",
         "client",
         "closed",
+        "connection_tokens",
         "content_length",
-        "data",
         "endpoint",
-        "head_buf",
         "head_done",
-        "head_start",
+        "head_lines",
+        "head_size",
         "header_block",
         "idle_since",
         "keep_alive",
         "no_body",
         "parser",
         "reading_paused",
+        "reason",
         "received_any",
         "requests_served",
         "status",
@@ -113,22 +110,26 @@ class UpstreamConnection:
         self.status_rest = b""  # the status line after "HTTP/1.x ", e.g. b"200 OK"
         self.header_block = b""  # end-to-end header lines, each ending in CRLF
         self.keep_alive = True
-        self.head_buf = b""  # response bytes up to the end of the head (emptied once taken)
-        self.data = b""  # the chunk being parsed, while the head is incomplete
         self.start_request(None, False)
 
     def start_request(self, client: ResponseSink | None, no_body: bool) -> None:
         """A new request goes out on this connection: reset the response state."""
         self.client = client
         self.no_body = no_body  # a HEAD request: the response has no body whatever it says
-        # Set from each head as it completes (status, status_rest, header_block, keep_alive)
-        # or only when present in it (these three):
+        self.head_done = False
+        self.received_any = False
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        """Before a response head (the final one, or one after a 1xx): what on_header fills.
+        (status, status_rest, header_block and keep_alive are set as each head completes.)"""
+        self.head_lines: list[bytes] = []  # "Name: value\r\n" of the end-to-end headers
+        self.head_size = 0  # bytes received since this head began, bounded by MAX_RESPONSE_HEAD
+        self.reason = b""
+        self.connection_tokens: list[bytes] | None = None
         self.content_length: bytes | None = None
         self.chunked = False
         self.upgrade = b""
-        self.head_start = 0  # where the current head starts in head_buf (after any 1xx)
-        self.head_done = False
-        self.received_any = False
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("busy" if self.client is not None else "idle")
@@ -152,12 +153,6 @@ class UpstreamConnection:
         if self.tunnel:
             client.tunnel_data(data)
             return
-        if not self.head_done:
-            self.data = data
-            buf = self.head_buf = self.head_buf + data if self.head_buf else data
-            if len(buf) - self.head_start > MAX_RESPONSE_HEAD and b"\r\n\r\n" not in buf:
-                client.upstream_bad_response(self, ValueError("response head too large"))
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -178,6 +173,13 @@ class UpstreamConnection:
         except httptools.HttpParserError as exc:
             client.upstream_bad_response(self, exc)
             return
+        if not self.head_done and self.client is client:
+            # The parser holds a partial head; bound it (a body may follow a head in one read,
+            # so only bytes read while no head has completed count).
+            self.head_size += len(data)
+            if self.head_size > MAX_RESPONSE_HEAD:
+                client.upstream_bad_response(self, ValueError("response head too large"))
+                return
         if self.client is not None:
             self.client.response_flush()
 
@@ -199,8 +201,27 @@ class UpstreamConnection:
             self.client.upstream_resume_writing()
 
     # -- httptools callbacks ---------------------------------------------------------------
-    # No on_header: the head is taken from the raw bytes once complete (_take_head), which
-    # costs a few C-level scans instead of a Python call per header.
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        code = _RESPONSE_HEADER_CODES.get(name.lower())
+        if code is None:
+            self.head_lines.append(name + b": " + value + b"\r\n")
+        elif code == _R_CONTENT_LENGTH:
+            self.content_length = value
+            self.head_lines.append(name + b": " + value + b"\r\n")
+        elif code == _R_CONNECTION:  # repeated lines add up (RFC 9110 5.3)
+            tokens = [t.strip() for t in value.lower().split(b",") if t.strip()]
+            if self.connection_tokens is None:
+                self.connection_tokens = tokens
+            else:
+                self.connection_tokens += tokens
+        elif code == _R_TRANSFER_ENCODING:
+            self.chunked = value.lower().endswith(b"chunked")
+        elif code == _R_UPGRADE:
+            self.upgrade = value
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -208,71 +229,24 @@ class UpstreamConnection:
         parser = self.parser
         status = self.status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
-        buf = self.head_buf
-        end = buf.index(b"\r\n\r\n", self.head_start) + 4
-        self._take_head(buf[self.head_start : end])
-        if status < 200 and status != 101:
-            client.response_interim(self)
-            self.head_start = end
-            self.content_length = None
-            self.chunked = False
-            return
-        self.head_done = True
-        self.head_buf = self.data = b""
-        client.response_head(self)
-        if self.no_body and status != 101:
-            raise _NoBody
-
-    def _take_head(self, head: bytes) -> None:
-        """Split a raw response head: what the client gets, and what the proxy must read.
-        (llhttp has checked the syntax: CRLF line ends, no space before a colon.)
-
-        Most heads carry one hop-by-hop header, Connection, with a standard token: that case
-        is a handful of C-level calls. Anything else goes through the line-by-line path."""
-        lower = head.lower()
-        first = head.find(b"\r\n")
-        self.status_rest = head[9:first]  # after "HTTP/1.x "
-        if _RARE_HOP_BY_HOP.search(lower) is None:
-            length_at = lower.find(b"\r\ncontent-length:")
-            if length_at != -1:
-                start = length_at + 17
-                self.content_length = head[start : head.find(b"\r\n", start)].strip()
-            connection_at = lower.find(b"\r\nconnection:")
-            if connection_at == -1:
-                self.header_block = head[first + 2 : -2]
-                return
-            end = head.find(b"\r\n", connection_at + 13)
-            token = lower[connection_at + 13 : end].strip()
-            if token in _STANDARD_CONNECTION_TOKENS and lower.find(b"\r\nconnection:", end) == -1:
-                self.header_block = head[first + 2 : connection_at + 2] + head[end + 2 : -2]
-                return
-        self._take_head_slowly(head)
-
-    def _take_head_slowly(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")  # status line, header lines, b"", b""
-        kept: list[bytes] = []
-        tokens: list[bytes] = []
-        for line in lines[1:-2]:
-            colon = line.find(b":")
-            name = line[:colon].lower()
-            if name in _HOP_BY_HOP:
-                value = line[colon + 1 :].strip()
-                if name == b"connection":  # repeated lines add up (RFC 9110 5.3)
-                    tokens += [t.strip() for t in value.lower().split(b",") if t.strip()]
-                elif name == b"transfer-encoding":
-                    self.chunked = value.lower().endswith(b"chunked")
-                elif name == b"upgrade":
-                    self.upgrade = value
-                continue
-            if name == b"content-length":
-                self.content_length = line[colon + 1 :].strip()
-            kept.append(line)
+        reason = self.reason
+        code = _STATUS_CODES[status] if status < 1000 else b"%d" % status
+        self.status_rest = code + b" " + reason if reason else code
+        lines = self.head_lines
+        tokens = self.connection_tokens
         if tokens and not _STANDARD_CONNECTION_TOKENS.issuperset(tokens):
             # Headers named in Connection are hop-by-hop too.
             named = frozenset(tokens)
-            kept = [line for line in kept if line[: line.find(b":")].lower() not in named]
-        kept.append(b"")
-        self.header_block = b"\r\n".join(kept)
+            lines = [line for line in lines if line[: line.index(b":")].lower() not in named]
+        self.header_block = b"".join(lines)
+        if status < 200 and status != 101:
+            client.response_interim(self)
+            self._reset_head()
+            return
+        self.head_done = True
+        client.response_head(self)
+        if self.no_body and status != 101:
+            raise _NoBody
 
     def on_body(self, body: bytes) -> None:
         client = self.client
