@@ -20,7 +20,7 @@ import httptools
 import orjson
 
 from proxy.shadow import PrimaryCapture
-from proxy.upstream import EndpointPool, UpstreamConnection
+from proxy.upstream import EndpointPool, UpstreamConnection, WriteBatch
 
 if TYPE_CHECKING:
     from proxy.config import Limits, Timeouts
@@ -203,12 +203,14 @@ class DownstreamConnection:
         "upgrading",
         "upstream",
         "upstream_head",
+        "writes",
         "writing_paused",
     )
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
+        self.writes = ctx.writes  # every write goes through it, in order (see WriteBatch)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
@@ -537,9 +539,9 @@ class DownstreamConnection:
         if upstream is not None and req is self.current and upstream.transport is not None:
             self.activity = self.loop.time()
             if req.chunked:
-                upstream.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+                self.writes.write(upstream.transport, b"%x\r\n%b\r\n" % (len(body), body))
             else:
-                upstream.transport.write(body)
+                self.writes.write(upstream.transport, body)
         else:
             req.hold(body)
             if req.body_size > PENDING_BODY_LIMIT:
@@ -556,7 +558,7 @@ class DownstreamConnection:
         upstream = self.upstream
         if upstream is not None and req is self.current and upstream.transport is not None:
             if req.chunked:
-                upstream.transport.write(b"0\r\n\r\n")
+                self.writes.write(upstream.transport, b"0\r\n\r\n")
             self.request_sent = True
 
     # -- proxying one request --------------------------------------------------------------
@@ -596,7 +598,7 @@ class DownstreamConnection:
             self._mirror(req, route, pool)
         if req.expect_continue and not req.complete and req.version == "1.1":
             assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.writes.write(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
         targets = pool.targets
         index = pool.rr
         pool.rr = index + 1
@@ -762,9 +764,7 @@ class DownstreamConnection:
             head += b"0\r\n\r\n"
         if req.complete:
             self.request_sent = True
-        # One write of one buffer: uvloop sends it at once, where writelines would queue it
-        # for later in the loop iteration.
-        transport.write(head)
+        self.writes.write(transport, head)
         if self.writing_paused:
             conn.pause_reading()
         now = self.loop.time()
@@ -851,7 +851,7 @@ class DownstreamConnection:
         out = self.out
         if out and self.transport is not None:
             self.out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.writes.write(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         req = self.current
@@ -913,7 +913,7 @@ class DownstreamConnection:
     def tunnel_data(self, data: bytes) -> None:
         self.activity = self.loop.time()
         if self.transport is not None:
-            self.transport.write(data)
+            self.writes.write(self.transport, data)
 
     # -- upgrade tunnels -------------------------------------------------------------------
 
@@ -935,11 +935,11 @@ class DownstreamConnection:
         self.tunnel = True
         self.response_flush()
         if rest and self.transport is not None:
-            self.transport.write(rest)
+            self.writes.write(self.transport, rest)
         req = self.current
         upstream = self.upstream
         if req is not None and req.body and upstream is not None and upstream.transport:
-            upstream.transport.write(b"".join(req.body))
+            self.writes.write(upstream.transport, b"".join(req.body))
             req.body = None
         self._resume(PAUSE_PIPELINE)
 
@@ -947,7 +947,7 @@ class DownstreamConnection:
         self.activity = self.loop.time()
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+            self.writes.write(upstream.transport, data)
 
     # -- ending an exchange ----------------------------------------------------------------
 
@@ -964,7 +964,7 @@ class DownstreamConnection:
         out = self.out
         if out and self.transport is not None:
             self.out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.writes.write(self.transport, out[0] if len(out) == 1 else b"".join(out))
         self.current = None
         self.route = None
         self.pool = None
@@ -1089,8 +1089,8 @@ class DownstreamConnection:
         self._finish(status, close=close)
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        if self.transport is not None and not self.closed:
+            self.writes.close(self.transport)  # after the bytes queued before it
         self.closed = True
 
     def drain(self) -> None:
@@ -1131,6 +1131,7 @@ class ProxyContext:
         self.host_fallback = b"localhost"
         self._id_prefix = request_id_prefix()
         self._id_counter = 0
+        self.writes: WriteBatch = upstreams.writes
 
     def next_request_id(self) -> bytes:
         self._id_counter += 1

@@ -40,7 +40,7 @@ from proxy.compare import (
 from proxy.config import Address
 from proxy.shadow_config import ShadowConfig
 from proxy.tasks import cancel_and_wait
-from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams
+from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams, WriteBatch
 
 if TYPE_CHECKING:
     from proxy.router import RoutingTable
@@ -287,7 +287,7 @@ class Leg:
         self.endpoint = target
         conn = target.acquire()
         if conn is not None:
-            self._attach(conn, reused=True)
+            self._attach(conn, True, upstreams.writes)
         else:
             self.connect_task = loop.create_task(self._connect(target, upstreams))
 
@@ -302,16 +302,16 @@ class Leg:
         if self.done:
             conn.finish(reusable=True)  # timed out meanwhile; keep the fresh connection warm
             return
-        self._attach(conn, reused=False)
+        self._attach(conn, False, upstreams.writes)
 
-    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+    def _attach(self, conn: UpstreamConnection, reused: bool, writes: WriteBatch) -> None:
         exchange = self.exchange
         self.conn = conn
         self.reused = reused
         conn.start_request(self, exchange.method == b"HEAD")
         self.sent_at = time.perf_counter()
         assert conn.transport is not None
-        conn.transport.write(exchange.wire())
+        writes.write(conn.transport, exchange.wire())
 
     # -- ResponseSink ----------------------------------------------------------------------
 
