@@ -82,6 +82,7 @@ _REQUEST_HEADER_CODES = {
 _CONNECTION_STANDARD_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 _NO_BODY_STATUS = frozenset({204, 304})
 VIA = b"1.1 pointsman"
+VIA_LINE_END = b"Via: 1.1 pointsman\r\n\r\n"  # the end of a response head, as one constant
 REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
@@ -659,33 +660,27 @@ class DownstreamConnection:
         lines = req.lines
         if req.connection_tokens is not None:
             lines = _without_named(lines, req.connection_tokens)
+        # One join of the pieces: cheaper than %-formatting, which parses its format each time.
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *lines]
         if not host:
             host = self.ctx.host_fallback
-            lines = [*lines, b"Host: " + host + b"\r\n"]
+            parts += (b"Host: ", host, b"\r\n")
         if req.request_id is None:
-            req.request_id = self.ctx.next_request_id()
-            lines = [*lines, b"X-Request-Id: " + req.request_id + b"\r\n"]
+            request_id = req.request_id = self.ctx.next_request_id()
+            parts += (b"X-Request-Id: ", request_id, b"\r\n")
         if req.forwarded_for is None:
-            forwarded = self.forwarded_lines
+            parts.append(self.forwarded_lines)
         else:
-            forwarded = b"X-Forwarded-For: %b, %b\r\nX-Forwarded-Proto: http\r\n" % (
-                req.forwarded_for,
-                self.peer,
-            )
-        extra = b""
+            parts += (b"X-Forwarded-For: ", req.forwarded_for, b", ", self.peer, b"\r\n")
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        via = VIA if req.via is None else req.via + b", " + VIA
+        parts += (b"X-Forwarded-Host: ", host, b"\r\nVia: ", via, b"\r\n")
         if req.chunked:
-            extra = b"Transfer-Encoding: chunked\r\n"
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         if req.upgrade:
-            extra += b"Connection: upgrade\r\nUpgrade: " + req.upgrade_value + b"\r\n"
-        return b"%b %b HTTP/1.1\r\n%b%bX-Forwarded-Host: %b\r\nVia: %b\r\n%b\r\n" % (
-            req.method,
-            req.url,
-            b"".join(lines),
-            forwarded,
-            host,
-            VIA if req.via is None else req.via + b", " + VIA,
-            extra,
-        )
+            parts += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade_value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _dispatch(self, target: EndpointPool, fresh: bool) -> None:
         conn = None if fresh else target.acquire()
@@ -803,7 +798,7 @@ class DownstreamConnection:
             # The common case, kept short: a framed body to a keep-alive HTTP/1.1 client.
             self.resp_mode = MODE_LENGTH
             self.out.append(
-                b"HTTP/1.1 %b\r\n%bVia: %b\r\n\r\n" % (conn.status_rest, conn.header_block, VIA)
+                b"HTTP/1.1 " + conn.status_rest + b"\r\n" + conn.header_block + VIA_LINE_END
             )
             return
         client_11 = req.version == "1.1"
@@ -1129,13 +1124,13 @@ class ProxyContext:
         self.draining = False
         self.drained = asyncio.Event()  # set when draining and the last connection has gone
         self.host_fallback = b"localhost"
-        self._id_prefix = request_id_prefix()
+        self._id_prefix = request_id_prefix() + b"-"
         self._id_counter = 0
         self.writes: WriteBatch = upstreams.writes
 
     def next_request_id(self) -> bytes:
         self._id_counter += 1
-        return b"%s-%x" % (self._id_prefix, self._id_counter)
+        return self._id_prefix + str(self._id_counter).encode()
 
 
 def request_id_prefix() -> bytes:

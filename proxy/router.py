@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from proxy.shadow_config import ShadowConfig
     from proxy.upstream import EndpointPool
 
+# Distinct Host values whose routes are remembered per table; past it, a new Host is worked out
+# on each request, so clients sending random Hosts cannot grow the memo without bound.
+HOST_MEMO_LIMIT = 1024
+
 # Sticky buckets: a user lands in [0, BUCKETS). 10,000 gives 0.01 % resolution for weights.
 BUCKETS = 10_000
 
@@ -191,7 +195,7 @@ def parse_cookies(header: bytes | None) -> dict[str, str]:
 class RoutingTable:
     """Immutable after construction; replaced whole when weights change."""
 
-    __slots__ = ("by_host", "routes", "version", "wanted_headers", "wildcard")
+    __slots__ = ("by_host", "routes", "routes_by_raw_host", "version", "wanted_headers", "wildcard")
 
     def __init__(
         self,
@@ -231,20 +235,29 @@ class RoutingTable:
             for rule in r.rules:
                 wanted.update(n for n, _ in rule.headers)
         self.wanted_headers = frozenset(wanted)
+        # Host headers as received -> their routes: clients repeat their Host, and one lookup
+        # costs less than splitting off the port and lower-casing on every request.
+        self.routes_by_raw_host: dict[bytes, tuple[Route, ...]] = {}
 
     def match(self, host: bytes, path: bytes) -> Route | None:
         """Route by host (exact, port and case ignored, else `*`), then longest path prefix."""
-        if host:
-            colon = host.rfind(b":")
-            if colon != -1 and host.find(b"]", colon) == -1:
-                host = host[:colon]
-            routes = self.by_host.get(host.lower(), self.wildcard)
-        else:
-            routes = self.wildcard
+        routes = self.routes_by_raw_host.get(host)
+        if routes is None:
+            routes = self._routes_for_host(host)
+            if len(self.routes_by_raw_host) < HOST_MEMO_LIMIT:
+                self.routes_by_raw_host[host] = routes
         for route in routes:
             if path.startswith(route.path_prefix):
                 return route
         return None
+
+    def _routes_for_host(self, host: bytes) -> tuple[Route, ...]:
+        if not host:
+            return self.wildcard
+        colon = host.rfind(b":")
+        if colon != -1 and host.find(b"]", colon) == -1:
+            host = host[:colon]
+        return self.by_host.get(host.lower(), self.wildcard)
 
     def weights(self) -> dict[str, dict[str, int]]:
         return {r.name: {p.name: p.weight for p in r.pools} for r in self.routes.values()}

@@ -4,6 +4,7 @@ traffic through the proxy."""
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,9 +14,12 @@ import prometheus_client
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.api import build_admin_app
+from proxy.metrics import DURATION_BUCKETS, PoolStats
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 from tests.conftest import BackendFactory, ProxyFactory, config_for, free_port
@@ -302,3 +306,25 @@ async def test_request_path_does_not_call_labels(
     total = "pointsman_requests_total"
     assert sum(v for (name, _), v in samples.items() if name == total) == 26
     assert value(samples, total, route="shop", pool="dead", code="5xx") == 1
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0), max_size=50))
+def test_each_duration_is_counted_in_the_bucket_of_the_first_bound_at_or_above_it(
+    durations: list[float],
+) -> None:
+    stats = PoolStats()
+    for seconds in durations:
+        stats.observe(200, seconds)
+    expected = [0] * (len(DURATION_BUCKETS) + 1)
+    for seconds in durations:
+        expected[bisect_left(DURATION_BUCKETS, seconds)] += 1
+    assert stats.duration_buckets == expected
+    assert stats.status[2] == len(durations)
+
+
+def test_a_duration_on_a_bound_counts_in_that_bound_and_past_the_last_in_inf() -> None:
+    stats = PoolStats()
+    stats.observe(200, DURATION_BUCKETS[0])
+    stats.observe(503, DURATION_BUCKETS[-1] + 1.0)
+    assert stats.duration_buckets[0] == 1 and stats.duration_buckets[-1] == 1
+    assert stats.status[5] == 1

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import RouteConfig, parse_config
-from proxy.router import BUCKETS, Route, RoutingTable, sticky_bucket
+from proxy.router import BUCKETS, HOST_MEMO_LIMIT, Route, RoutingTable, sticky_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +114,17 @@ def test_unknown_or_missing_host_uses_wildcard_routes() -> None:
     assert route_name(table, b"www.example.com", b"/cart") == "shop"
     assert route_name(table, b"", b"/cart") == "shop"
     assert route_name(table, b"10.0.0.1:8080", b"/cart") == "shop"
+
+
+def test_a_host_seen_before_routes_the_same_and_random_hosts_do_not_grow_the_memo() -> None:
+    table = table_from(HOSTS_YAML)
+    for _ in range(2):  # the second round is answered from the memo
+        assert route_name(table, b"Api.Example.Com:80", b"/x") == "api"
+        assert route_name(table, b"www.example.com", b"/cart") == "shop"
+    for i in range(HOST_MEMO_LIMIT + 100):
+        assert route_name(table, b"h%d.example.com" % i, b"/cart") == "shop"
+    assert len(table.routes_by_raw_host) == HOST_MEMO_LIMIT
+    assert route_name(table, b"API.example.com:1", b"/") == "api"  # past the limit: still right
 
 
 def test_longest_path_prefix_wins() -> None:
