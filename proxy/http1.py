@@ -624,15 +624,18 @@ class DownstreamConnection:
         far to those that do."""
         request_id = req.request_id
         assert request_id is not None  # set by _build_upstream_head
-        mirrors: list[Exchange] = []
+        mirrors: list[Exchange] | None = None  # allocated only when one is started
         for shadow in route.mirrors:
             exchange = shadow.begin(
                 pool.name, req.method, request_id, self.upstream_head, req.content_length
             )
             if exchange is not None:
                 exchange.chunked = req.chunked
-                mirrors.append(exchange)
-        if not mirrors:
+                if mirrors is None:
+                    mirrors = [exchange]
+                else:
+                    mirrors.append(exchange)
+        if mirrors is None:
             return
         req.mirrors = mirrors
         for exchange in mirrors:

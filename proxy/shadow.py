@@ -102,9 +102,14 @@ SAMPLES_PER_SECOND: Final = 20.0
 SWEEP_INTERVAL: Final = 0.05
 
 
+# Sampling buckets: a request id lands in [0, SAMPLE_BUCKETS); percent 100 takes them all.
+SAMPLE_BUCKETS: Final = 10_000
+
+
 def sample_bucket(request_id: bytes) -> int:
-    """A request id's bucket in [0, 10000): the same id is always sampled the same way."""
-    return zlib.crc32(request_id) % 10_000
+    """A request id's bucket in [0, SAMPLE_BUCKETS): the same id is always sampled the same
+    way."""
+    return zlib.crc32(request_id) % SAMPLE_BUCKETS
 
 
 class ShadowStats:
@@ -661,7 +666,10 @@ class Shadow:
         content_length: bytes | None,
     ) -> Exchange | None:
         """A new Exchange if this request is to be mirrored (and there is room), else None."""
-        if method not in self.methods or sample_bucket(request_id) >= self.buckets:
+        if method not in self.methods:
+            return None
+        # At 100 % every id is in: no hash on a path every request of the route takes.
+        if self.buckets < SAMPLE_BUCKETS and sample_bucket(request_id) >= self.buckets:
             return None
         config = self.config
         if primary_pool == config.pool or primary_pool == config.baseline:
