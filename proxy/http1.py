@@ -14,7 +14,7 @@ import os
 import random
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 import orjson
@@ -30,38 +30,49 @@ if TYPE_CHECKING:
     from proxy.upstream import Upstreams
 
 log = logging.getLogger("pointsman.http1")
-_random = random.random
+_random: Final = random.random
 
 # Client write buffer high-water mark: above it the upstream is no longer read (backpressure).
-DOWNSTREAM_WRITE_HIGH = 256 * 1024
+DOWNSTREAM_WRITE_HIGH: Final = 256 * 1024
 # Request body bytes held while no upstream connection is attached yet (connecting, or a pipelined
 # request waiting its turn); above it the client is no longer read.
-PENDING_BODY_LIMIT = 256 * 1024
+PENDING_BODY_LIMIT: Final = 256 * 1024
 # Pipelined requests parsed ahead of the one in flight. Reading pauses as soon as one is
 # queued; past this many, the rest of a read waits unparsed (see FEED_SLICE).
-MAX_PIPELINED = 32
+MAX_PIPELINED: Final = 32
 # Reads longer than this are parsed in slices of this size, checking the pipeline queue between
 # slices: bounds the requests one read can queue to what a slice holds.
-FEED_SLICE = 16 * 1024
+FEED_SLICE: Final = 16 * 1024
 
 # Why reading from the client is paused (bit flags; reading resumes when none is left).
-PAUSE_UPSTREAM_FULL = 1  # upstream write buffer above its high-water mark
-PAUSE_PIPELINE = 2  # a request is queued behind the one in flight
-PAUSE_BUFFERED = 4  # body bytes held for a request with no upstream yet
-PAUSE_ERROR = 8  # a pipelined request was malformed; answer it after the ones ahead, then close
+PAUSE_UPSTREAM_FULL: Final = 1  # upstream write buffer above its high-water mark
+PAUSE_PIPELINE: Final = 2  # a request is queued behind the one in flight
+PAUSE_BUFFERED: Final = 4  # body bytes held for a request with no upstream yet
+PAUSE_ERROR: Final = (
+    8  # a pipelined request was malformed; answer it after the ones ahead, then close
+)
 
 # Response framing towards the client.
-MODE_NONE = 0  # no body (HEAD, 204, 304)
-MODE_LENGTH = 1  # Content-Length from upstream, bytes passed through
-MODE_CHUNKED = 2  # re-chunked (upstream chunked or close-delimited; client speaks HTTP/1.1)
-MODE_CLOSE = 3  # close-delimited (HTTP/1.0 client without a length)
+MODE_NONE: Final = 0  # no body (HEAD, 204, 304)
+MODE_LENGTH: Final = 1  # Content-Length from upstream, bytes passed through
+MODE_CHUNKED: Final = 2  # re-chunked (upstream chunked or close-delimited; client speaks HTTP/1.1)
+MODE_CLOSE: Final = 3  # close-delimited (HTTP/1.0 client without a length)
 
 # Request headers the proxy looks at; codes for on_header's dispatch. Codes below _COPIED are
 # hop-by-hop or rewritten by the proxy, so they are not copied through as they came.
-_H_DROP, _H_TE, _H_CONNECTION, _H_EXPECT, _H_UPGRADE, _H_XFF, _H_VIA = range(7)
-_COPIED = 10
-_H_HOST, _H_CONTENT_LENGTH, _H_COOKIE, _H_REQUEST_ID = range(_COPIED, _COPIED + 4)
-_REQUEST_HEADER_CODES = {
+_H_DROP: Final = 0
+_H_TE: Final = 1
+_H_CONNECTION: Final = 2
+_H_EXPECT: Final = 3
+_H_UPGRADE: Final = 4
+_H_XFF: Final = 5
+_H_VIA: Final = 6
+_COPIED: Final = 10
+_H_HOST: Final = 10
+_H_CONTENT_LENGTH: Final = 11
+_H_COOKIE: Final = 12
+_H_REQUEST_ID: Final = 13
+_REQUEST_HEADER_CODES: Final = {
     b"keep-alive": _H_DROP,
     b"proxy-connection": _H_DROP,
     b"te": _H_DROP,
@@ -79,11 +90,11 @@ _REQUEST_HEADER_CODES = {
     b"cookie": _H_COOKIE,
     b"x-request-id": _H_REQUEST_ID,
 }
-_CONNECTION_STANDARD_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
-_NO_BODY_STATUS = frozenset({204, 304})
-VIA = b"1.1 pointsman"
-VIA_LINE_END = b"Via: 1.1 pointsman\r\n\r\n"  # the end of a response head, as one constant
-REASONS = {
+_CONNECTION_STANDARD_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+VIA: Final = b"1.1 pointsman"
+VIA_LINE_END: Final = b"Via: 1.1 pointsman\r\n\r\n"  # the end of a response head, as one constant
+REASONS: Final = {
     400: b"Bad Request",
     404: b"Not Found",
     408: b"Request Timeout",
@@ -456,10 +467,7 @@ class DownstreamConnection:
             elif lname not in req.wanted:
                 req.wanted[lname] = value
         code = _REQUEST_HEADER_CODES.get(lname)
-        if code is None:
-            req.lines.append(name + b": " + value + b"\r\n")
-            return
-        if code >= _COPIED:
+        if code is None or code >= _COPIED:
             if code == _H_HOST:
                 if req.host:
                     raise Reject(400, "more than one Host header", "bad_host")
@@ -468,7 +476,7 @@ class DownstreamConnection:
                 req.content_length = value
             elif code == _H_COOKIE:
                 req.cookie = value if req.cookie is None else req.cookie + b"; " + value
-            else:
+            elif code == _H_REQUEST_ID:
                 req.request_id = value
             req.lines.append(name + b": " + value + b"\r\n")
         elif code == _H_TE:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 DURATION_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class PoolStats:
@@ -63,9 +63,8 @@ class PoolStats:
         # The bucket of the first bound >= seconds (bisect_left's answer): scanned from the
         # bottom, since proxied requests mostly land in the first few buckets.
         index = 0
-        for bound in DURATION_BUCKETS:
-            if seconds <= bound:
-                break
+        last = len(DURATION_BUCKETS)
+        while index < last and seconds > DURATION_BUCKETS[index]:
             index += 1
         self.duration_buckets[index] += 1
         self.duration_sum += seconds

@@ -11,7 +11,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.config import Address, RouteConfig
 from proxy.metrics import PoolStats
@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from proxy.shadow_config import ShadowConfig
     from proxy.upstream import EndpointPool
 
+_crc32: Final = zlib.crc32  # bound once: a module attribute read per call otherwise
+
 # Distinct Host values whose routes are remembered per table; past it, a new Host is worked out
 # on each request, so clients sending random Hosts cannot grow the memo without bound.
-HOST_MEMO_LIMIT = 1024
+HOST_MEMO_LIMIT: Final = 1024
 
 # Sticky buckets: a user lands in [0, BUCKETS). 10,000 gives 0.01 % resolution for weights.
-BUCKETS = 10_000
+BUCKETS: Final = 10_000
 
 
 def sticky_seed(salt: bytes) -> int:
@@ -174,7 +176,7 @@ class Route:
             cookie_value = cookies.get(self.sticky_cookie)
             user = cookie_value.encode() if cookie_value else None
         if user:
-            i = bisect_right(self.sticky_buckets, zlib.crc32(user, self.sticky_seed) % BUCKETS)
+            i = bisect_right(self.sticky_buckets, _crc32(user, self.sticky_seed) % BUCKETS)
             return self.pools[i] if i < len(self.pools) else None
         return self.pools[bisect_right(self.cumulative, rand * self.total_weight)]
 

@@ -624,6 +624,10 @@ class Shadow:
         self.config = config
         self.methods: frozenset[bytes] = frozenset()
         self.buckets = 0
+        self.pool_name = ""
+        self.baseline_name: str | None = None
+        self.max_in_flight = 0
+        self.max_body = 0
         self.skip_headers: frozenset[bytes] = frozenset()  # not compared (quick match)
         self.latency = 0.0  # moving average of the shadow's answer time, seconds (pacing)
         self.sample_tokens = SAMPLES_PER_SECOND
@@ -650,6 +654,12 @@ class Shadow:
         self.config = config
         self.methods = frozenset(m.encode() for m in config.methods)
         self.buckets = config.sample_buckets
+        # Plain fields for begin(), which every request of the route reaches (config is a
+        # dataclass: each attribute read there would be a dictionary lookup).
+        self.pool_name = config.pool
+        self.baseline_name = config.baseline
+        self.max_in_flight = config.max_in_flight
+        self.max_body = config.compare.max_body
         # Content-Length is judged with the body; hop-by-hop lines never reach a header block.
         self.skip_headers = frozenset(
             [b"content-length", *(name.encode() for name in config.compare.ignore_headers)]
@@ -671,14 +681,13 @@ class Shadow:
         # At 100 % every id is in: no hash on a path every request of the route takes.
         if self.buckets < SAMPLE_BUCKETS and sample_bucket(request_id) >= self.buckets:
             return None
-        config = self.config
-        if primary_pool == config.pool or primary_pool == config.baseline:
+        if primary_pool == self.pool_name or primary_pool == self.baseline_name:
             return None  # live traffic on the shadow itself (a canary of it): nothing to compare
         if content_length is not None and content_length.isdigit():
-            if int(content_length) > self.config.compare.max_body:
+            if int(content_length) > self.max_body:
                 self.stats.dropped["body_too_large"] += 1
                 return None
-        if self.in_flight >= self.config.max_in_flight or not self._take_token():
+        if self.in_flight >= self.max_in_flight or not self._take_token():
             self.stats.dropped["full"] += 1
             return None
         self.in_flight += 1

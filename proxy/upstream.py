@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import replace
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -18,19 +18,23 @@ from proxy.config import Address, EjectionConfig, UpstreamSettings
 from proxy.tasks import cancel_and_wait
 
 # Upstream write buffer high-water mark: above it the client's request body stops being read.
-UPSTREAM_WRITE_HIGH = 256 * 1024
+UPSTREAM_WRITE_HIGH: Final = 256 * 1024
 # How often idle pooled connections are checked for expiry; cheap, and bounds how long a dead
 # connection lingers past idle_timeout.
-IDLE_SWEEP_INTERVAL = 1.0
+IDLE_SWEEP_INTERVAL: Final = 1.0
 
 # A response head larger than this is refused (502): no sane upstream sends one, and the head
 # is held in memory until complete.
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 
 # Response header names the proxy looks at, lower-cased; codes for on_header's dispatch. All but
 # Content-Length describe one hop only (RFC 9110 7.6.1) and are never forwarded.
-_R_CONTENT_LENGTH, _R_CONNECTION, _R_TRANSFER_ENCODING, _R_UPGRADE, _R_HOP = range(5)
-_RESPONSE_HEADER_CODES = {
+_R_CONTENT_LENGTH: Final = 0
+_R_CONNECTION: Final = 1
+_R_TRANSFER_ENCODING: Final = 2
+_R_UPGRADE: Final = 3
+_R_HOP: Final = 4
+_RESPONSE_HEADER_CODES: Final = {
     b"content-length": _R_CONTENT_LENGTH,
     b"connection": _R_CONNECTION,
     b"transfer-encoding": _R_TRANSFER_ENCODING,
@@ -42,9 +46,9 @@ _RESPONSE_HEADER_CODES = {
     b"te": _R_HOP,
     b"trailer": _R_HOP,
 }
-_STANDARD_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+_STANDARD_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 # b"200" for 200, and so on: the status code of a status line, without formatting per response.
-_STATUS_CODES = [b"%d" % code for code in range(1000)]
+_STATUS_CODES: Final = [b"%d" % code for code in range(1000)]
 
 
 class WriteBatch:
@@ -252,10 +256,9 @@ class UpstreamConnection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         code = _RESPONSE_HEADER_CODES.get(name.lower())
-        if code is None:
-            self.head_lines.append(name + b": " + value + b"\r\n")
-        elif code == _R_CONTENT_LENGTH:
-            self.content_length = value
+        if code is None or code == _R_CONTENT_LENGTH:
+            if code == _R_CONTENT_LENGTH:
+                self.content_length = value
             self.head_lines.append(name + b": " + value + b"\r\n")
         elif code == _R_CONNECTION:  # repeated lines add up (RFC 9110 5.3)
             tokens = [t.strip() for t in value.lower().split(b",") if t.strip()]
@@ -336,7 +339,7 @@ class UpstreamConnection:
             self.close()
             return
         pool = self.endpoint
-        if len(pool.idle) >= pool.settings.max_idle:
+        if len(pool.idle) >= pool.max_idle:
             self.close()
             return
         if self.reading_paused:
@@ -357,12 +360,14 @@ class EndpointPool:
         "healthy",
         "idle",
         "loop",
+        "max_idle",
         "settings",
     )
 
     def __init__(self, address: Address, settings: UpstreamSettings) -> None:
         self.address = address
         self.settings = settings
+        self.max_idle = settings.max_idle  # read on every return to the pool: a plain field
         # Routing reads only `healthy`: active checks pass (or none run) and not ejected.
         self.healthy = True
         self.checks_ok = True
@@ -446,8 +451,9 @@ class Upstreams:
         pool = self.shadow_pools.get(address)
         if pool is None:
             pool = self.shadow_pools[address] = EndpointPool(address, self.settings)
-        if pool.settings.max_idle < max_in_flight:
+        if pool.max_idle < max_in_flight:
             pool.settings = replace(pool.settings, max_idle=max_in_flight)
+            pool.max_idle = max_in_flight
         return pool
 
     async def connect(self, target: EndpointPool) -> UpstreamConnection:
