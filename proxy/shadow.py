@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from proxy.router import RoutingTable
 
 __all__ = [
+    "COMPARE_MEMORY_LIMIT",
     "DROP_REASONS",
     "SHADOW_HEADER",
     "DiffSample",
@@ -73,12 +74,19 @@ LATENCY_DELTA_BUCKETS: Final = (
     -5.0, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.001,
     0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 )  # fmt: skip
+# Bytes all mirrors of the process may hold for comparison together (request copies, the
+# primary's captured answer, the shadows' answers): each mirror holds up to compare.max_body
+# per side, so 256 in flight at 1 MiB could otherwise hold a gigabyte. Past it, no new mirror
+# starts and one that would grow past it is dropped (`memory`).
+COMPARE_MEMORY_LIMIT: Final = 64 * 1024 * 1024
 # Why a mirror was dropped. Before sending: the in-flight bound was reached (`full`), the request
-# body was over compare.max_body (`body_too_large`). After: the leg took longer than its timeout,
-# could not connect, or its upstream broke the exchange; or the primary itself failed, leaving
-# nothing to compare with.
+# body was over compare.max_body (`body_too_large`), the bytes held for comparison were over
+# COMPARE_MEMORY_LIMIT (`memory`, also while it runs). After: the leg took longer than its
+# timeout, could not connect, or its upstream broke the exchange; or the primary itself failed,
+# leaving nothing to compare with.
 DROP_REASONS: Final = (
     "full",
+    "memory",
     "body_too_large",
     "timeout",
     "connect_error",
@@ -328,10 +336,13 @@ class Leg:
         pass  # 1xx: nothing to compare
 
     def response_body(self, data: bytes) -> None:
-        room = self.exchange.shadow.config.compare.max_body - self.size
-        if room > 0:
-            self.chunks.append(data if len(data) <= room else data[:room])
+        exchange = self.exchange
+        room = exchange.shadow.max_body - self.size
         self.size += len(data)
+        if room > 0 and not exchange.ended:
+            kept = data if len(data) <= room else data[:room]
+            self.chunks.append(kept)
+            exchange.charge(len(kept))
 
     def response_flush(self) -> None:
         pass
@@ -417,6 +428,7 @@ class Exchange:
         "chunked",
         "ended",
         "head",
+        "held",
         "method",
         "primary",
         "primary_latency",
@@ -437,6 +449,7 @@ class Exchange:
         self.body_size = 0
         self.sent = False
         self.ended = False
+        self.held = 0  # bytes charged to the process's comparison memory (Shadows.held)
         self.primary: PrimaryCapture | None = None
         self.primary_latency = 0.0
         self.primary_state = 0  # 0: in flight, 1: done, 2: failed
@@ -459,6 +472,7 @@ class Exchange:
             self.drop("body_too_large")
             return
         self.body.append(data)
+        self.charge(len(data))
 
     def request_complete(self) -> None:
         """The whole request is read: send the copies."""
@@ -476,7 +490,10 @@ class Exchange:
         self.primary = capture
         self.primary_latency = latency
         self.primary_state = 1
-        self._maybe_compare()
+        # Charged to each of its exchanges (it may serve several): an overcount, never under.
+        self.charge(min(capture.size, capture.limit))
+        if not self.ended:
+            self._maybe_compare()
 
     def primary_failed(self) -> None:
         """The primary answered with a proxy error or was cut: there is nothing to compare."""
@@ -500,6 +517,14 @@ class Exchange:
         return self.head + body
 
     # -- ending ----------------------------------------------------------------------------
+
+    def charge(self, size: int) -> None:
+        """Bytes kept for the comparison; past the process's limit this mirror is dropped."""
+        registry = self.shadow.registry
+        self.held += size
+        registry.held += size
+        if registry.held > registry.memory_limit and not self.ended:
+            self.drop("memory")
 
     def leg_done(self) -> None:
         self._maybe_compare()
@@ -527,6 +552,7 @@ class Exchange:
         if self.ended:
             return
         self.ended = True
+        self.body = []  # nothing will be sent or compared: free the copy now
         for leg in (self.candidate, self.baseline):
             if leg is not None and not leg.done:
                 leg.fail(reason)
@@ -690,6 +716,9 @@ class Shadow:
         if self.in_flight >= self.max_in_flight or not self._take_token():
             self.stats.dropped["full"] += 1
             return None
+        if self.registry.held >= self.registry.memory_limit:
+            self.stats.dropped["memory"] += 1
+            return None
         self.in_flight += 1
         exchange = Exchange(self, method, request_id, head[:-2] + SHADOW_HEADER + b"\r\n")
         self.live.add(exchange)
@@ -736,6 +765,9 @@ class Shadow:
         if exchange in self.live:
             self.live.discard(exchange)
             self.in_flight -= 1
+        if exchange.held:
+            self.registry.held -= exchange.held
+            exchange.held = 0
 
     def dropped(self, exchange: Exchange, reason: str) -> None:
         self.stats.dropped[reason] += 1
@@ -824,6 +856,8 @@ class Shadow:
     def cancel_all(self) -> None:
         for exchange in list(self.live):
             exchange.cancel()
+            self.registry.held -= exchange.held
+            exchange.held = 0
         self.live.clear()
         self.in_flight = 0
 
@@ -851,6 +885,8 @@ class Shadows:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False  # after close(), a late table swap must not start a new sweeper
+        self.held = 0  # bytes all exchanges hold for comparison (Exchange.charge)
+        self.memory_limit = COMPARE_MEMORY_LIMIT
 
     def get(self, route: str, pool: str) -> Shadow | None:
         return self.by_key.get((route, pool))

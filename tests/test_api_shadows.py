@@ -269,7 +269,7 @@ async def test_a_shadow_view_has_its_settings_counts_and_paths(start_shop: Start
     assert view["in_flight"] == 0
     assert view["mirrored"] == 5
     assert view["dropped"] == {
-        "full": 0, "body_too_large": 0, "timeout": 0, "connect_error": 0,
+        "full": 0, "memory": 0, "body_too_large": 0, "timeout": 0, "connect_error": 0,
         "upstream_error": 0, "primary_failed": 0,
     }  # fmt: skip
     assert (view["compared"], view["matched"], view["mismatched"], view["noise"]) == (5, 1, 3, 1)

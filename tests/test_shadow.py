@@ -142,6 +142,47 @@ async def test_a_bad_shadow_never_changes_the_primary(
         assert shadow.in_flight == 0
 
 
+async def test_mirrors_that_would_hold_more_than_the_memory_limit_are_dropped(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    big = b"x" * 100_000
+
+    async def large(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=big)
+
+    blue = await backend_factory("blue", large)
+    dark = await backend_factory("dark", large)
+    server, shadow = await start(proxy_factory, blue.address, dark.address)
+    # The primary's answer and the shadow's, 100 kB each, do not fit in 150 kB together.
+    server.shadows.memory_limit = 150_000
+    for i in range(5):
+        status, body, _ = await get(server.port, f"/big{i}")
+        assert (status, body) == (200, big)  # the client gets every byte regardless
+    await wait_until(lambda: shadow.stats.dropped["memory"] == 5, "5 memory drops")
+    assert shadow.stats.compared == 0
+    assert server.shadows.held == 0 and shadow.in_flight == 0  # all of it given back
+    # With room for them, the same mirrors are compared.
+    server.shadows.memory_limit = 1_000_000
+    status, _, _ = await get(server.port, "/big5")
+    assert status == 200
+    await wait_until(lambda: shadow.stats.compared == 1, "the comparison")
+    assert server.shadows.held == 0
+
+
+async def test_no_mirror_starts_while_the_memory_limit_is_reached(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    blue = await backend_factory("blue")
+    dark = await backend_factory("dark")
+    server, shadow = await start(proxy_factory, blue.address, dark.address)
+    server.shadows.held = server.shadows.memory_limit  # as if other mirrors held it all
+    for i in range(3):
+        status, body, _ = await get(server.port, f"/r{i}")
+        assert (status, body) == (200, f"blue GET /r{i} 0".encode())
+    assert shadow.stats.dropped["memory"] == 3
+    assert shadow.stats.mirrored == 0 and dark.seen == []
+
+
 async def test_a_shadow_past_its_timeout_is_dropped_and_counted(
     backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:
