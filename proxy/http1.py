@@ -20,7 +20,13 @@ import httptools
 import orjson
 
 from proxy.shadow import PrimaryCapture
-from proxy.upstream import EndpointPool, UpstreamConnection, WriteBatch
+from proxy.upstream import (
+    STANDARD_CONNECTION_TOKENS,
+    EndpointPool,
+    UpstreamConnection,
+    WriteBatch,
+    without_named,
+)
 
 if TYPE_CHECKING:
     from proxy.config import Limits, Timeouts
@@ -90,7 +96,6 @@ _REQUEST_HEADER_CODES: Final = {
     b"cookie": _H_COOKIE,
     b"x-request-id": _H_REQUEST_ID,
 }
-_CONNECTION_STANDARD_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 VIA: Final = b"1.1 pointsman"
 VIA_LINE_END: Final = b"Via: 1.1 pointsman\r\n\r\n"  # the end of a response head, as one constant
@@ -161,18 +166,6 @@ class Request:
             self.body = [data]
         else:
             self.body.append(data)
-
-
-def _header_name(line: bytes) -> bytes:
-    return line[: line.index(b":")].lower()
-
-
-def _without_named(lines: list[bytes], tokens: list[bytes] | None) -> list[bytes]:
-    """Drop the headers a Connection header names: they are hop-by-hop too (RFC 9110 7.6.1)."""
-    if not tokens or _CONNECTION_STANDARD_TOKENS.issuperset(tokens):
-        return lines
-    named = frozenset(tokens)
-    return [line for line in lines if _header_name(line) not in named]
 
 
 class DownstreamConnection:
@@ -669,8 +662,9 @@ class DownstreamConnection:
     def _build_upstream_head(self, req: Request) -> bytes:
         host = req.host
         lines = req.lines
-        if req.connection_tokens is not None:
-            lines = _without_named(lines, req.connection_tokens)
+        tokens = req.connection_tokens
+        if tokens and not STANDARD_CONNECTION_TOKENS.issuperset(tokens):
+            lines = without_named(lines, tokens)
         # One join of the pieces: cheaper than %-formatting, which parses its format each time.
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *lines]
         if not host:

@@ -413,7 +413,7 @@ class Leg:
     def captured(self) -> Captured:
         return _captured(
             self.status, self.header_block, self.chunks, self.size,
-            self.exchange.shadow.config.compare.max_body, self.took,
+            self.exchange.shadow.max_body, self.took,
         )  # fmt: skip
 
 
@@ -459,7 +459,7 @@ class Exchange:
 
     @property
     def limit(self) -> int:
-        return self.shadow.config.compare.max_body
+        return self.shadow.max_body
 
     # -- fed by the downstream connection --------------------------------------------------
 

@@ -46,7 +46,17 @@ _RESPONSE_HEADER_CODES: Final = {
     b"te": _R_HOP,
     b"trailer": _R_HOP,
 }
-_STANDARD_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Connection tokens that name no header; any other token makes that header hop-by-hop too.
+STANDARD_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def without_named(lines: list[bytes], tokens: list[bytes]) -> list[bytes]:
+    """The "Name: value\r\n" lines whose header a Connection header does not name (RFC 9110
+    7.6.1); both directions call it only when a token is not a standard one."""
+    named = frozenset(tokens)
+    return [line for line in lines if line[: line.index(b":")].lower() not in named]
+
+
 # b"200" for 200, and so on: the status code of a status line, without formatting per response.
 _STATUS_CODES: Final = [b"%d" % code for code in range(1000)]
 
@@ -285,10 +295,8 @@ class UpstreamConnection:
         self.status_rest = code + b" " + reason if reason else code
         lines = self.head_lines
         tokens = self.connection_tokens
-        if tokens and not _STANDARD_CONNECTION_TOKENS.issuperset(tokens):
-            # Headers named in Connection are hop-by-hop too.
-            named = frozenset(tokens)
-            lines = [line for line in lines if line[: line.index(b":")].lower() not in named]
+        if tokens and not STANDARD_CONNECTION_TOKENS.issuperset(tokens):
+            lines = without_named(lines, tokens)
         self.header_block = b"".join(lines)
         if status < 200 and status != 101:
             client.response_interim(self)
