@@ -13,6 +13,13 @@ The results directory holds what run.sh collected:
     shadow_<phase>_<round>.txt raw wrk output of the shadow-isolation phases (SHADOW_PHASES)
     shadow_<phase>_<round>.cpu Pointsman CPU ticks (utime + stime) during that wrk run
     shadow_<phase>_<round>.json the shadow's counts from the control API after the phase
+
+<round> is 1, 2, ... (read as a number: round 10 comes after round 9). run.sh runs the
+targets of a round one right after another, odd rounds in the forward order and even rounds
+in the reverse order. Ratios between two targets (Pointsman / nginx, 1 s shadow / no shadow,
+...) are paired: one ratio per round, from the two runs of that round, and the targets are
+judged on the median of these per-round ratios. The tables also show each target's median
+over the rounds and the ratio of those medians.
 """
 
 from __future__ import annotations
@@ -47,10 +54,11 @@ MAX_STREAM_GROWTH_MIB = 64.0
 MAX_SLOW_SHADOW_RPS_DROP = 0.10
 MAX_SLOW_SHADOW_P99_RISE = 0.10
 MAX_FAST_SHADOW_CPU_RATIO = 2.0
+# In the order run.sh runs them in odd rounds (even rounds: reversed).
 SHADOW_PHASES: tuple[tuple[str, str], ...] = (
     ("pm_plain", "Pointsman, no shadow"),
-    ("pm_fast", "Pointsman, fast shadow at 100 %"),
     ("pm_slow", "Pointsman, 1 s shadow at 100 %"),
+    ("pm_fast", "Pointsman, fast shadow at 100 %"),
     ("nginx_plain", "nginx proxy, no mirror"),
     ("nginx_mirror", "nginx proxy, `mirror` to the 1 s shadow"),
 )
@@ -136,6 +144,81 @@ def combine(results: list[WrkResult]) -> WrkResult:
         non_2xx=sum(r.non_2xx for r in results),
         error_detail=detail,
     )
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def round_files(results: Path, stem: str, suffix: str = ".txt") -> dict[int, Path]:
+    """The files `<stem>_<round><suffix>` by round number, in numeric order (10 after 9)."""
+    pattern = re.compile(re.escape(stem) + r"_([0-9]+)" + re.escape(suffix))
+    found: dict[int, Path] = {}
+    for path in results.glob(f"{stem}_*{suffix}"):
+        m = pattern.fullmatch(path.name)
+        if m:
+            found[int(m.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def load_rounds(results: Path, stem: str) -> tuple[dict[int, WrkResult], list[str]]:
+    """Parsed `<stem>_<round>.txt` wrk outputs by round; and the files that did not parse."""
+    parsed: dict[int, WrkResult] = {}
+    problems: list[str] = []
+    for n, path in round_files(results, stem).items():
+        try:
+            parsed[n] = parse_wrk(path.read_text())
+        except (OSError, ParseError) as exc:
+            problems.append(f"{path.name}: {exc}")
+    return parsed, problems
+
+
+def paired_ratios(num: dict[int, float], den: dict[int, float]) -> dict[int, float]:
+    """num[r] / den[r] for every round r with both values (and den[r] > 0), by round."""
+    return {r: num[r] / den[r] for r in sorted(num.keys() & den.keys()) if den[r] > 0}
+
+
+def fmt_ratios(ratios: dict[int, float]) -> str:
+    """'0.71, 0.74, 0.69 -> median 0.71x', in round order; with round numbers ('r1 0.71')
+    when some round is missing from the pairs."""
+    contiguous = list(ratios) == list(range(1, len(ratios) + 1))
+    values = [f"{v:.2f}" if contiguous else f"r{r} {v:.2f}" for r, v in ratios.items()]
+    return f"{', '.join(values)} -> median {statistics.median(ratios.values()):.2f}x"
+
+
+def fmt_paired(ratios: dict[int, float], of_medians: float | None, detail: str = "") -> str:
+    """The Measured column of a paired target: '0.724x (median of 5 per-round ratios
+    0.69-0.77; ratio of medians 0.71x: 25,000 vs 35,000)'."""
+    values = list(ratios.values())
+    if len(values) == 1:
+        spread = "1 round"
+    else:
+        spread = f"median of {len(values)} per-round ratios {min(values):.2f}-{max(values):.2f}"
+    tail = ""
+    if of_medians is not None:
+        tail = f"; ratio of medians {of_medians:.2f}x" + (f": {detail}" if detail else "")
+    # Three decimals: a verdict on 0.697 must not read "0.70x ... FAIL".
+    return f"{statistics.median(values):.3f}x ({spread}{tail})"
+
+
+def ratio_list(ratios: dict[int, float]) -> list[dict[str, float]]:
+    """Per-round ratios for summary.json, in round order."""
+    return [{"round": r, "ratio": v} for r, v in ratios.items()]
+
+
+def rounds_list(rounds: dict[int, WrkResult]) -> list[dict[str, object]]:
+    """Per-round wrk results for summary.json, in round order."""
+    return [{"round": n, **asdict(r)} for n, r in rounds.items()]
+
+
+def order_note(meta: dict[str, str], names: str) -> str:
+    """How the runs of a round were ordered (meta.env `round_order`, written by run.sh)."""
+    if meta.get("round_order") == "alternating":
+        return (
+            f"Each round runs them one right after another, odd rounds in the order {names}, "
+            "even rounds in the reverse order, so that a drift in machine speed during the run "
+            "weighs on both sides of each comparison alike."
+        )
+    return f"Each round runs them one after another in the same order ({names})."
 
 
 # --------------------------------------------------------------------------- helpers
@@ -319,50 +402,79 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
         rounds = meta.get("rounds", "1")
         lines.append(
             f"wrk settings: `{wrk_cmd}`, {meta.get('wrk_warmup', '?')} s warm-up per target, "
-            f"{rounds} round(s) run one target after another (median reported). Half of the "
-            "requests carry `X-User-Id: <random id>`. All processes share the same "
-            f"{os.cpu_count()} CPUs with wrk."
+            f"{rounds} round(s) of backend, nginx proxy and Pointsman. "
+            + order_note(meta, "backend, nginx proxy, Pointsman")
+            + " The rows give each target's median over the rounds. The Pointsman / nginx "
+            "ratios the targets are judged on are paired: for each round, Pointsman's req/s "
+            "(p99) is divided by nginx's from the same round (adjacent runs), and the median "
+            "of these per-round ratios is reported; the ratio of the two medians is shown "
+            "beside it. Half of the requests carry `X-User-Id: <random id>`. All processes "
+            f"share the same {os.cpu_count()} CPUs with wrk."
         )
         lines.append("")
         lines.append("| Target | Requests/s | p50 | p99 | Requests | Errors |")
         lines.append("|---|---:|---:|---:|---:|---|")
         combined: dict[str, WrkResult] = {}
+        per_round: dict[str, dict[int, WrkResult]] = {}
         for key, label in TARGETS:
-            files = sorted(results.glob(f"wrk_{key}_*.txt"))
             shown = pointsman_label if key == "pointsman" else label
-            parsed: list[WrkResult] = []
-            problems: list[str] = []
-            for f in files:
-                try:
-                    parsed.append(parse_wrk(f.read_text()))
-                except ParseError as exc:
-                    problems.append(f"{f.name}: {exc}")
+            parsed, problems = load_rounds(results, f"wrk_{key}")
             if not parsed:
                 why = "; ".join(problems) or "no wrk output"
                 lines.append(f"| {shown} | - | - | - | - | {md_escape(why)} |")
                 continue
-            r = combine(parsed)
+            r = combine(list(parsed.values()))
             combined[key] = r
+            per_round[key] = parsed
             err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
             lines.append(
                 f"| {shown} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} "
                 f"| {r.requests:,} | {err} |"
             )
         summary["wrk"] = {k: asdict(v) for k, v in combined.items()}
+        summary["wrk_per_round"] = {k: rounds_list(v) for k, v in per_round.items()}
         ng, pm = combined.get("nginx"), combined.get("pointsman")
-        if ng and pm and ng.rps > 0 and ng.p99_ms > 0:
-            rps_ratio = pm.rps / ng.rps
-            p99_ratio = pm.p99_ms / ng.p99_ms
+        ng_rounds, pm_rounds = per_round.get("nginx", {}), per_round.get("pointsman", {})
+        rps_pairs = paired_ratios(
+            {n: r.rps for n, r in pm_rounds.items()}, {n: r.rps for n, r in ng_rounds.items()}
+        )
+        p99_pairs = paired_ratios(
+            {n: r.p99_ms for n, r in pm_rounds.items()},
+            {n: r.p99_ms for n, r in ng_rounds.items()},
+        )
+        if ng and pm and ng.rps > 0 and ng.p50_ms > 0 and ng.p99_ms > 0:
             lines.append(
-                f"| **Pointsman / nginx proxy** | **{rps_ratio:.2f}x** | "
-                f"{pm.p50_ms / ng.p50_ms:.2f}x | **{p99_ratio:.2f}x** | | |"
+                f"| Pointsman / nginx proxy, ratio of medians | {pm.rps / ng.rps:.2f}x | "
+                f"{pm.p50_ms / ng.p50_ms:.2f}x | {pm.p99_ms / ng.p99_ms:.2f}x | | |"
             )
-            summary["ratios"] = {"rps": rps_ratio, "p99": p99_ratio}
+        if ng and pm and rps_pairs and p99_pairs:
+            rps_ratio = statistics.median(rps_pairs.values())
+            p99_ratio = statistics.median(p99_pairs.values())
+            rps_of_medians = pm.rps / ng.rps if ng.rps > 0 else None
+            p99_of_medians = pm.p99_ms / ng.p99_ms if ng.p99_ms > 0 else None
+            lines.append(
+                f"| **Pointsman / nginx proxy, median of per-round ratios** | "
+                f"**{rps_ratio:.2f}x** | | **{p99_ratio:.2f}x** | | |"
+            )
+            lines.append("")
+            lines.append(
+                f"Per-round ratios (paired), Pointsman / nginx proxy: req/s "
+                f"{fmt_ratios(rps_pairs)}; p99 {fmt_ratios(p99_pairs)}."
+            )
+            summary["ratios"] = {
+                "method": "median of per-round ratios (Pointsman and nginx of the same round)",
+                "rps": rps_ratio,
+                "p99": p99_ratio,
+                "rps_of_medians": rps_of_medians,
+                "p99_of_medians": p99_of_medians,
+                "rps_per_round": ratio_list(rps_pairs),
+                "p99_per_round": ratio_list(p99_pairs),
+            }
             errors_note = "Pointsman had errors" if pm.errors else ""
             checks.append(
                 Check(
                     "Pointsman req/s vs nginx proxy",
-                    f"{rps_ratio:.2f}x ({pm.rps:,.0f} vs {ng.rps:,.0f})",
+                    fmt_paired(rps_pairs, rps_of_medians, f"{pm.rps:,.0f} vs {ng.rps:,.0f}"),
                     f"≥ {MIN_RPS_RATIO:.2f}x",
                     status(rps_ratio >= MIN_RPS_RATIO and not pm.errors, errors_note),
                 )
@@ -373,17 +485,20 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
             checks.append(
                 Check(
                     f"Pointsman p99 vs nginx proxy ({conns} connections)",
-                    f"{p99_ratio:.2f}x ({fmt_ms(pm.p99_ms)} vs {fmt_ms(ng.p99_ms)})",
+                    fmt_paired(
+                        p99_pairs, p99_of_medians, f"{fmt_ms(pm.p99_ms)} vs {fmt_ms(ng.p99_ms)}"
+                    ),
                     f"≤ {MAX_P99_RATIO:.2f}x",
                     status(p99_ratio <= MAX_P99_RATIO and not pm.errors, note),
                 )
             )
         else:
+            why = "no round with both results" if ng and pm else "no result"
             for name, req in (
                 ("Pointsman req/s vs nginx proxy", f"≥ {MIN_RPS_RATIO:.2f}x"),
                 ("Pointsman p99 vs nginx proxy", f"≤ {MAX_P99_RATIO:.2f}x"),
             ):
-                checks.append(Check(name, "-", req, status(False, "no result")))
+                checks.append(Check(name, "-", req, status(False, why)))
         lines.append("")
 
     # ---- shadows
@@ -449,103 +564,186 @@ def shadow_section(
             {},
         )
     clk_tck = as_int(meta, "clk_tck") or 100
-    rows: dict[str, tuple[WrkResult, float | None]] = {}
+    phase_rounds: dict[str, dict[int, WrkResult]] = {}
+    phase_cpu: dict[str, dict[int, float]] = {}  # CPU seconds per request, by round
     for key, _ in SHADOW_PHASES:
-        parsed: list[WrkResult] = []
-        cpu: list[float] = []
-        for f in sorted(results.glob(f"shadow_{key}_*.txt")):
-            try:
-                r = parse_wrk(f.read_text())
-            except ParseError:
-                continue
-            parsed.append(r)
-            ticks = f.with_suffix(".cpu")
-            if key.startswith("pm_") and ticks.exists() and r.requests:
-                cpu.append(int(ticks.read_text().strip() or 0) / clk_tck / r.requests)
-        if parsed:
-            rows[key] = (combine(parsed), statistics.median(cpu) if cpu else None)
+        parsed, _problems = load_rounds(results, f"shadow_{key}")
+        if not parsed:
+            continue
+        phase_rounds[key] = parsed
+        cpu: dict[int, float] = {}
+        if key.startswith("pm_"):
+            for n, ticks_file in round_files(results, f"shadow_{key}", ".cpu").items():
+                r = parsed.get(n)
+                if r is None or not r.requests:
+                    continue
+                try:
+                    ticks = int(ticks_file.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                cpu[n] = ticks / clk_tck / r.requests
+        phase_cpu[key] = cpu
     delay = meta.get("shadow_delay", "1.0")
+    order = ", ".join(key for key, _ in SHADOW_PHASES)
     lines.append(
-        f"Same wrk settings as above, one phase after another, {meta.get('rounds', '1')} "
-        f"round(s), median. The shadow is added and removed through the control API between "
-        f"phases (`percent: 100`, `methods: [GET]`, `timeout: 2s`, `max_in_flight: 256`); the "
-        f"slow shadow (benchmarks/slow.py) answers after {delay} s, the fast one is the same "
-        "nginx backend. CPU per request: Pointsman's utime + stime during the run (all its "
-        "threads, comparison included) over the requests wrk completed."
+        f"Same wrk settings as above, {meta.get('rounds', '1')} round(s) of the phases below. "
+        + order_note(meta, order)
+        + " The rows give each phase's median over the rounds. The ratios the targets are "
+        "judged on are paired: for each round, the phase is divided by its no-shadow phase of "
+        "the same round, and the median of these per-round ratios is reported (the ratio of "
+        "the medians beside it, in the Targets table). The shadow is added and removed "
+        "through the control API between phases (`percent: 100`, `methods: [GET]`, "
+        f"`timeout: 2s`, `max_in_flight: 256`); the slow shadow (benchmarks/slow.py) answers "
+        f"after {delay} s, the fast one is the same nginx backend. CPU per request: "
+        "Pointsman's utime + stime during the run (all its threads, comparison included) over "
+        "the requests wrk completed in that run."
     )
     lines.append("")
     lines.append("| Target | Requests/s | p50 | p99 | CPU per request | Errors | Shadow counts |")
     lines.append("|---|---:|---:|---:|---:|---|---|")
     summary: dict[str, object] = {}
+    medians: dict[str, WrkResult] = {}
+    cpu_medians: dict[str, float] = {}
     for key, label in SHADOW_PHASES:
-        if key not in rows:
+        if key not in phase_rounds:
             lines.append(f"| {label} | - | - | - | - | no result | |")
             continue
-        r, cpu = rows[key]
+        r = combine(list(phase_rounds[key].values()))
+        medians[key] = r
+        cpu_median = None
+        if phase_cpu[key]:
+            cpu_median = statistics.median(phase_cpu[key].values())
+            cpu_medians[key] = cpu_median
         err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
         counts = ""
-        last = sorted(results.glob(f"shadow_{key}_*.json"))
-        if last:
+        views = round_files(results, f"shadow_{key}", ".json")
+        if views:
+            last_round, last = list(views.items())[-1]
             try:
-                view = json.loads(last[-1].read_text())
+                view = json.loads(last.read_text())
                 dropped = {k: v for k, v in view.get("dropped", {}).items() if v}
                 counts = (
                     f"mirrored {view.get('mirrored', 0):,}, compared {view.get('compared', 0):,}"
-                    f", dropped {dropped or 0} (last round)"
+                    f", dropped {dropped or 0} (round {last_round})"
                 )
             except (OSError, ValueError, AttributeError):
                 counts = "unreadable"
-        cpu_text = f"{cpu * 1e6:.1f} µs" if cpu is not None else ""
+        cpu_text = f"{cpu_median * 1e6:.1f} µs" if cpu_median is not None else ""
         lines.append(
             f"| {label} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} | {cpu_text} "
             f"| {err} | {md_escape(counts)} |"
         )
-        summary[key] = {"wrk": asdict(r), "cpu_per_request": cpu}
+        summary[key] = {
+            "wrk": asdict(r),
+            "cpu_per_request": cpu_median,
+            "per_round": [
+                {"round": n, **asdict(pr), "cpu_per_request": phase_cpu[key].get(n)}
+                for n, pr in phase_rounds[key].items()
+            ],
+        }
+
+    def rounds_of(key: str, value: str) -> dict[int, float]:
+        rounds = phase_rounds.get(key, {})
+        return {n: r.rps if value == "rps" else r.p99_ms for n, r in rounds.items()}
+
+    def of_medians(num: str, den: str, value: str) -> float | None:
+        a, b = medians.get(num), medians.get(den)
+        if a is None or b is None:
+            return None
+        x, y = (a.rps, b.rps) if value == "rps" else (a.p99_ms, b.p99_ms)
+        return x / y if y > 0 else None
+
     checks: list[Check] = []
-    plain, slow, fast = rows.get("pm_plain"), rows.get("pm_slow"), rows.get("pm_fast")
-    if plain and slow and plain[0].rps > 0 and plain[0].p99_ms > 0:
-        rps_ratio = slow[0].rps / plain[0].rps
-        p99_ratio = slow[0].p99_ms / plain[0].p99_ms
+    notes: list[str] = []
+    slow = medians.get("pm_slow")
+    slow_rps = paired_ratios(rounds_of("pm_slow", "rps"), rounds_of("pm_plain", "rps"))
+    slow_p99 = paired_ratios(rounds_of("pm_slow", "p99"), rounds_of("pm_plain", "p99"))
+    if slow and slow_rps and slow_p99:
+        rps_ratio = statistics.median(slow_rps.values())
+        p99_ratio = statistics.median(slow_p99.values())
         lines.append(
-            f"| **1 s shadow / no shadow (Pointsman)** | **{rps_ratio:.2f}x** | | "
-            f"**{p99_ratio:.2f}x** | | | |"
+            f"| **1 s shadow / no shadow (Pointsman), median of per-round ratios** | "
+            f"**{rps_ratio:.2f}x** | | **{p99_ratio:.2f}x** | | | |"
         )
+        notes.append(
+            f"- 1 s shadow / no shadow (Pointsman): req/s {fmt_ratios(slow_rps)}; "
+            f"p99 {fmt_ratios(slow_p99)}"
+        )
+        rps_of_medians = of_medians("pm_slow", "pm_plain", "rps")
+        p99_of_medians = of_medians("pm_slow", "pm_plain", "p99")
         checks.append(
-            Check(names[0], f"{rps_ratio:.2f}x", required[0],
-                  status(rps_ratio >= 1 - MAX_SLOW_SHADOW_RPS_DROP and not slow[0].errors))
+            Check(names[0], fmt_paired(slow_rps, rps_of_medians), required[0],
+                  status(rps_ratio >= 1 - MAX_SLOW_SHADOW_RPS_DROP and not slow.errors))
         )  # fmt: skip
         checks.append(
-            Check(names[1], f"{p99_ratio:.2f}x", required[1],
-                  status(p99_ratio <= 1 + MAX_SLOW_SHADOW_P99_RISE and not slow[0].errors))
+            Check(names[1], fmt_paired(slow_p99, p99_of_medians), required[1],
+                  status(p99_ratio <= 1 + MAX_SLOW_SHADOW_P99_RISE and not slow.errors))
         )  # fmt: skip
-        summary["slow_ratios"] = {"rps": rps_ratio, "p99": p99_ratio}
+        summary["slow_ratios"] = {
+            "rps": rps_ratio,
+            "p99": p99_ratio,
+            "rps_of_medians": rps_of_medians,
+            "p99_of_medians": p99_of_medians,
+            "rps_per_round": ratio_list(slow_rps),
+            "p99_per_round": ratio_list(slow_p99),
+        }
     else:
         checks += [
             Check(n, "-", r, status(False, "no result"))
             for n, r in zip(names[:2], required[:2], strict=True)
         ]
-    ng, ngm = rows.get("nginx_plain"), rows.get("nginx_mirror")
-    if ng and ngm and ng[0].rps > 0 and ng[0].p99_ms > 0:
-        rps_ratio = ngm[0].rps / ng[0].rps
-        p99_ratio = ngm[0].p99_ms / ng[0].p99_ms
+    ng_rps = paired_ratios(rounds_of("nginx_mirror", "rps"), rounds_of("nginx_plain", "rps"))
+    ng_p99 = paired_ratios(rounds_of("nginx_mirror", "p99"), rounds_of("nginx_plain", "p99"))
+    if ng_rps and ng_p99:
+        rps_ratio = statistics.median(ng_rps.values())
+        p99_ratio = statistics.median(ng_p99.values())
         ok = rps_ratio >= 1 - MAX_SLOW_SHADOW_RPS_DROP and p99_ratio <= 1 + MAX_SLOW_SHADOW_P99_RISE
         verdict = "within" if ok else "fails"
         lines.append(
-            f"| **nginx `mirror` / no mirror** ({verdict} the 10 % bound) | **{rps_ratio:.2f}x** "
-            f"| | **{p99_ratio:.2f}x** | | | |"
+            f"| **nginx `mirror` / no mirror, median of per-round ratios** ({verdict} the 10 % "
+            f"bound) | **{rps_ratio:.2f}x** | | **{p99_ratio:.2f}x** | | | |"
         )
-        summary["nginx_mirror_ratios"] = {"rps": rps_ratio, "p99": p99_ratio}
-    if plain and fast and plain[1] and fast[1]:
-        cpu_ratio = fast[1] / plain[1]
+        notes.append(
+            f"- nginx `mirror` / no mirror: req/s {fmt_ratios(ng_rps)}; p99 {fmt_ratios(ng_p99)}"
+        )
+        summary["nginx_mirror_ratios"] = {
+            "rps": rps_ratio,
+            "p99": p99_ratio,
+            "rps_of_medians": of_medians("nginx_mirror", "nginx_plain", "rps"),
+            "p99_of_medians": of_medians("nginx_mirror", "nginx_plain", "p99"),
+            "rps_per_round": ratio_list(ng_rps),
+            "p99_per_round": ratio_list(ng_p99),
+        }
+    fast = medians.get("pm_fast")
+    cpu_pairs = paired_ratios(phase_cpu.get("pm_fast", {}), phase_cpu.get("pm_plain", {}))
+    if fast and cpu_pairs:
+        cpu_ratio = statistics.median(cpu_pairs.values())
         lines.append(
-            f"| **fast shadow / no shadow, CPU per request** | | | | **{cpu_ratio:.2f}x** | | |"
+            "| **fast shadow / no shadow, CPU per request, median of per-round ratios** "
+            f"| | | | **{cpu_ratio:.2f}x** | | |"
         )
-        measured = f"{cpu_ratio:.2f}x ({fast[1] * 1e6:.1f} vs {plain[1] * 1e6:.1f} µs)"
-        ok = cpu_ratio <= MAX_FAST_SHADOW_CPU_RATIO and not fast[0].errors
+        notes.append(f"- fast shadow / no shadow, CPU per request: {fmt_ratios(cpu_pairs)}")
+        fast_cpu, plain_cpu = cpu_medians.get("pm_fast"), cpu_medians.get("pm_plain")
+        cpu_of_medians = fast_cpu / plain_cpu if fast_cpu and plain_cpu else None
+        detail = ""
+        if fast_cpu and plain_cpu:
+            detail = f"{fast_cpu * 1e6:.1f} vs {plain_cpu * 1e6:.1f} µs"
+        measured = fmt_paired(cpu_pairs, cpu_of_medians, detail)
+        ok = cpu_ratio <= MAX_FAST_SHADOW_CPU_RATIO and not fast.errors
         checks.append(Check(names[2], measured, required[2], status(ok)))
         summary["fast_cpu_ratio"] = cpu_ratio
+        summary["fast_cpu_ratios"] = {
+            "cpu_per_request": cpu_ratio,
+            "cpu_per_request_of_medians": cpu_of_medians,
+            "cpu_per_request_per_round": ratio_list(cpu_pairs),
+        }
     else:
         checks.append(Check(names[2], "-", required[2], status(False, "no result")))
+    if notes:
+        lines.append("")
+        lines.append("Per-round ratios (paired, the two phases of the same round):")
+        lines.append("")
+        lines.extend(notes)
     lines.append("")
     return lines, checks, summary
 

@@ -11,16 +11,24 @@
 #   2. Pointsman RSS before/while holding N idle keep-alive connections (idle_conns.py)
 #   3. Pointsman RSS growth while streaming a 1 GiB response and 1 GiB uploads
 #      (Content-Length and chunked) through it
-#   4. shadow isolation: Pointsman with no shadow, mirroring 100 % to a fast shadow (CPU per
-#      request) and to a shadow answering after 1 s (slow.py); nginx with and without its
+#   4. shadow isolation: Pointsman with no shadow, mirroring 100 % to a shadow answering
+#      after 1 s (slow.py) and to a fast shadow (CPU per request); nginx without and with its
 #      `mirror` module pointed at the same slow shadow
 # and writes a Markdown report (report.py) to stdout and benchmarks/RESULTS.md.
+#
+# wrk runs (1 and 4) are repeated in BENCH_ROUNDS rounds. Within a round the targets run one
+# right after another; odd rounds in the forward order (backend, nginx, pointsman; shadow
+# phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror), even rounds in the reverse
+# order (ABBA), so that a drift in machine speed weighs on both sides of each comparison
+# alike. report.py pairs the runs of each round: ratio per round (Pointsman / nginx,
+# 1 s shadow / no shadow, ...), and the targets are judged on the median of those ratios.
 # Every process started here is killed on exit, error, Ctrl-C or after BENCH_TIMEOUT.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS [10]        wrk duration per target        BENCH_WARMUP [2]   warm-up seconds
 #   BENCH_THREADS [2]         wrk -t                          BENCH_CONNS [50]   wrk -c
-#   BENCH_ROUNDS [1]          rounds of (backend, nginx, Pointsman); the median is reported
+#   BENCH_ROUNDS [5]          rounds of every wrk run, order alternating (see above); the
+#                             targets use the median of the per-round ratios
 #   BENCH_IDLE_CONNS [10000]  idle connections                BENCH_IDLE_HOLD [5] seconds held
 #   BENCH_STREAM_SIZE [1G]    size of the streamed file (truncate -s syntax, 1G = 1 GiB)
 #   BENCH_STREAM_TIMEOUT [180] max seconds per streaming transfer
@@ -31,7 +39,7 @@
 #   BENCH_SKIP_SHADOW=1       BENCH_SHADOW_DELAY [1.0] seconds the slow shadow takes
 #   BENCH_STRICT=1            exit 3 if a target fails
 #   BENCH_START_TIMEOUT [20]  seconds to wait for each server to answer
-#   BENCH_TIMEOUT [900]       hard limit for the whole run
+#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~10 min)
 #   BENCH_WORKDIR [benchmarks/work]   BENCH_RESULTS_MD [benchmarks/RESULTS.md]
 #   PYTHON [.venv/bin/python]
 #   POINTSMAN_CMD [".venv/bin/pointsman run --config {config}"]
@@ -48,7 +56,7 @@ BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_CONNS=${BENCH_CONNS:-50}
-BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 BENCH_IDLE_HOLD=${BENCH_IDLE_HOLD:-5}
 BENCH_STREAM_SIZE=${BENCH_STREAM_SIZE:-1G}
@@ -63,7 +71,7 @@ BENCH_SKIP_SHADOW=${BENCH_SKIP_SHADOW:-0}
 BENCH_SHADOW_DELAY=${BENCH_SHADOW_DELAY:-1.0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-20}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
 WORK=${BENCH_WORKDIR:-$BENCH_DIR/work}
 RESULTS_MD=${BENCH_RESULTS_MD:-$BENCH_DIR/RESULTS.md}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
@@ -87,6 +95,15 @@ done
     die "BENCH_UPLOAD_VIA must be 'direct' or 'nginx'"
 ((BENCH_SECONDS >= 1 && BENCH_ROUNDS >= 1 && BENCH_CONNS >= BENCH_THREADS)) ||
     die "need BENCH_SECONDS >= 1, BENCH_ROUNDS >= 1 and BENCH_CONNS >= BENCH_THREADS"
+
+# Expected duration: each wrk run costs warm-up + run + ~0.3 s (measured: ~0.2 s for wrk's
+# start-up, the log line and the control API calls), 3 targets and 5 shadow phases per round
+# (counted for the stand-in too, which skips them); up to ~90 s for the memory tests, ~10 s to
+# start the servers. At the defaults: 5 x 8 x 12.3 s + 100 s, about 10 minutes.
+wrk_runs=0
+[[ $BENCH_SKIP_WRK == 1 ]] || wrk_runs=$((BENCH_SKIP_SHADOW == 1 ? 3 : 8))
+expected=$((BENCH_ROUNDS * wrk_runs * (10 * (BENCH_WARMUP + BENCH_SECONDS) + 3) / 10 + 10))
+[[ $BENCH_SKIP_IDLE == 1 && $BENCH_SKIP_STREAM == 1 ]] || expected=$((expected + 90))
 
 # --------------------------------------------------------------------------- tools
 
@@ -135,6 +152,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 [[ $NOFILE == unlimited ]] && NOFILE=1048576
 log "open-files limit: $NOFILE"
+log "expected duration: about $(((expected + 59) / 60)) min (limit BENCH_TIMEOUT=${BENCH_TIMEOUT}s)"
+((expected <= BENCH_TIMEOUT)) ||
+    warn "BENCH_TIMEOUT=${BENCH_TIMEOUT}s is below the expected ${expected}s: raise it"
 if ((BENCH_SKIP_IDLE != 1 && NOFILE < BENCH_IDLE_CONNS + 512)); then
     warn "open-files limit $NOFILE is low for $BENCH_IDLE_CONNS idle connections"
 fi
@@ -525,6 +545,7 @@ fi
     echo "wrk_seconds=$BENCH_SECONDS"
     echo "wrk_warmup=$BENCH_WARMUP"
     echo "rounds=$BENCH_ROUNDS"
+    echo "round_order=alternating"
     echo "skip_wrk=$BENCH_SKIP_WRK"
     echo "skip_idle=$BENCH_SKIP_IDLE"
     echo "skip_stream=$BENCH_SKIP_STREAM"
@@ -590,9 +611,22 @@ run_wrk() { # seconds url outfile
     return "$rc"
 }
 
+ROUND_ORDER=()
+round_order() { # round name... -> ROUND_ORDER: the names as given in odd rounds, reversed in even
+    local round=$1 i
+    shift
+    ROUND_ORDER=("$@")
+    if ((round % 2 == 0)); then
+        ROUND_ORDER=()
+        for ((i = $#; i >= 1; i--)); do ROUND_ORDER+=("${!i}"); done
+    fi
+}
+
 if [[ $BENCH_SKIP_WRK != 1 ]]; then
     for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-        for target in backend nginx pointsman; do
+        round_order "$round" backend nginx pointsman
+        log "round $round/$BENCH_ROUNDS: ${ROUND_ORDER[*]}"
+        for target in "${ROUND_ORDER[@]}"; do
             case $target in
                 backend) port=$P_BACKEND ;;
                 nginx) port=$P_NGINX ;;
@@ -660,13 +694,17 @@ if [[ $BENCH_SKIP_SHADOW != 1 && $BENCH_SKIP_WRK != 1 && -z $PM_LABEL ]] && aliv
         "$WORK/nginx-mirror/error.log" || die "nginx with mirror did not start"
     echo "clk_tck=$(getconf CLK_TCK)" >>"$RESULTS/meta.env"
     for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-        for phase in pm_plain pm_fast pm_slow nginx_plain nginx_mirror; do
+        # pm_slow next to pm_plain in both directions; every phase sets Pointsman's shadow
+        # itself (none for the nginx phases), so any order works.
+        round_order "$round" pm_plain pm_slow pm_fast nginx_plain nginx_mirror
+        log "round $round/$BENCH_ROUNDS, shadow isolation: ${ROUND_ORDER[*]}"
+        for phase in "${ROUND_ORDER[@]}"; do
             case $phase in
                 pm_plain) set_shadow none; port=$P_PM ;;
-                pm_fast) set_shadow fast || continue; port=$P_PM ;;
                 pm_slow) set_shadow dark || continue; port=$P_PM ;;
+                pm_fast) set_shadow fast || continue; port=$P_PM ;;
                 nginx_plain) set_shadow none; port=$P_NGINX ;;
-                nginx_mirror) port=$P_MIRROR ;;
+                nginx_mirror) set_shadow none; port=$P_MIRROR ;;
             esac
             url="http://127.0.0.1:$port/"
             out=$RESULTS/shadow_${phase}_${round}.txt

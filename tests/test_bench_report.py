@@ -1,0 +1,320 @@
+"""benchmarks/report.py: paired per-round ratios, on synthetic result directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPORT_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "report.py"
+
+
+def _load_report() -> ModuleType:
+    # benchmarks/ is not a package: load the script by its path.
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_report()
+
+RPS_CHECK = "Pointsman req/s vs nginx proxy"
+P99_CHECK = "Pointsman p99 vs nginx proxy (50 connections)"
+SLOW_RPS_CHECK = "1 s shadow at 100 %: Pointsman req/s vs no shadow"
+SLOW_P99_CHECK = "1 s shadow at 100 %: Pointsman p99 vs no shadow"
+FAST_CPU_CHECK = "Fast shadow at 100 %: CPU per request vs no shadow"
+
+
+def wrk_text(rps: float, p99_ms: float, p50_ms: float = 1.5, seconds: int = 10) -> str:
+    """What `wrk -t2 -c50 -d10s --latency` prints (the figures that matter are consistent:
+    requests = rps x seconds)."""
+    requests = round(rps * seconds)
+    return (
+        f"Running {seconds}s test @ http://127.0.0.1:40000/\n"
+        "  2 threads and 50 connections\n"
+        "  Thread Stats   Avg      Stdev     Max   +/- Stdev\n"
+        f"    Latency     {p50_ms * 1.1:.2f}ms    0.94ms  25.48ms   92.08%\n"
+        f"    Req/Sec    {rps / 2000:.2f}k     1.17k   20.71k    72.50%\n"
+        "  Latency Distribution\n"
+        f"     50%    {p50_ms:.2f}ms\n"
+        f"     75%    {p50_ms * 1.2:.2f}ms\n"
+        f"     90%    {p50_ms * 1.5:.2f}ms\n"
+        f"     99%    {p99_ms:.2f}ms\n"
+        f"  {requests} requests in {seconds}.00s, 49.49MB read\n"
+        f"Requests/sec:  {rps:.2f}\n"
+        "Transfer/sec:      4.95MB\n"
+    )
+
+
+def write_results(
+    results: Path,
+    rounds: int,
+    *,
+    skip_shadow: bool = True,
+    extra_meta: dict[str, str] | None = None,
+) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "wrk_threads": "2",
+        "wrk_conns": "50",
+        "wrk_seconds": "10",
+        "wrk_warmup": "2",
+        "rounds": str(rounds),
+        "round_order": "alternating",
+        "skip_wrk": "0",
+        "skip_idle": "1",
+        "skip_stream": "1",
+        "skip_shadow": "1" if skip_shadow else "0",
+        "shadow_delay": "1.0",
+        "nginx_bin": "/nonexistent/nginx",
+        "wrk_bin": "/nonexistent/wrk",
+        "pointsman_cmd": "pointsman run --config x.yaml",
+        "pointsman_label": "",
+        "clk_tck": "100",
+    }
+    meta.update(extra_meta or {})
+    (results / "meta.env").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
+
+
+def write_wrk(results: Path, target: str, per_round: dict[int, tuple[float, float]]) -> None:
+    """wrk_<target>_<round>.txt for {round: (req/s, p99 ms)}."""
+    for n, (rps, p99) in per_round.items():
+        (results / f"wrk_{target}_{n}.txt").write_text(wrk_text(rps, p99))
+
+
+def render(results: Path) -> tuple[str, dict[str, Any], bool, dict[str, dict[str, str]]]:
+    out = results / "RESULTS.md"
+    text, summary, failed = report.render(results, out)
+    assert out.read_text() == text
+    json.dumps(summary)  # what run.sh writes to summary.json must serialise
+    checks = {c["name"]: c for c in summary["checks"]}
+    return text, summary, failed, checks
+
+
+def test_targets_follow_the_median_of_per_round_ratios_not_the_ratio_of_medians(
+    tmp_path: Path,
+) -> None:
+    write_results(tmp_path, 3)
+    write_wrk(tmp_path, "backend", {1: (70000, 4.0), 2: (60000, 4.0), 3: (65000, 4.0)})
+    # nginx medians: 30,000 req/s, p99 4 ms
+    write_wrk(tmp_path, "nginx", {1: (40000, 2.0), 2: (30000, 4.0), 3: (20000, 6.0)})
+    # Pointsman medians: 24,000 req/s (0.80x nginx: would pass), p99 6.6 ms (1.65x: would
+    # fail); per round: req/s 0.65, 0.68, 1.20 (median 0.68: fails), p99 3.5, 0.7, 1.1
+    # (median 1.1: passes)
+    write_wrk(tmp_path, "pointsman", {1: (26000, 7.0), 2: (20400, 2.8), 3: (24000, 6.6)})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    rps_check = checks[RPS_CHECK]
+    assert rps_check["result"] == "**FAIL**"
+    assert rps_check["measured"] == (
+        "0.680x (median of 3 per-round ratios 0.65-1.20; ratio of medians 0.80x: 24,000 vs 30,000)"
+    )
+    p99_check = checks[P99_CHECK]
+    assert p99_check["result"] == "**PASS**"
+    assert p99_check["measured"] == (
+        "1.100x (median of 3 per-round ratios 0.70-3.50; "
+        "ratio of medians 1.65x: 6.60 ms vs 4.00 ms)"
+    )
+    assert failed
+
+    assert (
+        "Per-round ratios (paired), Pointsman / nginx proxy: req/s 0.65, 0.68, 1.20 -> median "
+        "0.68x; p99 3.50, 0.70, 1.10 -> median 1.10x." in text
+    )
+    assert "| Pointsman / nginx proxy, ratio of medians | 0.80x | 1.00x | 1.65x | | |" in text
+    assert (
+        "| **Pointsman / nginx proxy, median of per-round ratios** | **0.68x** | | **1.10x** "
+        "| | |" in text
+    )
+    # the text says how the ratios are computed
+    assert "even rounds in the reverse order" in text
+    assert "divided by nginx's from the same round (adjacent runs)" in text
+    assert "median of these per-round ratios" in text
+
+    ratios = summary["ratios"]
+    assert ratios["rps"] == pytest.approx(20400 / 30000)
+    assert ratios["p99"] == pytest.approx(1.1)
+    assert ratios["rps_of_medians"] == pytest.approx(0.8)
+    assert ratios["p99_of_medians"] == pytest.approx(1.65)
+    assert [r["round"] for r in ratios["rps_per_round"]] == [1, 2, 3]
+    assert [r["ratio"] for r in ratios["rps_per_round"]] == pytest.approx([0.65, 0.68, 1.2])
+    assert [r["ratio"] for r in ratios["p99_per_round"]] == pytest.approx([3.5, 0.7, 1.1])
+    assert [r["rps"] for r in summary["wrk_per_round"]["nginx"]] == [40000, 30000, 20000]
+
+
+def test_rounds_from_ten_on_are_ordered_by_number(tmp_path: Path) -> None:
+    rounds = range(1, 12)
+    write_results(tmp_path, len(rounds))
+    write_wrk(tmp_path, "nginx", {n: (10000, 4.0) for n in rounds})
+    # round n: 0.50 + n / 100 of nginx
+    write_wrk(tmp_path, "pointsman", {n: (5000 + 100 * n, 4.0) for n in rounds})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    expected = ", ".join(f"{0.5 + n / 100:.2f}" for n in rounds)
+    assert expected.startswith("0.51, 0.52, 0.53") and expected.endswith("0.60, 0.61")
+    assert f"req/s {expected} -> median 0.56x" in text
+    assert [r["round"] for r in summary["ratios"]["rps_per_round"]] == list(rounds)
+    assert [r["round"] for r in summary["wrk_per_round"]["pointsman"]] == list(rounds)
+    assert checks[RPS_CHECK]["measured"].startswith(
+        "0.560x (median of 11 per-round ratios 0.51-0.61;"
+    )
+    assert checks[RPS_CHECK]["result"] == "**FAIL**"
+    assert checks[P99_CHECK]["result"] == "**PASS**"
+    assert failed
+
+
+def test_round_files_reads_the_round_as_a_number(tmp_path: Path) -> None:
+    for name in ("shadow_pm_slow_10.json", "shadow_pm_slow_9.json", "shadow_pm_slow_2.json",
+                 "shadow_pm_slow_x.json", "shadow_pm_slow_plain_3.json"):  # fmt: skip
+        (tmp_path / name).write_text("{}")
+    found = report.round_files(tmp_path, "shadow_pm_slow", ".json")
+    assert list(found) == [2, 9, 10]
+    assert found[10].name == "shadow_pm_slow_10.json"
+
+
+def test_a_single_round_is_its_own_paired_median(tmp_path: Path) -> None:
+    write_results(tmp_path, 1)
+    write_wrk(tmp_path, "nginx", {1: (32000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (24000, 5.0)})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    assert checks[RPS_CHECK]["measured"] == (
+        "0.750x (1 round; ratio of medians 0.75x: 24,000 vs 32,000)"
+    )
+    assert checks[RPS_CHECK]["result"] == "**PASS**"
+    assert checks[P99_CHECK]["measured"] == (
+        "1.250x (1 round; ratio of medians 1.25x: 5.00 ms vs 4.00 ms)"
+    )
+    assert checks[P99_CHECK]["result"] == "**PASS**"
+    assert "req/s 0.75 -> median 0.75x; p99 1.25 -> median 1.25x." in text
+    assert summary["ratios"]["rps"] == pytest.approx(0.75)
+    assert summary["ratios"]["rps_per_round"] == [{"round": 1, "ratio": pytest.approx(0.75)}]
+    assert not failed
+
+
+def test_only_rounds_with_both_results_are_paired(tmp_path: Path) -> None:
+    write_results(tmp_path, 3)
+    write_wrk(tmp_path, "nginx", {1: (30000, 4.0), 2: (30000, 4.0), 3: (30000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (24000, 4.0), 3: (18000, 4.0)})
+    (tmp_path / "wrk_pointsman_2.txt").write_text("unable to connect to 127.0.0.1:1\n")
+
+    text, summary, _failed, checks = render(tmp_path)
+
+    assert "req/s r1 0.80, r3 0.60 -> median 0.70x" in text
+    assert checks[RPS_CHECK]["measured"].startswith("0.700x (median of 2 per-round ratios")
+    assert [r["round"] for r in summary["ratios"]["rps_per_round"]] == [1, 3]
+
+
+def write_shadow(
+    results: Path,
+    phase: str,
+    per_round: dict[int, tuple[float, float]],
+    ticks: dict[int, int] | None = None,
+) -> None:
+    """shadow_<phase>_<round>.txt for {round: (req/s, p99 ms)}, .cpu for {round: ticks}."""
+    for n, (rps, p99) in per_round.items():
+        (results / f"shadow_{phase}_{n}.txt").write_text(wrk_text(rps, p99))
+    for n, t in (ticks or {}).items():
+        (results / f"shadow_{phase}_{n}.cpu").write_text(f"{t}\n")
+
+
+def test_shadow_targets_use_per_round_ratios(tmp_path: Path) -> None:
+    write_results(tmp_path, 3, skip_shadow=False)
+    write_wrk(tmp_path, "nginx", {n: (30000, 4.0) for n in (1, 2, 3)})
+    write_wrk(tmp_path, "pointsman", {n: (24000, 4.0) for n in (1, 2, 3)})
+    # CPU per request (ticks / 100 / requests): no shadow 30, 40, 25 µs (median 30);
+    # fast shadow 55, 70, 65 µs (median 65: 2.17x, would fail); per round 1.83, 1.75, 2.60
+    # (median 1.83: passes)
+    write_shadow(
+        tmp_path,
+        "pm_plain",
+        {1: (20000, 4.0), 2: (10000, 5.0), 3: (20000, 4.0)},
+        {1: 600, 2: 400, 3: 500},
+    )
+    write_shadow(
+        tmp_path,
+        "pm_fast",
+        {1: (12000, 9.0), 2: (8000, 9.0), 3: (10000, 9.0)},
+        {1: 660, 2: 560, 3: 650},
+    )
+    # 1 s shadow: req/s per round 0.95, 0.98, 0.85 (median 0.95: passes; medians 17,000 vs
+    # 20,000 = 0.85 would fail); p99 1.05, 1.00, 1.50 (median 1.05: passes)
+    write_shadow(
+        tmp_path,
+        "pm_slow",
+        {1: (19000, 4.2), 2: (9800, 5.0), 3: (17000, 6.0)},
+        {1: 580, 2: 390, 3: 510},
+    )
+    write_shadow(tmp_path, "nginx_plain", {1: (30000, 5.0), 2: (28000, 5.0), 3: (32000, 5.0)})
+    write_shadow(tmp_path, "nginx_mirror", {n: (50, 1010.0) for n in (1, 2, 3)})
+    for n in (1, 2, 3):
+        view = {"mirrored": 1000 * n, "compared": 900 * n, "dropped": {"full": n, "timeout": 0}}
+        (tmp_path / f"shadow_pm_slow_{n}.json").write_text(json.dumps(view))
+
+    text, summary, failed, checks = render(tmp_path)
+
+    fast = checks[FAST_CPU_CHECK]
+    assert fast["measured"] == (
+        "1.833x (median of 3 per-round ratios 1.75-2.60; ratio of medians 2.17x: 65.0 vs 30.0 µs)"
+    )
+    assert fast["result"] == "**PASS**"
+    assert "- fast shadow / no shadow, CPU per request: 1.83, 1.75, 2.60 -> median 1.83x" in text
+    assert summary["shadow"]["fast_cpu_ratio"] == pytest.approx(55 / 30)
+    per_round = summary["shadow"]["fast_cpu_ratios"]["cpu_per_request_per_round"]
+    assert [r["ratio"] for r in per_round] == pytest.approx([55 / 30, 70 / 40, 65 / 25])
+    plain_rounds = summary["shadow"]["pm_plain"]["per_round"]
+    assert [r["cpu_per_request"] for r in plain_rounds] == pytest.approx([30e-6, 40e-6, 25e-6])
+
+    assert checks[SLOW_RPS_CHECK]["measured"] == (
+        "0.950x (median of 3 per-round ratios 0.85-0.98; ratio of medians 0.85x)"
+    )
+    assert checks[SLOW_RPS_CHECK]["result"] == "**PASS**"
+    assert checks[SLOW_P99_CHECK]["measured"] == (
+        "1.050x (median of 3 per-round ratios 1.00-1.50; ratio of medians 1.25x)"
+    )
+    assert checks[SLOW_P99_CHECK]["result"] == "**PASS**"
+    assert (
+        "- 1 s shadow / no shadow (Pointsman): req/s 0.95, 0.98, 0.85 -> median 0.95x; "
+        "p99 1.05, 1.00, 1.50 -> median 1.05x" in text
+    )
+    assert summary["shadow"]["slow_ratios"]["rps"] == pytest.approx(0.95)
+
+    assert (
+        "- nginx `mirror` / no mirror: req/s 0.00, 0.00, 0.00 -> median 0.00x; "
+        "p99 202.00, 202.00, 202.00 -> median 202.00x" in text
+    )
+    assert "(fails the 10 % bound)" in text
+    ng = summary["shadow"]["nginx_mirror_ratios"]
+    assert [r["ratio"] for r in ng["p99_per_round"]] == pytest.approx([202.0] * 3)
+    # the shadow counts are from the last round
+    assert "mirrored 3,000, compared 2,700, dropped {'full': 3} (round 3)" in text
+    assert not failed
+
+
+def test_shadow_cpu_target_fails_on_the_paired_median(tmp_path: Path) -> None:
+    write_results(tmp_path, 2, skip_shadow=False)
+    write_shadow(tmp_path, "pm_plain", {1: (20000, 4.0), 2: (20000, 4.0)}, {1: 600, 2: 600})
+    write_shadow(tmp_path, "pm_slow", {1: (20000, 4.0), 2: (20000, 4.0)}, {1: 600, 2: 600})
+    # 2.1x and 2.3x of no shadow per round
+    write_shadow(tmp_path, "pm_fast", {1: (10000, 4.0), 2: (10000, 4.0)}, {1: 630, 2: 690})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    assert checks[FAST_CPU_CHECK]["result"] == "**FAIL**"
+    assert checks[FAST_CPU_CHECK]["measured"].startswith(
+        "2.200x (median of 2 per-round ratios 2.10-2.30;"
+    )
+    assert "CPU per request: 2.10, 2.30 -> median 2.20x" in text
+    assert summary["shadow"]["fast_cpu_ratio"] == pytest.approx(2.2)
+    assert failed
