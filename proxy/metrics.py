@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 # Request duration buckets (seconds): sub-millisecond proxying up to slow upstreams.
-DURATION_BUCKETS: Final = (
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")

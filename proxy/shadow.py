@@ -70,7 +70,7 @@ MAX_COUNTED_PATHS: Final = 100
 # A diff sample keeps this much of the request body, enough to replay a typical API call.
 MAX_SAMPLE_BODY: Final = 8 * 1024
 # Shadow minus primary latency, seconds: symmetric, since a candidate can be faster or slower.
-LATENCY_DELTA_BUCKETS: Final = (
+LATENCY_DELTA_BUCKETS: Final[tuple[float, ...]] = (
     -5.0, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.001,
     0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 )  # fmt: skip
