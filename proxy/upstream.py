@@ -29,11 +29,12 @@ MAX_RESPONSE_HEAD: Final = 64 * 1024
 
 # Response header names the proxy looks at, lower-cased; codes for on_header's dispatch. All but
 # Content-Length describe one hop only (RFC 9110 7.6.1) and are never forwarded.
-_R_CONTENT_LENGTH: Final = 0
-_R_CONNECTION: Final = 1
-_R_TRANSFER_ENCODING: Final = 2
-_R_UPGRADE: Final = 3
-_R_HOP: Final = 4
+_R_END_TO_END: Final = 0  # any other name: forwarded as it came
+_R_CONTENT_LENGTH: Final = 1
+_R_CONNECTION: Final = 2
+_R_TRANSFER_ENCODING: Final = 3
+_R_UPGRADE: Final = 4
+_R_HOP: Final = 5
 _RESPONSE_HEADER_CODES: Final = {
     b"content-length": _R_CONTENT_LENGTH,
     b"connection": _R_CONNECTION,
@@ -46,6 +47,30 @@ _RESPONSE_HEADER_CODES: Final = {
     b"te": _R_HOP,
     b"trailer": _R_HOP,
 }
+
+
+def _spellings(names: dict[bytes, int], common: tuple[bytes, ...]) -> dict[bytes, int]:
+    """Header names as servers usually spell them (lower and Canonical-Case), with their code.
+    on_header looks a name up here first: a hit saves the bytes.lower() call, which was about
+    a third of the cost of each response header line."""
+    spelled: dict[bytes, int] = {}
+    for name, code in [*names.items(), *((name, _R_END_TO_END) for name in common)]:
+        spelled[name] = code
+        spelled[b"-".join(part.capitalize() for part in name.split(b"-"))] = code
+    spelled[b"TE"] = _R_HOP
+    spelled[b"ETag"] = _R_END_TO_END
+    return spelled
+
+
+_RESPONSE_NAMES_AS_SENT: Final = _spellings(
+    _RESPONSE_HEADER_CODES,
+    (
+        b"accept-ranges", b"access-control-allow-origin", b"age", b"cache-control",
+        b"content-encoding", b"content-language", b"content-type", b"date", b"etag",
+        b"expires", b"last-modified", b"location", b"server", b"set-cookie", b"vary",
+        b"x-request-id",
+    ),
+)  # fmt: skip
 # Connection tokens that name no header; any other token makes that header hop-by-hop too.
 STANDARD_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -268,10 +293,13 @@ class UpstreamConnection:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        code = _RESPONSE_HEADER_CODES.get(name.lower())
-        if code is None or code == _R_CONTENT_LENGTH:
-            if code == _R_CONTENT_LENGTH:
-                self.content_length = value
+        code = _RESPONSE_NAMES_AS_SENT.get(name)
+        if code is None:
+            code = _RESPONSE_HEADER_CODES.get(name.lower(), _R_END_TO_END)
+        if code == _R_END_TO_END:
+            self.head_lines.append(name + b": " + value + b"\r\n")
+        elif code == _R_CONTENT_LENGTH:
+            self.content_length = value
             self.head_lines.append(name + b": " + value + b"\r\n")
         elif code == _R_CONNECTION:  # repeated lines add up (RFC 9110 5.3)
             tokens = [t.strip() for t in value.lower().split(b",") if t.strip()]
