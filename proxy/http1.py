@@ -97,6 +97,31 @@ _REQUEST_HEADER_CODES: Final = {
     b"x-request-id": _H_REQUEST_ID,
 }
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+# Other request headers clients commonly send (see request_spellings).
+_COMMON_REQUEST_HEADERS: Final = (
+    b"accept", b"accept-encoding", b"accept-language", b"authorization", b"cache-control",
+    b"content-type", b"if-modified-since", b"if-none-match", b"origin", b"pragma", b"referer",
+    b"user-agent",
+)  # fmt: skip
+
+
+def canonical_case(name: bytes) -> bytes:
+    """b"x-user-id" -> b"X-User-Id", the way most clients write header names."""
+    return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+def request_spellings(wanted: frozenset[bytes]) -> dict[bytes, bytes]:
+    """Header names as clients usually spell them -> lower-cased. on_header looks a name up here
+    before lower-casing it: a hit saves the bytes.lower() call, and the lower-cased name it gets
+    has its hash cached for the lookups that follow."""
+    spelled: dict[bytes, bytes] = {}
+    for lname in [*_REQUEST_HEADER_CODES, *_COMMON_REQUEST_HEADERS, *sorted(wanted)]:
+        spelled[lname] = lname
+        spelled[canonical_case(lname)] = lname
+    spelled[b"TE"] = b"te"
+    return spelled
+
+
 VIA: Final = b"1.1 pointsman"
 VIA_LINE_END: Final = b"Via: 1.1 pointsman\r\n\r\n"  # the end of a response head, as one constant
 REASONS: Final = {
@@ -183,6 +208,8 @@ class DownstreamConnection:
         "deferred_error",
         "draining",
         "forwarded_lines",
+        "head_end",
+        "head_end_host",
         "idle_since",
         "loop",
         "out",
@@ -220,6 +247,8 @@ class DownstreamConnection:
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
         self.forwarded_lines = b""  # X-Forwarded-For/-Proto for requests that bring none
+        self.head_end_host = b""  # the Host of the last common-case request, and
+        self.head_end = b""  # the end of its upstream head (see _build_upstream_head)
         self.parsing: Request | None = None
         self.current: Request | None = None
         self.starting: Request | None = None  # head parsed; forwarded once the read is parsed
@@ -453,7 +482,9 @@ class DownstreamConnection:
         ctx = self.ctx
         if size > ctx.max_header_bytes:
             raise Reject(431, "request head too large", "header_too_large")
-        lname = name.lower()
+        lname = ctx.request_names.get(name)
+        if lname is None:
+            lname = name.lower()
         if lname in ctx.wanted_headers:
             if not req.wanted:
                 req.wanted = {lname: value}
@@ -502,8 +533,15 @@ class DownstreamConnection:
         req.started = perf_counter()
         parser = self.parser
         req.method = parser.get_method()
-        version = req.version = parser.get_http_version()
-        req.keep_alive = parser.should_keep_alive()
+        keep_alive = req.keep_alive = parser.should_keep_alive()
+        if keep_alive and req.connection_tokens is None:
+            # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0, and only 1.1 stays alive with no
+            # "Connection: keep-alive" (tests/test_http1_raw pins this): the version is known
+            # without get_http_version(), which formats a new string on every call (3 % of
+            # a proxied request's instructions).
+            version = req.version = "1.1"
+        else:
+            version = req.version = parser.get_http_version()
         if req.upgrade_value and parser.should_upgrade():
             req.upgrade = True
         if req.te is not None:
@@ -673,6 +711,19 @@ class DownstreamConnection:
         if req.request_id is None:
             request_id = req.request_id = self.ctx.next_request_id()
             parts += (b"X-Request-Id: ", request_id, b"\r\n")
+        if req.forwarded_for is None and req.via is None and not req.chunked and not req.upgrade:
+            # The common case: the head ends the same way for every request of this connection
+            # to the same host, so those pieces are joined once (the connection remembers the
+            # last host's ending).
+            if host != self.head_end_host:
+                self.head_end_host = host
+                self.head_end = b"%bX-Forwarded-Host: %b\r\nVia: %b\r\n\r\n" % (
+                    self.forwarded_lines,
+                    host,
+                    VIA,
+                )
+            parts.append(self.head_end)
+            return b"".join(parts)
         if req.forwarded_for is None:
             parts.append(self.forwarded_lines)
         else:
@@ -1126,12 +1177,19 @@ class ProxyContext:
         self.idle_timeout = timeouts.idle
         self.connections: set[DownstreamConnection] = set()
         self.wanted_headers = table.wanted_headers
+        self.request_names = request_spellings(table.wanted_headers)
         self.draining = False
         self.drained = asyncio.Event()  # set when draining and the last connection has gone
         self.host_fallback = b"localhost"
         self._id_prefix = request_id_prefix() + b"-"
         self._id_counter = 0
         self.writes: WriteBatch = upstreams.writes
+
+    def use_table(self, table: RoutingTable) -> None:
+        """Route the requests whose heads complete from now on by `table`."""
+        self.wanted_headers = table.wanted_headers
+        self.request_names = request_spellings(table.wanted_headers)
+        self.table = table
 
     def next_request_id(self) -> bytes:
         self._id_counter += 1

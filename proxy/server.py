@@ -50,8 +50,7 @@ class ProxyServer:
             self.shadows.bind(table, self.upstreams)
         self._table = table
         if self.ctx is not None:
-            self.ctx.wanted_headers = table.wanted_headers
-            self.ctx.table = table
+            self.ctx.use_table(table)
 
     @staticmethod
     def _bind_targets(table: RoutingTable, upstreams: Upstreams) -> None:

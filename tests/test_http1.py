@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+import httptools
 import pytest
 from aiohttp import web
 
@@ -336,6 +337,59 @@ async def test_keep_alive_reuses_client_and_upstream_connections(
     # One client connection carried all four; the proxy reused one upstream connection for them.
     assert len(backend.seen) == 4
     assert len(set(ports)) == 1, ports
+
+
+async def test_http10_client_asking_for_keep_alive_keeps_its_connection(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    async with client(proxy.port) as (reader, writer):
+        for i in range(3):
+            await send(
+                writer,
+                f"GET /ka10/{i} HTTP/1.0\r\nHost: shop.example\r\n"
+                "Connection: keep-alive\r\n\r\n".encode(),
+            )
+            resp = await read_response(reader)
+            assert resp.status == 200
+            # A 1.0 client keeps the connection only when told so (RFC 9112 9.3).
+            assert (resp.get("Connection") or "").lower() == "keep-alive"
+        await send(writer, b"GET /ka10/last HTTP/1.0\r\nHost: shop.example\r\n\r\n")
+        resp = await read_response(reader)
+        assert resp.status == 200
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed after it
+    assert len(backend.seen) == 4
+
+
+@pytest.mark.parametrize("version", ["0.9", "1.0", "1.1", "2.0"])
+@pytest.mark.parametrize("connection", [None, "keep-alive", "close", "upgrade"])
+def test_llhttp_keeps_only_http11_alive_without_connection_header(
+    version: str, connection: str | None
+) -> None:
+    """What DownstreamConnection.on_headers_complete relies on to skip get_http_version():
+    kept alive with no Connection header means HTTP/1.1, and llhttp takes no other versions."""
+
+    class Sink:
+        def on_headers_complete(self) -> None:
+            pass
+
+    parser = httptools.HttpRequestParser(Sink())
+    line = f"Connection: {connection}\r\n" if connection else ""
+    parser.feed_data(f"GET / HTTP/{version}\r\nHost: a\r\n{line}\r\n".encode())
+    assert parser.get_http_version() == version
+    if connection is None:
+        assert parser.should_keep_alive() == (version == "1.1")
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.9", "2.1", "3.0", "9.9"])
+def test_llhttp_rejects_other_http_versions(version: str) -> None:
+    class Sink:
+        pass
+
+    parser = httptools.HttpRequestParser(Sink())
+    with pytest.raises(httptools.HttpParserError):
+        parser.feed_data(f"GET / HTTP/{version}\r\nHost: a\r\n\r\n".encode())
 
 
 async def test_pipelined_requests_answered_in_order(
@@ -779,6 +833,27 @@ async def test_x_forwarded_headers_added(
     for headers in (first, second):
         assert headers.getall("X-Forwarded-Proto") == ["http"]
         assert headers.getall("X-Forwarded-Host") == ["shop.example:8080"]
+
+
+async def test_forwarded_host_follows_each_request_on_one_connection(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    """The end of the upstream head is reused per connection: it must follow a Host change."""
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(proxy_factory, backend.address)
+    hosts = ["a.example", "a.example", "b.example:8080", "a.example"]
+    async with client(proxy.port) as (reader, writer):
+        for i, host in enumerate(hosts):
+            await send(writer, get(f"/h/{i}", host=host))
+            assert (await read_response(reader)).status == 200
+        await send(writer, get("/h/via", host="b.example", extra="Via: 1.0 edge\r\n"))
+        assert (await read_response(reader)).status == 200
+    seen = [r.headers for r in backend.seen]
+    assert [h.getall("X-Forwarded-Host") for h in seen] == [[h] for h in [*hosts, "b.example"]]
+    assert [h.getall("Via") for h in seen] == [["1.1 pointsman"]] * 4 + [
+        ["1.0 edge, 1.1 pointsman"]
+    ]
+    assert all(h.getall("X-Forwarded-For") == ["127.0.0.1"] for h in seen)
 
 
 async def test_via_added_both_ways(
