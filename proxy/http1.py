@@ -839,7 +839,10 @@ class DownstreamConnection:
         self.resp_status = status
         self.resp_started = True
         if req.mirrors is not None:
-            limit = max(exchange.limit for exchange in req.mirrors)
+            limit = 0  # the largest of the mirrors' (a loop: max() over a generator costs more)
+            for exchange in req.mirrors:
+                if exchange.limit > limit:
+                    limit = exchange.limit
             self.capture = PrimaryCapture(status, conn.header_block, limit)
         if (
             conn.content_length is not None
