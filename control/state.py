@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 
 from control.errors import CodedError
-from proxy.config import RouteConfig
+from proxy.config import MAX_WEIGHT, RouteConfig
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
 
 __all__ = [
@@ -45,9 +45,6 @@ __all__ = [
 FORMAT: Final = 1
 # A flip is all-or-nothing; 100 reads as "100 %" in status output and in the audit log.
 FLIP_WEIGHT: Final = 100
-# Weights are relative shares and sticky buckets resolve 1/10,000 anyway; a larger value from an
-# operator is a typo (and this keeps every sum far inside a 64-bit JSON integer).
-MAX_WEIGHT: Final = 1_000_000
 
 Weights = tuple[tuple[str, int], ...]
 

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -226,6 +226,11 @@ _NAME_EXPECTED = "expected a name of letters, digits, '_', '.' and '-'"
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# Weights are relative shares and sticky buckets resolve 1/10,000 anyway; a larger value from an
+# operator is a typo (and this keeps every sum far inside a 64-bit JSON integer). The control
+# API holds changed weights to the same bound.
+MAX_WEIGHT: Final = 1_000_000
+
 _TOP_KEYS = ("listen", "admin", "timeouts", "limits", "upstream", "state", "routes")
 _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
@@ -404,12 +409,19 @@ class _Loader:
             self.report(node, path, f"{err.expected}, got {self.show(node)}")
             return None
 
-    def integer(self, node: Node, path: str, minimum: int) -> int | None:
-        expected = f"expected an integer >= {minimum}"
+    def integer(
+        self, node: Node, path: str, minimum: int, maximum: int | None = None
+    ) -> int | None:
+        if maximum is None:
+            expected = f"expected an integer >= {minimum}"
+        else:
+            expected = f"expected an integer in {minimum}..{maximum}"
 
         def convert(value: object) -> int:
             # bool is an int subclass; `weight: yes` must not mean 1.
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise _Expected(expected, value)
+            if maximum is not None and value > maximum:
                 raise _Expected(expected, value)
             return value
 
@@ -855,7 +867,7 @@ class _Loader:
         weights: dict[str, int] | None = {}
         for pool_name, value_node in given.items():
             sub = _sub(path, pool_name)
-            weight = self.integer(value_node, sub, 0)
+            weight = self.integer(value_node, sub, 0, MAX_WEIGHT)
             if pool_names is not None and pool_name not in pool_names:
                 self.report(value_node, sub, self.unknown_pool(pool_name, pool_names))
                 weight = None

@@ -80,7 +80,7 @@ def test_check_rejects_a_bad_config_naming_file_line_and_key(tmp_path: Path) -> 
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        f"{path}:10: routes[0].weights.blue: expected an integer >= 0, got -1",
+        f"{path}:10: routes[0].weights.blue: expected an integer in 0..1000000, got -1",
         f"{path}:13: routes[0].rules[0].pool: unknown pool 'purple' (pools: blue, green)",
     ]
 

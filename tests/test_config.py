@@ -455,19 +455,25 @@ routes:
         ),
         (
             "    weights: {blue: true}\n",
-            "config/x.yaml:7: routes[0].weights.blue: expected an integer >= 0, got true",
+            "config/x.yaml:7: routes[0].weights.blue: expected an integer in 0..1000000, got true",
         ),
         (
             "    weights: {blue: ninety}\n",
-            "config/x.yaml:7: routes[0].weights.blue: expected an integer >= 0, got 'ninety'",
+            "config/x.yaml:7: routes[0].weights.blue: expected an integer in 0..1000000, "
+            "got 'ninety'",
         ),
         (
             "    weights: {blue: 1.5}\n",
-            "config/x.yaml:7: routes[0].weights.blue: expected an integer >= 0, got 1.5",
+            "config/x.yaml:7: routes[0].weights.blue: expected an integer in 0..1000000, got 1.5",
         ),
         (
             "    weights: {blue: -1}\n",
-            "config/x.yaml:7: routes[0].weights.blue: expected an integer >= 0, got -1",
+            "config/x.yaml:7: routes[0].weights.blue: expected an integer in 0..1000000, got -1",
+        ),
+        (
+            "    weights: {blue: 1000001}\n",
+            "config/x.yaml:7: routes[0].weights.blue: expected an integer in 0..1000000, "
+            "got 1000001",
         ),
         (
             "    weights: [blue]\n",
