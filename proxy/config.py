@@ -65,10 +65,19 @@ class Timeouts:
     grace: float = 10.0  # on SIGTERM, in-flight requests get this long to finish
 
 
+# Bytes all mirrors of the process may hold for comparison together (request copies, the
+# primary's captured answer, the shadows' answers): each mirror holds up to compare.max_body
+# per side, so 256 in flight at 1 MiB could otherwise hold a gigabyte. Past it, no new mirror
+# starts and one that would grow past it is dropped (`memory`). The default of
+# limits.compare_memory_bytes.
+COMPARE_MEMORY_LIMIT: Final = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_header_bytes: int = 16 * 1024  # request line + headers; above -> 431
     max_body_bytes: int = 64 * 1024 * 1024  # request body; above -> 413 (0 = no limit)
+    compare_memory_bytes: int = COMPARE_MEMORY_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +243,7 @@ MAX_WEIGHT: Final = 1_000_000
 _TOP_KEYS = ("listen", "admin", "timeouts", "limits", "upstream", "state", "routes")
 _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
-_LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
+_LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes")
 _UPSTREAM_KEYS = ("max_idle", "idle_timeout")
 _STATE_KEYS = ("path",)
 _ROUTE_KEYS = ("name", "hosts", "path_prefix", "pools", "weights", "sticky", "rules", "shadows")
@@ -533,14 +542,15 @@ class _Loader:
     def limits(self, node: Node) -> Limits:
         section = self.mapping(node, "limits", _LIMIT_KEYS) or {}
         result = Limits()
-        if "max_header_bytes" in section:
-            size = self.size(section["max_header_bytes"], "limits.max_header_bytes", 1024, "1KiB")
-            if size is not None:
-                result = Limits(max_header_bytes=size, max_body_bytes=result.max_body_bytes)
-        if "max_body_bytes" in section:
-            size = self.size(section["max_body_bytes"], "limits.max_body_bytes", 0, "0")
-            if size is not None:
-                result = Limits(max_header_bytes=result.max_header_bytes, max_body_bytes=size)
+        for key, minimum, minimum_text in (
+            ("max_header_bytes", 1024, "1KiB"),
+            ("max_body_bytes", 0, "0"),
+            ("compare_memory_bytes", 0, "0"),
+        ):
+            if key in section:
+                size = self.size(section[key], f"limits.{key}", minimum, minimum_text)
+                if size is not None:
+                    result = replace(result, **{key: size})
         return result
 
     def upstream(self, node: Node) -> UpstreamSettings:

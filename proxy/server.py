@@ -32,7 +32,7 @@ class ProxyServer:
         self.metrics.bind(self._table)
         self.upstreams: Upstreams | None = None
         self.health = HealthChecker()
-        self.shadows = Shadows()
+        self.shadows = Shadows(config.limits.compare_memory_bytes)
         self.metrics.collectors.append(ShadowCollector(self.shadows))
         self.ctx: ProxyContext | None = None
         self._server: asyncio.Server | None = None

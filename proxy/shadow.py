@@ -37,7 +37,7 @@ from proxy.compare import (
     compare,
     redact_headers,
 )
-from proxy.config import Address
+from proxy.config import COMPARE_MEMORY_LIMIT, Address
 from proxy.shadow_config import ShadowConfig
 from proxy.tasks import cancel_and_wait
 from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams, WriteBatch
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from proxy.router import RoutingTable
 
 __all__ = [
-    "COMPARE_MEMORY_LIMIT",
     "DROP_REASONS",
     "SHADOW_HEADER",
     "DiffSample",
@@ -74,14 +73,9 @@ LATENCY_DELTA_BUCKETS: Final[tuple[float, ...]] = (
     -5.0, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.001,
     0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 )  # fmt: skip
-# Bytes all mirrors of the process may hold for comparison together (request copies, the
-# primary's captured answer, the shadows' answers): each mirror holds up to compare.max_body
-# per side, so 256 in flight at 1 MiB could otherwise hold a gigabyte. Past it, no new mirror
-# starts and one that would grow past it is dropped (`memory`).
-COMPARE_MEMORY_LIMIT: Final = 64 * 1024 * 1024
 # Why a mirror was dropped. Before sending: the in-flight bound was reached (`full`), the request
 # body was over compare.max_body (`body_too_large`), the bytes held for comparison were over
-# COMPARE_MEMORY_LIMIT (`memory`, also while it runs). After: the leg took longer than its
+# limits.compare_memory_bytes (`memory`, also while it runs). After: the leg took longer than its
 # timeout, could not connect, or its upstream broke the exchange; or the primary itself failed,
 # leaving nothing to compare with.
 DROP_REASONS: Final = (
@@ -888,7 +882,7 @@ def _run_compare(exchange: Exchange, config: ShadowConfig) -> tuple[Comparison, 
 class Shadows:
     """Every Shadow of one proxy process, the comparison thread, and binding to tables."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_limit: int = COMPARE_MEMORY_LIMIT) -> None:
         self.by_key: dict[tuple[str, str], Shadow] = {}
         self.upstreams: Upstreams | None = None
         # One thread: comparisons are CPU-bound under the GIL, so more threads would only
@@ -898,7 +892,7 @@ class Shadows:
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False  # after close(), a late table swap must not start a new sweeper
         self.held = 0  # bytes all exchanges hold for comparison (Exchange.charge)
-        self.memory_limit = COMPARE_MEMORY_LIMIT
+        self.memory_limit = memory_limit  # limits.compare_memory_bytes
 
     def get(self, route: str, pool: str) -> Shadow | None:
         return self.by_key.get((route, pool))

@@ -126,7 +126,7 @@ def test_non_default_values_and_normalisation() -> None:
 listen: "[::1]:8080"
 admin: {token_env: MY_TOKEN}
 timeouts: {connect: 500ms, idle: 1m, grace: 1.5}
-limits: {max_header_bytes: 1KiB, max_body_bytes: 0}
+limits: {max_header_bytes: 1KiB, max_body_bytes: 0, compare_memory_bytes: 1MiB}
 upstream: {max_idle: 0}
 routes:
   - name: api.v2
@@ -150,7 +150,9 @@ routes:
     assert config.listen == Address("::1", 8080)
     assert config.admin == AdminConfig(Address("127.0.0.1", 8081), "MY_TOKEN")
     assert config.timeouts == Timeouts(connect=0.5, idle=60.0, grace=1.5)
-    assert config.limits == Limits(max_header_bytes=1024, max_body_bytes=0)
+    assert config.limits == Limits(
+        max_header_bytes=1024, max_body_bytes=0, compare_memory_bytes=1024 * 1024
+    )
     assert config.upstream == UpstreamSettings(max_idle=0, idle_timeout=30.0)
     api, site = config.routes
     assert api.hosts == ("api.example.com", "www.example.com")
@@ -365,6 +367,12 @@ def test_duplicate_keys_are_reported() -> None:
             "listen: 127.0.0.1:8080\nlimits: {max_body_bytes: -1}",
             "config/x.yaml:2: limits.max_body_bytes: expected a size like '64KiB' or '1MiB', "
             "got -1",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\nlimits: {compare_memory_bytes: plenty}",
+            "config/x.yaml:2: limits.compare_memory_bytes: expected a size like '64KiB' or "
+            "'1MiB', got 'plenty'",
         ),
         (
             "listen: 127.0.0.1:8080",

@@ -45,13 +45,14 @@ async def start(
     primary: str,
     dark: str,
     baseline: str | None = None,
+    extra: str = "",
     **settings: object,
 ) -> tuple[ProxyServer, Shadow]:
     pools = {"blue": [primary], "dark": [dark]}
     if baseline is not None:
         pools["twin"] = [baseline]
         settings["baseline"] = "twin"
-    config = config_for(pools, route_extra=shadow_yaml(**settings))
+    config = config_for(pools, extra=extra, route_extra=shadow_yaml(**settings))
     server = await proxy_factory(config)
     shadow = server.shadows.get("shop", "dark")
     assert shadow is not None
@@ -152,9 +153,11 @@ async def test_mirrors_that_would_hold_more_than_the_memory_limit_are_dropped(
 
     blue = await backend_factory("blue", large)
     dark = await backend_factory("dark", large)
-    server, shadow = await start(proxy_factory, blue.address, dark.address)
     # The primary's answer and the shadow's, 100 kB each, do not fit in 150 kB together.
-    server.shadows.memory_limit = 150_000
+    server, shadow = await start(
+        proxy_factory, blue.address, dark.address, extra="limits: {compare_memory_bytes: 150000}"
+    )
+    assert server.shadows.memory_limit == 150_000
     for i in range(5):
         status, body, _ = await get(server.port, f"/big{i}")
         assert (status, body) == (200, big)  # the client gets every byte regardless
