@@ -428,9 +428,12 @@ class _Loader:
 
         def convert(value: object) -> int:
             # bool is an int subclass; `weight: yes` must not mean 1.
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise _Expected(expected, value)
-            if maximum is not None and value > maximum:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < minimum
+                or (maximum is not None and value > maximum)
+            ):
                 raise _Expected(expected, value)
             return value
 

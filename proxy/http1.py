@@ -25,6 +25,7 @@ from proxy.upstream import (
     EndpointPool,
     UpstreamConnection,
     WriteBatch,
+    usual_spellings,
     without_named,
 )
 
@@ -105,21 +106,15 @@ _COMMON_REQUEST_HEADERS: Final = (
 )  # fmt: skip
 
 
-def canonical_case(name: bytes) -> bytes:
-    """b"x-user-id" -> b"X-User-Id", the way most clients write header names."""
-    return b"-".join(part.capitalize() for part in name.split(b"-"))
-
-
 def request_spellings(wanted: frozenset[bytes]) -> dict[bytes, bytes]:
-    """Header names as clients usually spell them -> lower-cased. on_header looks a name up here
-    before lower-casing it: a hit saves the bytes.lower() call, and the lower-cased name it gets
-    has its hash cached for the lookups that follow."""
-    spelled: dict[bytes, bytes] = {}
-    for lname in [*_REQUEST_HEADER_CODES, *_COMMON_REQUEST_HEADERS, *sorted(wanted)]:
-        spelled[lname] = lname
-        spelled[canonical_case(lname)] = lname
-    spelled[b"TE"] = b"te"
-    return spelled
+    """Request header name as clients usually spell it -> lower-cased (see usual_spellings;
+    the lower-cased name on_header gets here also has its hash cached for the lookups that
+    follow)."""
+    return {
+        spelling: lname
+        for lname in [*_REQUEST_HEADER_CODES, *_COMMON_REQUEST_HEADERS, *sorted(wanted)]
+        for spelling in usual_spellings(lname)
+    }
 
 
 VIA: Final = b"1.1 pointsman"
@@ -536,7 +531,7 @@ class DownstreamConnection:
         keep_alive = req.keep_alive = parser.should_keep_alive()
         if keep_alive and req.connection_tokens is None:
             # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0, and only 1.1 stays alive with no
-            # "Connection: keep-alive" (tests/test_http1_raw pins this): the version is known
+            # "Connection: keep-alive" (tests/test_http1.py pins this): the version is known
             # without get_http_version(), which formats a new string on every call (3 % of
             # a proxied request's instructions).
             version = req.version = "1.1"

@@ -22,7 +22,9 @@ import httptools
 import pytest
 from aiohttp import web
 
+from proxy.http1 import request_spellings
 from proxy.server import ProxyServer
+from proxy.upstream import usual_spellings
 from tests.conftest import BackendFactory, ProxyFactory, config_for, free_port, raw_exchange
 
 # Bound on any single network wait in these tests.
@@ -380,6 +382,16 @@ def test_llhttp_keeps_only_http11_alive_without_connection_header(
     assert parser.get_http_version() == version
     if connection is None:
         assert parser.should_keep_alive() == (version == "1.1")
+
+
+def test_header_spellings_map_to_the_lower_cased_name() -> None:
+    assert usual_spellings(b"x-user-id") == (b"x-user-id", b"X-User-Id")
+    assert usual_spellings(b"te") == (b"te", b"TE")
+    assert usual_spellings(b"etag") == (b"etag", b"ETag")
+    names = request_spellings(frozenset({b"x-team"}))
+    assert names[b"X-Team"] == names[b"x-team"] == b"x-team"
+    assert names[b"Content-Length"] == b"content-length"
+    assert all(spelling.lower() == lname for spelling, lname in names.items())
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.9", "2.1", "3.0", "9.9"])
