@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import compress
 from operator import ne
@@ -141,6 +141,8 @@ class Comparison:
     # Collapsed paths of differences left out past MAX_DIFFERENCES (at most MAX_OVERFLOW_PATHS),
     # so that a real change beyond the first screenful of noise still reaches the noise model.
     overflow_paths: frozenset[str] = frozenset()
+    # `paths`, once computed: the noise model and the counting each read it.
+    _paths: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def matched(self) -> bool:
@@ -149,8 +151,12 @@ class Comparison:
     @property
     def paths(self) -> frozenset[str]:
         """The collapsed paths that differed (what a NoiseModel counts)."""
-        shown = {collapse(d.path) for d in self.differences if d.path != MORE_PATH}
-        return frozenset(shown) | self.overflow_paths
+        paths = self._paths
+        if paths is None:
+            shown = {collapse(d.path) for d in self.differences if d.path != MORE_PATH}
+            paths = frozenset(shown) | self.overflow_paths
+            object.__setattr__(self, "_paths", paths)
+        return paths
 
 
 def compare(
@@ -507,6 +513,8 @@ def parse_path(pattern: str) -> tuple[Step, ...]:
 
 def collapse(path: str) -> str:
     """Array indices replaced by `[*]`, for counting: `$.items[3].price` -> `$.items[*].price`."""
+    if "[" not in path:
+        return path  # no index, no quoted key: headers, status, most JSON paths
     return _COLLAPSE_RE.sub(lambda m: m[1] or "[*]", path)
 
 

@@ -99,6 +99,14 @@ LATENCY_EWMA_WEIGHT: Final = 0.2
 # comparison itself, and when everything mismatches the ring is refreshed many times a second
 # for nobody. The ring still holds the latest mismatches; counts are never sampled.
 SAMPLES_PER_SECOND: Final = 20.0
+# Comparisons of a leg whose body is the primary's, memoised per shadow by the two statuses and
+# header blocks (all such a comparison depends on): a shadow answers with the same head, or the
+# same difference, until a Date ticks over or a header varies. Entries kept before the memo is
+# cleared, and the largest pair of heads kept (a few KiB each), so it holds at most ~1 MiB.
+HEAD_MEMO_SIZE: Final = 256
+HEAD_MEMO_BYTES: Final = 4096
+# What a comparison that found nothing returns (latency_delta unused, as in every memoised one).
+NO_DIFFERENCE: Final = Comparison((), 0.0)
 # How often mirrors past their timeout are failed: a timeout fires up to this much late, in
 # exchange for no timer per mirrored request.
 SWEEP_INTERVAL: Final = 0.05
@@ -577,20 +585,6 @@ class Exchange:
         if self.baseline is not None:
             del self.baseline.exchange
 
-    def same_as_primary(self, leg: Leg, skip: frozenset[bytes]) -> bool:
-        """Byte-for-byte the same status, body and header lines (minus `skip`): the common case
-        of a healthy shadow, settled without building and diffing the responses. Anything else
-        (even headers in another order) goes to the full comparison, which decides."""
-        primary = self.primary
-        assert primary is not None
-        if primary.status != leg.status or primary.size != leg.size:
-            return False
-        if b"".join(primary.chunks) != b"".join(leg.chunks):
-            return False
-        if primary.header_block == leg.header_block:
-            return True  # often: the same server software, and Date within the same second
-        return _kept_lines(primary.header_block, skip) == _kept_lines(leg.header_block, skip)
-
     def inputs(self) -> tuple[Captured, Captured, Captured | None]:
         primary = self.primary
         assert primary is not None
@@ -660,6 +654,8 @@ class Shadow:
         self.max_in_flight = 0
         self.max_body = 0
         self.skip_headers: frozenset[bytes] = frozenset()  # not compared (quick match)
+        self.ignore_headers: frozenset[str] = frozenset()
+        self.head_memo: dict[tuple[int, bytes, int, bytes], Comparison] = {}
         self.latency = 0.0  # moving average of the shadow's answer time, seconds (pacing)
         self.sample_tokens = SAMPLES_PER_SECOND
         self.sample_tokens_at = 0.0
@@ -695,6 +691,8 @@ class Shadow:
         self.skip_headers = frozenset(
             [b"content-length", *(name.encode() for name in config.compare.ignore_headers)]
         )
+        self.ignore_headers = frozenset(config.compare.ignore_headers)
+        self.head_memo.clear()  # other ignore rules, other comparisons
 
     # -- called on the request path --------------------------------------------------------
 
@@ -785,16 +783,21 @@ class Shadow:
         baseline = exchange.baseline
         if baseline is not None and baseline.failed is not None:
             baseline = None  # a failed baseline leg just adds no noise sample
-        skip = self.skip_headers
-        if exchange.same_as_primary(exchange.candidate, skip) and (
-            baseline is None or exchange.same_as_primary(baseline, skip)
-        ):
-            self._release(exchange)
-            stats = self.stats
-            stats.compared += 1
-            stats.matched += 1
-            stats.observe_delta(exchange.candidate.took - exchange.primary_latency)
-            self.noise.count_matched(baseline is not None)
+        # The common cases, a healthy shadow or one that differs in its headers only, are
+        # settled without building and diffing whole responses: see same_body_comparison.
+        body = b"".join(primary.chunks)
+        candidate = self.same_body_comparison(primary, body, exchange.candidate)
+        other = None if baseline is None else self.same_body_comparison(primary, body, baseline)
+        if candidate is not None and (baseline is None or other is not None):
+            if candidate.matched and (other is None or other.matched):
+                self._release(exchange)
+                stats = self.stats
+                stats.compared += 1
+                stats.matched += 1
+                stats.observe_delta(exchange.candidate.took - exchange.primary_latency)
+                self.noise.count_matched(baseline is not None)
+                return
+            self.record(exchange, (candidate, other))
             return
         limit = exchange.limit
         if min(primary.size, limit) + min(exchange.candidate.size, limit) <= INLINE_COMPARE_BYTES:
@@ -808,13 +811,50 @@ class Shadow:
         else:
             self.registry.compare_later(self, exchange)
 
+    def same_body_comparison(
+        self, primary: PrimaryCapture, primary_body: bytes, leg: Leg
+    ) -> Comparison | None:
+        """The comparison of `leg` with the primary when its body is byte-for-byte the
+        primary's (None when it is not). It then depends only on the two statuses and header
+        blocks, and is memoised by them (HEAD_MEMO_SIZE). Its latency_delta is 0: record()
+        takes the latencies from the exchange."""
+        if leg.size != primary.size or b"".join(leg.chunks) != primary_body:
+            return None
+        status = primary.status
+        head = primary.header_block
+        if leg.status == status and leg.header_block == head:
+            return NO_DIFFERENCE  # often: the same server software, Date in the same second
+        key = (status, head, leg.status, leg.header_block)
+        memo = self.head_memo
+        found = memo.get(key)
+        if found is not None:
+            return found
+        skip = self.skip_headers
+        if leg.status == status and _kept_lines(head, skip) == _kept_lines(leg.header_block, skip):
+            found = NO_DIFFERENCE
+        else:
+            # The bodies are equal, so the comparison is of statuses and headers: empty bodies
+            # stand in for them (ignore_json applies to bodies only).
+            found = compare(
+                _captured(status, head, [], 0, 0, 0.0),
+                _captured(leg.status, leg.header_block, [], 0, 0, 0.0),
+                self.ignore_headers,
+                (),
+            )
+        if len(head) + len(leg.header_block) <= HEAD_MEMO_BYTES:
+            if len(memo) >= HEAD_MEMO_SIZE:
+                memo.clear()
+            memo[key] = found
+        return found
+
     def record(self, exchange: Exchange, result: tuple[Comparison, Comparison | None]) -> None:
         """Count one comparison (on the event loop)."""
         self._release(exchange)
         candidate, baseline = result
         stats = self.stats
         stats.compared += 1
-        stats.observe_delta(candidate.latency_delta)
+        # From the exchange, not the comparison: a memoised one has no latencies of its own.
+        stats.observe_delta(exchange.candidate.took - exchange.primary_latency)
         noise = self.noise
         noise.record_candidate(candidate)
         if baseline is not None:

@@ -370,6 +370,32 @@ async def test_identical_versions_match(
     assert not shadow.samples
 
 
+async def test_a_shadow_that_differs_in_a_header_only_is_counted_every_time(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    # The same body, one extra header: after the first, comparisons come from the memo.
+    async def version(request: web.Request) -> web.StreamResponse:
+        response = web.json_response({"ok": True})
+        if request.headers.get("X-Pointsman-Shadow") == "1":
+            response.headers["X-Version"] = "2"
+        return response
+
+    blue = await backend_factory("blue", version)
+    dark = await backend_factory("dark", version)
+    server, shadow = await start(proxy_factory, blue.address, dark.address)
+    for i in range(6):
+        status, body, _ = await get(server.port, f"/v/{i}")
+        assert (status, json.loads(body)) == (200, {"ok": True})
+    await wait_until(lambda: shadow.stats.compared == 6, "six comparisons")
+    assert (shadow.stats.matched, shadow.stats.mismatched) == (0, 6)
+    assert shadow.stats.parts == {"status": 0, "header": 6, "body": 0}
+    assert shadow.stats.paths == {"header:x-version": 6}
+    assert [d[:4] for d in shadow.samples[-1].differences] == [
+        ("header", "header:x-version", "(absent)", "2")
+    ]
+    assert shadow.samples[-1].target == "/v/5"
+
+
 async def test_large_bodies_are_compared_off_the_event_loop(
     backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:
