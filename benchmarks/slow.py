@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections import deque
 from typing import cast
 
 import uvloop
@@ -25,7 +26,9 @@ class SlowProtocol(asyncio.Protocol):
         self.delay = delay
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
-        self.timers: list[asyncio.TimerHandle] = []
+        # Answers due, oldest first (one delay for all, so they fire in order); answer() drops
+        # the one that fired, so the list stays as long as the requests in flight.
+        self.timers: deque[asyncio.TimerHandle] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
@@ -36,12 +39,13 @@ class SlowProtocol(asyncio.Protocol):
         while (end := self.buffer.find(b"\r\n\r\n")) != -1:
             head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
             delay = 0.0 if head.startswith(b"GET /__healthz ") else self.delay
-            self.timers = [t for t in self.timers if not t.cancelled()]
             self.timers.append(loop.call_later(delay, self.answer))
         if len(self.buffer) > MAX_HEAD and self.transport is not None:
             self.transport.close()
 
     def answer(self) -> None:
+        if self.timers:
+            self.timers.popleft()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(RESPONSE)
 
