@@ -108,7 +108,8 @@ HEAD_MEMO_BYTES: Final = 4096
 # What a comparison that found nothing returns (latency_delta unused, as in every memoised one).
 NO_DIFFERENCE: Final = Comparison((), 0.0)
 # How often mirrors past their timeout are failed: a timeout fires up to this much late, in
-# exchange for no timer per mirrored request.
+# exchange for no timer per mirrored request. Mirrors wait for the sweep in buckets by the
+# sweep due after their deadline (Shadow.due), so a sweep looks at expired mirrors only.
 SWEEP_INTERVAL: Final = 0.05
 
 
@@ -295,11 +296,13 @@ class Leg:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, targets: tuple[EndpointPool, ...], rr: int, upstreams: Upstreams) -> None:
+    def send(
+        self, targets: tuple[EndpointPool, ...], rr: int, upstreams: Upstreams, deadline: float
+    ) -> None:
         loop = self.exchange.shadow.loop
         # A deadline checked by the Shadows sweeper, not a timer per mirror: a timer costs an
         # allocation and two libuv calls on every mirrored request.
-        self.deadline = loop.time() + self.exchange.shadow.config.timeout
+        self.deadline = deadline
         target = targets[rr % len(targets)]
         self.endpoint = target
         conn = target.acquire()
@@ -430,6 +433,7 @@ class Exchange:
         "body_size",
         "candidate",
         "chunked",
+        "due_tick",
         "ended",
         "head",
         "held",
@@ -454,6 +458,7 @@ class Exchange:
         self.sent = False
         self.ended = False
         self.held = 0  # bytes charged to the process's comparison memory (Shadows.held)
+        self.due_tick = 0  # the sweep that fails it if still running (Shadow.due); 0: not sent
         self.primary: PrimaryCapture | None = None
         self.primary_latency = 0.0
         self.primary_state = 0  # 0: in flight, 1: done, 2: failed
@@ -533,11 +538,17 @@ class Exchange:
     def leg_done(self) -> None:
         self._maybe_compare()
 
-    def expire(self, now: float) -> None:
-        """Fail the legs past their deadline (called by the Shadows sweeper)."""
+    def expire(self, now: float) -> bool:
+        """Fail the legs past their deadline (called by the sweeper); True if a leg is still
+        running before its deadline."""
+        running = False
         for leg in (self.candidate, self.baseline):
-            if leg is not None and not leg.done and 0.0 < leg.deadline <= now:
-                leg.fail("timeout")
+            if leg is not None and not leg.done:
+                if 0.0 < leg.deadline <= now:
+                    leg.fail("timeout")
+                else:
+                    running = True
+        return running
 
     def _maybe_compare(self) -> None:
         if self.ended or self.primary_state == 0 or not self.candidate.done:
@@ -643,6 +654,11 @@ class Shadow:
         self.stats = ShadowStats()
         self.in_flight = 0
         self.live: set[Exchange] = set()  # for shutdown
+        # Sent mirrors by the sweep tick (loop time / SWEEP_INTERVAL) at which they are past
+        # their deadline: the sweeper visits due buckets only, not every mirror in flight. At
+        # most timeout / SWEEP_INTERVAL buckets (6,000 at the longest timeout, 300 s).
+        self.due: dict[int, set[Exchange]] = {}
+        self.swept_tick = int(self.loop.time() / SWEEP_INTERVAL)
         self.rr = 0
         self.targets: tuple[EndpointPool, ...] = ()
         self.baseline_targets: tuple[EndpointPool, ...] = ()
@@ -756,11 +772,38 @@ class Shadow:
         self.stats.mirrored += 1
         rr = self.rr
         self.rr = rr + 1
-        exchange.candidate.send(self.targets, rr, upstreams)
+        deadline = self.loop.time() + self.config.timeout
+        # The first sweep after the deadline (+1: int() rounds down).
+        self._schedule(exchange, int(deadline / SWEEP_INTERVAL) + 1)
+        exchange.candidate.send(self.targets, rr, upstreams, deadline)
         if exchange.baseline is not None and self.baseline_targets:
-            exchange.baseline.send(self.baseline_targets, rr, upstreams)
+            exchange.baseline.send(self.baseline_targets, rr, upstreams, deadline)
         elif exchange.baseline is not None:
             exchange.baseline.fail("connect_error")
+
+    def _schedule(self, exchange: Exchange, tick: int) -> None:
+        exchange.due_tick = tick
+        bucket = self.due.get(tick)
+        if bucket is None:
+            self.due[tick] = {exchange}
+        else:
+            bucket.add(exchange)
+
+    def sweep(self, now: float) -> None:
+        """Fail the mirrors past their deadline: those of the ticks passed since the last sweep
+        (the Shadows sweeper calls this every SWEEP_INTERVAL)."""
+        tick = int(now / SWEEP_INTERVAL)
+        due = self.due
+        if due:
+            for passed in range(self.swept_tick + 1, tick + 1):
+                bucket = due.pop(passed, None)
+                if bucket is None:
+                    continue
+                for exchange in bucket:  # popped: a release cannot change it meanwhile
+                    exchange.due_tick = 0
+                    if exchange.expire(now):
+                        self._schedule(exchange, tick + 1)  # not yet due (clock rounding)
+        self.swept_tick = tick
 
     # -- called when an exchange ends ------------------------------------------------------
 
@@ -769,6 +812,14 @@ class Shadow:
             self.live.discard(exchange)
             self.in_flight -= 1
             exchange.unlink()
+        tick = exchange.due_tick
+        if tick:
+            exchange.due_tick = 0
+            bucket = self.due.get(tick)
+            if bucket is not None:
+                # An emptied bucket stays until its sweep: with fast shadows, deleting it
+                # would create and drop a set for almost every mirror.
+                bucket.discard(exchange)
         if exchange.held:
             self.registry.held -= exchange.held
             exchange.held = 0
@@ -905,6 +956,7 @@ class Shadow:
             self.registry.held -= exchange.held
             exchange.held = 0
         self.live.clear()
+        self.due.clear()
         self.in_flight = 0
 
 
@@ -984,9 +1036,7 @@ class Shadows:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = loop.time()
             for shadow in list(self.by_key.values()):
-                if shadow.live:
-                    for exchange in list(shadow.live):
-                        exchange.expire(now)
+                shadow.sweep(now)
 
     def compare_later(self, shadow: Shadow, exchange: Exchange) -> None:
         if self._executor is None:

@@ -4,6 +4,7 @@ drops and their reasons, comparison, noise cancellation and diff samples."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -202,6 +203,32 @@ async def test_a_shadow_past_its_timeout_is_dropped_and_counted(
     assert shadow.in_flight == 0 and shadow.stats.compared == 0
 
 
+async def test_a_shorter_timeout_applies_to_mirrors_sent_after_it_while_older_ones_wait(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="late")
+
+    blue = await backend_factory("blue")
+    dark = await backend_factory("dark", held)
+    server, shadow = await start(proxy_factory, blue.address, dark.address, timeout="5s")
+    assert (await get(server.port))[0] == 200
+    await wait_until(lambda: shadow.in_flight == 1, "the first mirror in flight")
+    shadow.configure(dataclasses.replace(shadow.config, timeout=0.1))
+    began = time.monotonic()
+    assert (await get(server.port))[0] == 200
+    await wait_until(lambda: shadow.stats.dropped["timeout"] == 1, "the second mirror's timeout")
+    # Failed at its own deadline (plus a sweep), not behind the first one's 5 s.
+    assert time.monotonic() - began < 2.5
+    assert shadow.in_flight == 1
+    release.set()
+    await wait_until(lambda: shadow.stats.compared == 1, "the first mirror compared")
+    assert shadow.in_flight == 0 and not any(shadow.due.values())  # none waits for a sweep
+
+
 async def test_when_in_flight_is_full_mirrors_are_dropped_not_queued(
     backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:
@@ -368,6 +395,7 @@ async def test_identical_versions_match(
     await wait_until(lambda: shadow.stats.compared == 10, "ten comparisons")
     assert (shadow.stats.matched, shadow.stats.mismatched) == (10, 0)
     assert not shadow.samples
+    assert shadow.in_flight == 0 and not shadow.live and not any(shadow.due.values())
 
 
 async def test_a_shadow_that_differs_in_a_header_only_is_counted_every_time(
