@@ -837,8 +837,13 @@ class Shadow:
         # The common cases, a healthy shadow or one that differs in its headers only, are
         # settled without building and diffing whole responses: see same_body_comparison.
         body = b"".join(primary.chunks)
-        candidate = self.same_body_comparison(primary, body, exchange.candidate)
-        other = None if baseline is None else self.same_body_comparison(primary, body, baseline)
+        try:
+            candidate = self.same_body_comparison(primary, body, exchange.candidate)
+            other = None if baseline is None else self.same_body_comparison(primary, body, baseline)
+        except Exception:
+            log.exception("comparison failed (route %s, shadow %s)", self.route, self.pool)
+            self._release(exchange)
+            return
         if candidate is not None and (baseline is None or other is not None):
             if candidate.matched and (other is None or other.matched):
                 self._release(exchange)

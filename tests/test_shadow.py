@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+import proxy.shadow
 from proxy.server import ProxyServer
 from proxy.shadow import Shadow, sample_bucket
 from tests.conftest import BackendFactory, ProxyFactory, config_for, free_port
@@ -422,6 +423,41 @@ async def test_a_shadow_that_differs_in_a_header_only_is_counted_every_time(
         ("header", "header:x-version", "(absent)", "2")
     ]
     assert shadow.samples[-1].target == "/v/5"
+
+
+@pytest.mark.parametrize("differs_in", ["header", "body"])
+async def test_a_comparison_that_raises_frees_its_slot_and_is_logged(
+    differs_in: str,
+    backend_factory: BackendFactory,
+    proxy_factory: ProxyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Both ways to a comparison (a header-only difference, a body difference) end in the same
+    # place when the comparison itself fails: logged, nothing counted, the slot given back.
+    def broken(*args: object) -> object:
+        raise RuntimeError("comparison bug")
+
+    monkeypatch.setattr(proxy.shadow, "compare", broken)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        shadow_copy = request.headers.get("X-Pointsman-Shadow") == "1"
+        if differs_in == "header":
+            headers = {"X-Version": "2"} if shadow_copy else {}
+            return web.json_response({"n": 1}, headers=headers)
+        return web.json_response({"n": 2 if shadow_copy else 1})
+
+    blue = await backend_factory("blue", answer)
+    dark = await backend_factory("dark", answer)
+    server, shadow = await start(proxy_factory, blue.address, dark.address)
+    for _ in range(3):
+        status, body, _ = await get(server.port)
+        assert (status, json.loads(body)) == (200, {"n": 1})
+    await wait_until(
+        lambda: shadow.stats.mirrored == 3 and shadow.in_flight == 0, "three mirrors ended"
+    )
+    assert shadow.stats.compared == 0 and not shadow.samples
+    assert caplog.text.count("comparison failed (route shop, shadow dark)") == 3
 
 
 async def test_large_bodies_are_compared_off_the_event_loop(
