@@ -216,16 +216,20 @@ async def test_a_shorter_timeout_applies_to_mirrors_sent_after_it_while_older_on
     blue = await backend_factory("blue")
     dark = await backend_factory("dark", held)
     server, shadow = await start(proxy_factory, blue.address, dark.address, timeout="5s")
-    assert (await get(server.port))[0] == 200
-    await wait_until(lambda: shadow.in_flight == 1, "the first mirror in flight")
-    shadow.configure(dataclasses.replace(shadow.config, timeout=0.1))
-    began = time.monotonic()
-    assert (await get(server.port))[0] == 200
-    await wait_until(lambda: shadow.stats.dropped["timeout"] == 1, "the second mirror's timeout")
-    # Failed at its own deadline (plus a sweep), not behind the first one's 5 s.
-    assert time.monotonic() - began < 2.5
-    assert shadow.in_flight == 1
-    release.set()
+    try:
+        assert (await get(server.port))[0] == 200
+        await wait_until(lambda: shadow.in_flight == 1, "the first mirror in flight")
+        shadow.configure(dataclasses.replace(shadow.config, timeout=0.1))
+        began = time.monotonic()
+        assert (await get(server.port))[0] == 200
+        await wait_until(
+            lambda: shadow.stats.dropped["timeout"] == 1, "the second mirror's timeout"
+        )
+        # Failed at its own deadline (plus a sweep), not behind the first one's 5 s.
+        assert time.monotonic() - began < 2.5
+        assert shadow.in_flight == 1
+    finally:
+        release.set()  # a failed assertion must not leave the backend holding a request
     await wait_until(lambda: shadow.stats.compared == 1, "the first mirror compared")
     assert shadow.in_flight == 0 and not any(shadow.due.values())  # none waits for a sweep
 
