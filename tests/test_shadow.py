@@ -17,7 +17,7 @@ from aiohttp import web
 import proxy.shadow
 from proxy.server import ProxyServer
 from proxy.shadow import Shadow, sample_bucket
-from tests.conftest import BackendFactory, ProxyFactory, config_for, free_port
+from tests.conftest import BackendFactory, Handler, ProxyFactory, config_for, free_port
 
 WAIT_LIMIT = 10.0  # seconds any awaited condition may take before the test fails
 
@@ -69,6 +69,16 @@ async def get(port: int, path: str = "/", **kwargs: object) -> tuple[int, bytes,
             return resp.status, body, time.perf_counter() - began
 
 
+def held_until(release: asyncio.Event, text: str) -> Handler:
+    """A shadow handler that answers `text` only once `release` is set."""
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text=text)
+
+    return held
+
+
 def json_handler(doc: Callable[[web.Request], object]) -> Callable[[web.Request], object]:
     async def handle(request: web.Request) -> web.StreamResponse:
         await request.read()
@@ -103,10 +113,7 @@ async def test_a_bad_shadow_never_changes_the_primary(
     kind: str, backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:
     release = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.StreamResponse:
-        await release.wait()  # answers only after the test is over
-        return web.Response(text="late")
+    slow = held_until(release, "late")  # answers only after the test is over
 
     async def failing(request: web.Request) -> web.StreamResponse:
         return web.Response(status=500, text="boom")
@@ -208,13 +215,8 @@ async def test_a_shorter_timeout_applies_to_mirrors_sent_after_it_while_older_on
     backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:
     release = asyncio.Event()
-
-    async def held(request: web.Request) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(text="late")
-
     blue = await backend_factory("blue")
-    dark = await backend_factory("dark", held)
+    dark = await backend_factory("dark", held_until(release, "late"))
     server, shadow = await start(proxy_factory, blue.address, dark.address, timeout="5s")
     try:
         assert (await get(server.port))[0] == 200
@@ -238,13 +240,8 @@ async def test_when_in_flight_is_full_mirrors_are_dropped_not_queued(
     backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:
     release = asyncio.Event()
-
-    async def held(request: web.Request) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(text="dark")
-
     blue = await backend_factory("blue")
-    dark = await backend_factory("dark", held)
+    dark = await backend_factory("dark", held_until(release, "dark"))
     server, shadow = await start(proxy_factory, blue.address, dark.address, max_in_flight=2)
     try:
         for i in range(5):
