@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.config import Address, Config, parse_config
 from proxy.server import ProxyServer
+from tests.rawhttp import RawHandler, RawUpstream, RawUpstreamFactory
 
 
 def _stale_extensions() -> list[str]:
@@ -169,3 +170,17 @@ async def raw_exchange(port: int, data: bytes, limit: float = 5.0) -> bytes:
             return await reader.read(-1)
     finally:
         writer.close()
+
+
+@pytest.fixture
+async def raw_upstream_factory() -> AsyncIterator[RawUpstreamFactory]:
+    started: list[RawUpstream] = []
+
+    async def make(handler: RawHandler) -> RawUpstream:
+        upstream = await RawUpstream(handler).start()
+        started.append(upstream)
+        return upstream
+
+    yield make
+    for upstream in started:
+        await upstream.stop()
