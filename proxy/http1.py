@@ -25,6 +25,7 @@ from proxy.upstream import (
     EndpointPool,
     UpstreamConnection,
     WriteBatch,
+    forwarded_trailer,
     usual_spellings,
     without_named,
 )
@@ -130,6 +131,7 @@ REASONS: Final = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -165,6 +167,7 @@ class Request:
     wanted: dict[bytes, bytes] = {}  # shared default, never mutated: on_header assigns a new one
     body: list[bytes] | None = None
     body_size = 0
+    trailers: list[bytes] | None = None  # "Name: value\r\n" of the trailer fields forwarded
     mirrors: list[Exchange] | None = None  # copies of this request on their way to shadows
     complete = False
     method = b""
@@ -180,6 +183,11 @@ class Request:
 
     def has_body(self) -> bool:
         return self.chunked or (self.content_length is not None and self.content_length != b"0")
+
+    def last_chunk(self) -> bytes:
+        """The end of a chunked body as forwarded: the last chunk and the trailer section."""
+        trailers = self.trailers
+        return b"0\r\n\r\n" if trailers is None else b"0\r\n%b\r\n" % b"".join(trailers)
 
     def hold(self, data: bytes) -> None:
         if self.body is None:
@@ -477,6 +485,16 @@ class DownstreamConnection:
         ctx = self.ctx
         if size > ctx.max_header_bytes:
             raise Reject(431, "request head too large", "header_too_large")
+        if req.chunked:
+            # Set when the head completed: llhttp reports the trailer section through this
+            # same callback. Trailers stay trailers (RFC 9110 6.5.1): never part of the head.
+            if forwarded_trailer(name):
+                line = name + b": " + value + b"\r\n"
+                if req.trailers is None:
+                    req.trailers = [line]
+                else:
+                    req.trailers.append(line)
+            return
         lname = ctx.request_names.get(name)
         if lname is None:
             lname = name.lower()
@@ -537,6 +555,13 @@ class DownstreamConnection:
             version = req.version = "1.1"
         else:
             version = req.version = parser.get_http_version()
+            if version != "1.0" and version != "1.1":
+                # llhttp also takes HTTP/0.9 (a request line without a version) and 2.0; a
+                # proxy that forwarded those as 1.1 would make up a message the client never
+                # sent (HAProxy and Envoy refuse both too).
+                if version == "2.0":
+                    raise Reject(505, "HTTP/2.0 is not spoken here", "malformed")
+                raise Reject(400, f"HTTP/{version} request refused", "malformed")
         if req.upgrade_value and parser.should_upgrade():
             req.upgrade = True
         if req.te is not None:
@@ -553,6 +578,10 @@ class DownstreamConnection:
                 raise Reject(413, "request body too large", "body_too_large")
         if not req.host and version == "1.1":
             raise Reject(400, "HTTP/1.1 request without Host", "bad_host")
+        if req.upgrade and req.has_body():
+            # llhttp hands every byte after an Upgrade head to the new protocol, so the body
+            # cannot be told from the tunnel's first bytes.
+            raise Reject(400, "Upgrade request with a body", "ambiguous_framing")
         if self.current is None and self.deferred_error is None:
             self.current = req
             self.starting = req
@@ -593,7 +622,7 @@ class DownstreamConnection:
         upstream = self.upstream
         if upstream is not None and req is self.current and upstream.transport is not None:
             if req.chunked:
-                self.writes.write(upstream.transport, b"0\r\n\r\n")
+                self.writes.write(upstream.transport, req.last_chunk())
             self.request_sent = True
 
     # -- proxying one request --------------------------------------------------------------
@@ -605,17 +634,20 @@ class DownstreamConnection:
             path = url
         elif url == b"*":
             path = b"*"
+        elif req.method == b"CONNECT":
+            self._local_response(501, "CONNECT is not supported", close=True)
+            return
         else:
-            # absolute-form (RFC 9112 3.2.2): route by its host and forward the origin-form.
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                self._local_response(400, "malformed request target", close=True)
+            # absolute-form (RFC 9112 3.2.2): its authority replaces any Host header (3.2.2:
+            # a Host the client sent is ignored), and the origin-form goes upstream.
+            split = split_absolute_form(url)
+            if isinstance(split, str):
+                self._local_response(400, split, close=True)
                 return
-            if parsed.host:
-                req.host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-            path = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            req.host, path = split
             req.url = path
+            req.lines = [line for line in req.lines if line[:5].lower() != b"host:"]
+            req.lines.append(b"Host: " + req.host + b"\r\n")
         query = path.find(b"?")
         route = ctx.table.match(req.host, path if query == -1 else path[:query])
         if route is None:
@@ -804,10 +836,10 @@ class DownstreamConnection:
             req.body = None
             self._resume(PAUSE_BUFFERED)
             if req.complete and req.chunked:
-                data.append(b"0\r\n\r\n")
+                data.append(req.last_chunk())
             head = b"".join(data)
         elif req.complete and req.chunked:
-            head += b"0\r\n\r\n"
+            head += req.last_chunk()
         if req.complete:
             self.request_sent = True
         self.writes.write(transport, head)
@@ -906,7 +938,7 @@ class DownstreamConnection:
         req = self.current
         assert req is not None
         if self.resp_mode == MODE_CHUNKED:
-            self.out.append(b"0\r\n\r\n")
+            self.out.append(conn.last_chunk())
         self.upstream = None
         endpoint = conn.endpoint
         if self.resp_status >= 500:
@@ -1090,14 +1122,22 @@ class DownstreamConnection:
 
     def _reject(self, err: Reject) -> None:
         """A request was refused by the parser or our checks."""
+        starting = self.starting
         self.starting = None
         self.ctx.metrics.reject(err.metric)
         req = self.parsing
         self._pause(PAUSE_ERROR)  # nothing after a framing error can be trusted
         if self.current is not None and req is not self.current:
-            # Answer the requests ahead of it first, in order.
+            # Answer the requests ahead of it first, in order; the refused one (queued if its
+            # head was complete) is never forwarded.
+            if req is not None and self.pending and self.pending[-1] is req:
+                self.pending.pop()
             if self.deferred_error is None:
                 self.deferred_error = err
+            if starting is not None:
+                # A complete request parsed earlier in the same read: it goes ahead as if
+                # the bad bytes had come in a later read.
+                self._start(starting)
             return
         if self.current is not None:
             # The in-flight request's own body was bad.
@@ -1197,3 +1237,44 @@ class ProxyContext:
 def request_id_prefix() -> bytes:
     """Random per process, so ids from a fleet of proxies do not collide."""
     return os.urandom(6).hex().encode()
+
+
+_ABSOLUTE_SCHEMES: Final = (b"http", b"https")
+# Bytes an authority may not hold (RFC 3986 3.2: no userinfo here, no delimiters or controls).
+_NOT_IN_AUTHORITY: Final = frozenset(b'@/?#\\"<>^`{|} \t')
+
+
+def split_absolute_form(url: bytes) -> tuple[bytes, bytes] | str:
+    """An absolute-form request target (RFC 9112 3.2.2) as (authority, origin-form target), or
+    the reason it is refused: not http(s), no host, a bad port, or userinfo (which a proxy
+    must not pass on, RFC 9110 4.2.4)."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in _ABSOLUTE_SCHEMES:
+        return "malformed request target"
+    end = len(rest)
+    for delimiter in (b"/", b"?", b"#"):
+        at = rest.find(delimiter)
+        if at != -1 and at < end:
+            end = at
+    authority = rest[:end]
+    target = rest[end:].partition(b"#")[0]  # a fragment is never sent (RFC 9110 7.1)
+    if b"@" in authority:
+        return "userinfo in the request target"
+    if authority[:1] == b"[":
+        close = authority.find(b"]")
+        host, port = authority[: close + 1], authority[close + 1 :]
+        if close == -1 or (port and port[:1] != b":"):
+            return "malformed request target"
+        port = port[1:]
+    else:
+        host, _, port = authority.partition(b":")
+    if (
+        not host
+        or any(byte in _NOT_IN_AUTHORITY or byte < 0x20 for byte in host)
+        or (port and (not port.isdigit() or int(port) > 65535))
+        or (not port and authority.endswith(b":"))
+    ):
+        return "malformed request target"
+    if target[:1] != b"/":
+        target = b"/" + target  # "http://host" or "http://host?q": the path is "/"
+    return authority, target

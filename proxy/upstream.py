@@ -77,6 +77,28 @@ _RESPONSE_NAMES_AS_SENT: Final = {
     ]
     for spelling in usual_spellings(lname)
 }  # fmt: skip
+# Fields never forwarded from a trailer section, in either direction: RFC 9110 6.5.1 forbids
+# these in trailers (framing, routing, request modifiers, authentication, response control,
+# and, below, every Content-* field), hop-by-hop fields describe one hop, and the proxy's own
+# headers are its to set. A recipient must not merge trailers into the head; a next hop that
+# did would get these past every check made on the head.
+_TRAILERS_DROPPED: Final = frozenset({
+    b"age", b"authorization", b"cache-control", b"connection", b"cookie", b"date", b"expect",
+    b"expires", b"host", b"if-match", b"if-modified-since", b"if-none-match", b"if-range",
+    b"if-unmodified-since", b"keep-alive", b"location", b"max-forwards", b"pragma",
+    b"proxy-authenticate", b"proxy-authorization", b"proxy-connection", b"range",
+    b"retry-after", b"set-cookie", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"vary",
+    b"via", b"warning", b"www-authenticate", b"x-forwarded-for", b"x-forwarded-host",
+    b"x-forwarded-proto", b"x-request-id",
+})  # fmt: skip
+
+
+def forwarded_trailer(name: bytes) -> bool:
+    """Whether a trailer field goes on to the next hop (as a trailer: never as a header)."""
+    lname = name.lower()
+    return lname not in _TRAILERS_DROPPED and not lname.startswith(b"content-")
+
+
 # Connection tokens that name no header; any other token makes that header hop-by-hop too.
 STANDARD_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -184,6 +206,8 @@ class UpstreamConnection:
         "requests_served",
         "status",
         "status_rest",
+        "trailer_size",
+        "trailers",
         "transport",
         "tunnel",
         "upgrade",
@@ -211,6 +235,8 @@ class UpstreamConnection:
         self.no_body = no_body  # a HEAD request: the response has no body whatever it says
         self.head_done = False
         self.received_any = False
+        self.trailers: list[bytes] | None = None  # "Name: value\r\n" of the trailers forwarded
+        self.trailer_size = 0
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -276,6 +302,11 @@ class UpstreamConnection:
         if self.client is not None:
             self.client.response_flush()
 
+    def eof_received(self) -> bool | None:
+        # The upstream closed its side: nothing more can come, and a close-delimited body has
+        # ended. Falsy: the transport closes, and connection_lost tells the client.
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         client = self.client
@@ -299,6 +330,9 @@ class UpstreamConnection:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            self._trailer(name, value)
+            return
         code = _RESPONSE_NAMES_AS_SENT.get(name)
         if code is None:
             code = _RESPONSE_HEADER_CODES.get(name.lower(), _R_END_TO_END)
@@ -314,9 +348,31 @@ class UpstreamConnection:
             else:
                 self.connection_tokens += tokens
         elif code == _R_TRANSFER_ENCODING:
-            self.chunked = value.lower().endswith(b"chunked")
+            # Only one plain "chunked" is relayed, as on the request side (and as nginx does):
+            # a body in any other coding (gzip, chunkedchunked, a list) is read to the close,
+            # and forwarding it without its coding, which is hop-by-hop, would change it.
+            if self.chunked or value.strip().lower() != b"chunked":
+                raise ValueError(f"unsupported Transfer-Encoding {value.decode('latin-1')!r}")
+            self.chunked = True
         elif code == _R_UPGRADE:
             self.upgrade = value
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A field of the trailer section after the last chunk (llhttp reports it like a header)."""
+        self.trailer_size += len(name) + len(value) + 4
+        if self.trailer_size > MAX_RESPONSE_HEAD:
+            raise ValueError("response trailers too large")
+        if forwarded_trailer(name):
+            line = name + b": " + value + b"\r\n"
+            if self.trailers is None:
+                self.trailers = [line]
+            else:
+                self.trailers.append(line)
+
+    def last_chunk(self) -> bytes:
+        """The end of the response re-chunked towards the client: last chunk and trailers."""
+        trailers = self.trailers
+        return b"0\r\n\r\n" if trailers is None else b"0\r\n%b\r\n" % b"".join(trailers)
 
     def on_headers_complete(self) -> None:
         client = self.client
