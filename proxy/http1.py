@@ -560,7 +560,7 @@ class DownstreamConnection:
                 # proxy that forwarded those as 1.1 would make up a message the client never
                 # sent (HAProxy and Envoy refuse both too).
                 if version == "2.0":
-                    raise Reject(505, "HTTP/2.0 is not spoken here", "malformed")
+                    raise Reject(505, "HTTP/2.0 is not spoken here", "unsupported")
                 raise Reject(400, f"HTTP/{version} request refused", "malformed")
         if req.upgrade_value and parser.should_upgrade():
             req.upgrade = True
@@ -635,6 +635,7 @@ class DownstreamConnection:
         elif url == b"*":
             path = b"*"
         elif req.method == b"CONNECT":
+            ctx.metrics.reject("unsupported")
             self._local_response(501, "CONNECT is not supported", close=True)
             return
         else:
@@ -642,6 +643,7 @@ class DownstreamConnection:
             # a Host the client sent is ignored), and the origin-form goes upstream.
             split = split_absolute_form(url)
             if isinstance(split, str):
+                ctx.metrics.reject("malformed")
                 self._local_response(400, split, close=True)
                 return
             req.host, path = split

@@ -357,6 +357,8 @@ async def test_absolute_form_refused(
     assert error_of(response).startswith(error)
     await barrier(proxy.port)
     assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
+    assert proxy.ctx is not None
+    assert proxy.ctx.metrics.rejected == {"malformed": 1}
 
 
 async def test_connect_is_not_implemented(
@@ -369,6 +371,8 @@ async def test_connect_is_not_implemented(
     assert response.status == 501
     await barrier(proxy.port)
     assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
+    assert proxy.ctx is not None
+    assert proxy.ctx.metrics.rejected == {"unsupported": 1}
 
 
 @pytest.mark.parametrize(
@@ -533,17 +537,21 @@ async def test_chunked_in_any_case_is_relayed(proxy_factory: ProxyFactory) -> No
 
 
 @pytest.mark.parametrize(
-    ("data", "status"),
+    ("data", "status", "reason"),
     [
-        (b"GET /path\r\n\r\n", 400),
-        (b"GET /path\r\nHost: shop.example\r\n\r\n", 400),
-        (b"GET /path HTTP/0.9\r\nHost: shop.example\r\n\r\n", 400),
-        (b"GET /path HTTP/2.0\r\nHost: shop.example\r\n\r\n", 505),
+        (b"GET /path\r\n\r\n", 400, "malformed"),
+        (b"GET /path\r\nHost: shop.example\r\n\r\n", 400, "malformed"),
+        (b"GET /path HTTP/0.9\r\nHost: shop.example\r\n\r\n", 400, "malformed"),
+        (b"GET /path HTTP/2.0\r\nHost: shop.example\r\n\r\n", 505, "unsupported"),
     ],
     ids=["http09", "http09_with_header", "http09_named", "http20"],
 )
 async def test_other_http_versions_are_refused(
-    strict_upstream: StrictFactory, proxy_factory: ProxyFactory, data: bytes, status: int
+    strict_upstream: StrictFactory,
+    proxy_factory: ProxyFactory,
+    data: bytes,
+    status: int,
+    reason: str,
 ) -> None:
     upstream = await strict_upstream()
     proxy = await start(proxy_factory, upstream)
@@ -552,4 +560,4 @@ async def test_other_http_versions_are_refused(
     await barrier(proxy.port)
     assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
     assert proxy.ctx is not None
-    assert proxy.ctx.metrics.rejected == {"malformed": 1}
+    assert proxy.ctx.metrics.rejected == {reason: 1}
