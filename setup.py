@@ -13,6 +13,7 @@ HOT_MODULES = [
     "proxy/upstream.py",
     "proxy/router.py",
     "proxy/metrics.py",
+    "proxy/stats.py",
     "proxy/shadow.py",
 ]
 

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from control import rollout as machine
 from control.rollout import Counters, Decision, MismatchCounters, PoolCounters, Rollout
 from control.state import StateDoc, rollout_progress, rollout_step
-from proxy.metrics import DURATION_BUCKETS
+from proxy.stats import DURATION_BUCKETS
 from proxy.tasks import cancel_and_wait
 
 if TYPE_CHECKING:

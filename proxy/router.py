@@ -11,15 +11,13 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from proxy.config import Address, RouteConfig
-from proxy.metrics import PoolStats
-
-if TYPE_CHECKING:
-    from proxy.shadow import Shadow
-    from proxy.shadow_config import ShadowConfig
-    from proxy.upstream import EndpointPool
+from proxy.shadow import Shadow
+from proxy.shadow_config import ShadowConfig
+from proxy.stats import PoolStats
+from proxy.upstream import EndpointPool
 
 _crc32: Final = zlib.crc32  # bound once: a module attribute read per call otherwise
 

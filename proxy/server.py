@@ -12,7 +12,7 @@ from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
-from proxy.shadow import Shadows
+from proxy.shadow import ShadowedRoute, Shadows
 from proxy.shadow_metrics import ShadowCollector
 from proxy.upstream import EndpointPool, Upstreams
 
@@ -47,7 +47,7 @@ class ProxyServer:
         self.metrics.bind(table)
         if self.upstreams is not None:
             self._bind_targets(table, self.upstreams)
-            self.shadows.bind(table, self.upstreams)
+            self._bind_shadows(table, self.upstreams)
         self._table = table
         if self.ctx is not None:
             self.ctx.use_table(table)
@@ -57,6 +57,18 @@ class ProxyServer:
         for route in table.routes.values():
             for pool in route.pools:
                 pool.targets = tuple(upstreams.pool(address) for address in pool.endpoints)
+
+    def _bind_shadows(self, table: RoutingTable, upstreams: Upstreams | None) -> None:
+        routes = table.routes.values()
+        mirrors = self.shadows.bind(
+            [
+                ShadowedRoute(r.name, r.shadows, {p.name: p.endpoints for p in r.pools})
+                for r in routes
+            ],
+            upstreams,
+        )
+        for route in routes:
+            route.mirrors = mirrors[route.name]
 
     @property
     def port(self) -> int:
@@ -69,7 +81,7 @@ class ProxyServer:
         self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
         self.upstreams.start()
         self._bind_targets(self._table, self.upstreams)
-        self.shadows.bind(self._table, self.upstreams)
+        self._bind_shadows(self._table, self.upstreams)
         # Health is kept per address: an endpoint in several pools takes its health and
         # ejection settings from the first pool (in config order) that lists it.
         checks = []

@@ -22,9 +22,10 @@ import time
 import zlib
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from proxy.compare import (
     MORE_PATH,
@@ -41,9 +42,6 @@ from proxy.config import COMPARE_MEMORY_LIMIT, Address
 from proxy.shadow_config import ShadowConfig
 from proxy.tasks import cancel_and_wait
 from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams, WriteBatch
-
-if TYPE_CHECKING:
-    from proxy.router import RoutingTable
 
 __all__ = [
     "DROP_REASONS",
@@ -976,6 +974,16 @@ def _run_compare(exchange: Exchange, config: ShadowConfig) -> tuple[Comparison, 
     return first, second
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowedRoute:
+    """What binding needs of a route: its name, its shadows and its pools' endpoints. (The
+    router's Route holds the bound Shadows, so this module cannot know Route itself.)"""
+
+    name: str
+    shadows: tuple[ShadowConfig, ...]
+    endpoints: Mapping[str, tuple[Address, ...]]  # pool name -> its endpoints
+
+
 class Shadows:
     """Every Shadow of one proxy process, the comparison thread, and binding to tables."""
 
@@ -994,19 +1002,23 @@ class Shadows:
     def get(self, route: str, pool: str) -> Shadow | None:
         return self.by_key.get((route, pool))
 
-    def bind(self, table: RoutingTable, upstreams: Upstreams | None) -> None:
-        """Give every route of a new table its live Shadow objects (kept by route and pool)."""
+    def bind(
+        self, routes: Sequence[ShadowedRoute], upstreams: Upstreams | None
+    ) -> dict[str, tuple[Shadow, ...]]:
+        """The live Shadow objects of every route of a new table (kept by route and pool, so
+        counters, noise and samples survive the swap), by route name."""
         if upstreams is not None:
             self.upstreams = upstreams
             if self._sweeper is None and not self._closed:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
-        configured = {(r.name, c.pool) for r in table.routes.values() for c in r.shadows}
+        configured = {(r.name, c.pool) for r in routes for c in r.shadows}
         for key in [key for key in self.by_key if key not in configured]:
             # A removed shadow: its mirrors stop, and one added again later starts afresh.
             self.by_key.pop(key).cancel_all()
-        for route in table.routes.values():
+        bound: dict[str, tuple[Shadow, ...]] = {}
+        for route in routes:
             if self._closed:
-                route.mirrors = ()  # shut down: nothing would end new mirrors any more
+                bound[route.name] = ()  # shut down: nothing would end new mirrors any more
                 continue
             mirrors = []
             for config in route.shadows:
@@ -1018,15 +1030,15 @@ class Shadows:
                 shadow.configure(config)
                 shadow.upstreams = self.upstreams
                 if self.upstreams is not None:
-                    pools = route.pools_by_name
                     limit = config.max_in_flight
-                    shadow.targets = self._targets(pools[config.pool].endpoints, limit)
+                    shadow.targets = self._targets(route.endpoints[config.pool], limit)
                     baseline = config.baseline
                     shadow.baseline_targets = (
-                        self._targets(pools[baseline].endpoints, limit) if baseline else ()
+                        self._targets(route.endpoints[baseline], limit) if baseline else ()
                     )
                 mirrors.append(shadow)
-            route.mirrors = tuple(mirrors)
+            bound[route.name] = tuple(mirrors)
+        return bound
 
     def _targets(
         self, endpoints: tuple[Address, ...], max_in_flight: int

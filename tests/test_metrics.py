@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.api import build_admin_app
-from proxy.metrics import DURATION_BUCKETS, PoolStats
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
+from proxy.stats import DURATION_BUCKETS, PoolStats
 from tests.conftest import BackendFactory, ProxyFactory, config_for, free_port
 
 AdminClient = TestClient[web.Request, web.Application]
