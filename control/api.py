@@ -1,19 +1,16 @@
 """The admin listener: the control API (/v1/...), Prometheus /metrics and /healthz.
 
-Every change goes the same way, one at a time under a lock: check If-Match -> pure transition
-(control/state.py) -> persist (atomic write) -> publish the new routing table to the data plane
--> audit-log line -> answer. So a change is in effect for new requests before the caller hears
-of it, and survives a crash from the moment it is acknowledged.
+Handlers check the caller and the body, then hand the change to ControlPlane.change
+(control/plane.py), which refuses, persists, publishes and audits it, and answer with the
+route's new view.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -23,21 +20,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from control.errors import ApiError
+from control.plane import ControlPlane
 from control.rollout import RolloutError
 from control.rollouts import RolloutCollector, RolloutRunner
 from control.state import (
-    RouteState,
-    StateDoc,
-    StateError,
     flip,
     remove_shadow,
     rollback,
     set_shadow,
     set_weights,
 )
-from control.store import FileStore
 from proxy.config import Config
-from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 from proxy.shadow import Shadow
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
@@ -48,16 +42,6 @@ log = logging.getLogger("pointsman.api")
 MAX_API_BODY = 64 * 1024
 # Diff samples in one answer unless ?limit= says otherwise (a shadow keeps compare.samples).
 DEFAULT_DIFFS_LIMIT = 20
-
-
-class ApiError(Exception):
-    """An error answer: JSON {"error": ..., "detail": ...} with an HTTP status."""
-
-    def __init__(self, status: int, error: str, detail: object = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
 
 
 def is_loopback(host: str) -> bool:
@@ -79,96 +63,6 @@ def load_token(config: Config) -> str | None:
     else:
         token = os.environ.get(admin.token_env, "").strip()
     return token or None
-
-
-class ControlPlane:
-    """The mutable routing state of one process, and the only writer of it."""
-
-    def __init__(self, config: Config, proxy: ProxyServer, store: FileStore, doc: StateDoc) -> None:
-        self.config = config
-        self.proxy = proxy
-        self.store = store
-        self.doc = doc
-        self.lock = asyncio.Lock()
-        self.last_change = doc.updated_at
-        self.rollouts = RolloutRunner(self)
-
-    def publish(self) -> None:
-        """Hand the data plane a routing table built from the current document."""
-        doc = self.doc
-        self.proxy.set_table(
-            RoutingTable(
-                self.config.routes,
-                weights=doc.weights(),
-                version=doc.version,
-                shadows=doc.shadows(),
-            )
-        )
-
-    async def change(
-        self,
-        actor: str,
-        action: str,
-        route: str,
-        expected_version: int | None,
-        transition: Callable[[StateDoc, float], StateDoc],
-    ) -> StateDoc:
-        async with self.lock:
-            doc = self.doc
-            self.check_version(expected_version)
-            before = doc.route(route)
-            now = time.time()
-            try:
-                new = transition(doc, now)
-            except StateError as err:
-                if err.code == "unchanged":
-                    # Asking for what is already in force succeeds without a new version, so
-                    # a deploy script can retry a flip, and the rollback target stays put.
-                    return doc
-                raise ApiError(err.status, err.message, {"code": err.code}) from None
-            # Persist before publishing or answering: an acknowledged change survives a crash.
-            await asyncio.to_thread(self.store.save, new)
-            self.doc = new
-            self.last_change = now
-            self.publish()
-            after = new.route(route)
-            await asyncio.to_thread(
-                self.store.audit,
-                actor,
-                action,
-                route,
-                route_assignment(before),
-                route_assignment(after),
-                new.version,
-                now,
-            )
-            log.info(
-                "%s %s %s by %s: version %d, weights %s, shadows %s",
-                action, route, "ok", actor, new.version, after.weights_dict(),
-                [s.pool for s in after.shadows or ()],
-            )  # fmt: skip
-            return new
-
-    def check_version(self, expected_version: int | None) -> None:
-        """If-Match: refuse (409) unless the state is still at the version the caller saw."""
-        if expected_version is not None and expected_version != self.doc.version:
-            raise ApiError(409, "version conflict", {"current_version": self.doc.version})
-
-    async def save_quietly(self, transition: Callable[[StateDoc, float], StateDoc]) -> None:
-        """Persist a change that moves no traffic and needs no new version (a rollout's time in
-        step): no publish, no audit line."""
-        async with self.lock:
-            new = transition(self.doc, time.time())
-            await asyncio.to_thread(self.store.save, new)
-            self.doc = new
-
-
-def route_assignment(state: RouteState) -> dict[str, object]:
-    return {
-        "weights": state.weights_dict(),
-        "live": state.live,
-        "shadows": {s.pool: s.percent for s in state.shadows or ()},
-    }
 
 
 def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
@@ -243,6 +137,7 @@ def shadow_view(plane: ControlPlane, route: str, shadow: Shadow) -> dict[str, ob
 
 
 PLANE_KEY = web.AppKey("control_plane", ControlPlane)
+ROLLOUTS_KEY = web.AppKey("rollouts", RolloutRunner)
 PROXY_KEY = web.AppKey("proxy", ProxyServer)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 TOKEN_KEY = web.AppKey("token", str)
@@ -358,15 +253,8 @@ async def write_request(
     return actor, plane, name, version, body
 
 
-def refuse_during_rollout(plane: ControlPlane, route: str) -> None:
-    reason = plane.rollouts.blocks_manual_change(route)
-    if reason is not None:
-        raise ApiError(409, reason, {"code": "rollout_in_progress"})
-
-
 async def put_weights(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
-    refuse_during_rollout(plane, name)
     weights = body.get("weights")
     if not isinstance(weights, dict) or not weights:
         raise ApiError(400, 'expected {"weights": {"<pool>": <integer>, ...}}', None)
@@ -378,7 +266,6 @@ async def put_weights(request: web.Request) -> web.Response:
 
 async def post_flip(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
-    refuse_during_rollout(plane, name)
     target = body.get("to")
     force = body.get("force", False)
     if not isinstance(target, str) or not target:
@@ -401,7 +288,6 @@ async def post_flip(request: web.Request) -> web.Response:
 
 async def post_rollback(request: web.Request) -> web.Response:
     actor, plane, name, version, _ = await write_request(request)
-    refuse_during_rollout(plane, name)
     doc = await plane.change(
         actor, "rollback", name, version, lambda d, now: rollback(d, name, now)
     )
@@ -520,7 +406,7 @@ async def post_rollout(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
     plane.check_version(version)
     try:
-        status = await plane.rollouts.start(name, body, actor)
+        status = await request.app[ROLLOUTS_KEY].start(name, body, actor)
     except RolloutError as err:
         raise rollout_error(err) from None
     return json_answer(status, plane.doc.version, 201)
@@ -531,7 +417,7 @@ async def get_rollout(request: web.Request) -> web.Response:
     plane = request.app[PLANE_KEY]
     name = route_name(request, plane)
     try:
-        return json_answer(plane.rollouts.status(name), plane.doc.version)
+        return json_answer(request.app[ROLLOUTS_KEY].status(name), plane.doc.version)
     except RolloutError as err:
         raise rollout_error(err) from None
 
@@ -544,7 +430,7 @@ async def post_rollout_command(request: web.Request) -> web.Response:
                        {"commands": ["pause", "resume", "promote", "abort"]})  # fmt: skip
     plane.check_version(version)
     try:
-        status = await plane.rollouts.command(name, command, actor)
+        status = await request.app[ROLLOUTS_KEY].command(name, command, actor)
     except RolloutError as err:
         raise rollout_error(err) from None
     return json_answer(status, plane.doc.version)
@@ -611,8 +497,13 @@ class ControlCollector(Collector):
 
 
 def build_admin_app(
-    proxy: ProxyServer, plane: ControlPlane | None = None, token: str | None = None
+    proxy: ProxyServer,
+    plane: ControlPlane | None = None,
+    token: str | None = None,
+    rollouts: RolloutRunner | None = None,
 ) -> web.Application:
+    """The admin app: /metrics and /healthz, and with a plane the control API (whose rollouts
+    the runner drives: the service's own, else a new one)."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_API_BODY)
     app[PROXY_KEY] = proxy
     registry = proxy.metrics.registry()
@@ -621,11 +512,14 @@ def build_admin_app(
     app.router.add_get("/healthz", healthz)
     if plane is not None:
         app[PLANE_KEY] = plane
+        if rollouts is None:
+            rollouts = RolloutRunner(plane)
+        app[ROLLOUTS_KEY] = rollouts
         app[TOKEN_KEY] = token or ""
         # Reads are open only where nobody off the machine can reach them.
         app[OPEN_READS_KEY] = is_loopback(plane.config.admin.listen.host)
         registry.register(ControlCollector(plane))
-        registry.register(RolloutCollector(plane.rollouts))
+        registry.register(RolloutCollector(rollouts))
         app.router.add_get("/v1/routes", list_routes)
         app.router.add_get("/v1/routes/{route}", get_route)
         app.router.add_put("/v1/routes/{route}/weights", put_weights)

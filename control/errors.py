@@ -1,4 +1,5 @@
-"""The control plane's refusals: an error with a stable code that maps to an HTTP status."""
+"""The control plane's refusals: an error with a stable code that maps to an HTTP status, and
+the control API's error answer."""
 
 from __future__ import annotations
 
@@ -26,3 +27,13 @@ class CodedError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+
+
+class ApiError(Exception):
+    """An error answer: JSON {"error": ..., "detail": ...} with an HTTP status."""
+
+    def __init__(self, status: int, error: str, detail: object = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail

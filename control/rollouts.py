@@ -15,20 +15,18 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from control import rollout as machine
+from control.plane import ControlPlane
 from control.rollout import Counters, Decision, MismatchCounters, PoolCounters, Rollout
 from control.state import StateDoc, rollout_progress, rollout_step
 from proxy.stats import DURATION_BUCKETS
 from proxy.tasks import cancel_and_wait
-
-if TYPE_CHECKING:
-    from control.api import ControlPlane
 
 __all__ = ["RolloutCollector", "RolloutRunner"]
 
@@ -53,6 +51,7 @@ class RolloutRunner:
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        plane.guard = self  # manual weight changes on a route wait while its rollout runs
         self.rollouts: dict[str, Rollout] = {}  # current or last finished, by route
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}

@@ -9,7 +9,9 @@ import time
 
 from aiohttp import web
 
-from control.api import ControlPlane, build_admin_app, is_loopback, load_token
+from control.api import build_admin_app, is_loopback, load_token
+from control.plane import ControlPlane
+from control.rollouts import RolloutRunner
 from control.state import initial_state, reconcile
 from control.store import FileStore
 from proxy.config import Config
@@ -29,6 +31,7 @@ class Service:
         self.config = config
         self.proxy = ProxyServer(config)
         self.plane: ControlPlane | None = None
+        self.rollouts: RolloutRunner | None = None
         self._admin_runner: web.AppRunner | None = None
 
     def _load_state(self) -> ControlPlane:
@@ -68,10 +71,11 @@ class Service:
         except (OSError, ValueError) as err:
             raise StartupError(f"state: {err}") from None
         self.plane = plane
+        rollouts = self.rollouts = RolloutRunner(plane)
         plane.publish()
         await self.proxy.start()
-        await plane.rollouts.restore()
-        app = build_admin_app(self.proxy, plane, token)
+        await rollouts.restore()
+        app = build_admin_app(self.proxy, plane, token, rollouts)
         # access_log off: /metrics is scraped every few seconds and would drown the log.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -85,8 +89,8 @@ class Service:
         # Rollouts first (their time in step is saved; no step may change during the drain),
         # then the data plane (drains in-flight requests), admin last so /metrics and /healthz
         # answer (healthz says draining) while it drains.
-        if self.plane is not None:
-            await self.plane.rollouts.close()
+        if self.rollouts is not None:
+            await self.rollouts.close()
         await self.proxy.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()

@@ -19,7 +19,7 @@ import pytest
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
-from control.api import ControlPlane
+from control.plane import ControlPlane
 from control.service import Service
 from proxy.config import Address, Config, StateConfig
 from tests.conftest import Backend, BackendFactory, config_for

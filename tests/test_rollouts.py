@@ -269,9 +269,20 @@ async def test_manual_changes_wait_while_a_rollout_runs_and_one_rollout_per_rout
     rs = await start_rollouts()
     code, _ = await rs.call("POST", ROLLOUT, spec(step_interval="30s"))
     assert code == 201
-    code, body = await rs.call("PUT", "/v1/routes/shop/weights", {"weights": {"blue": 1}})
-    assert code == 409 and "rollout" in body["error"], body
-    assert (await rs.call("POST", "/v1/routes/shop/flip", {"to": "green"}))[0] == 409
+    code, route = await rs.call("GET", "/v1/routes/shop")
+    assert code == 200
+    # ControlPlane.change refuses every manual traffic change while the rollout runs.
+    for method, path, body in [
+        ("PUT", "/v1/routes/shop/weights", {"weights": {"blue": 1}}),
+        ("POST", "/v1/routes/shop/flip", {"to": "green"}),
+        ("POST", "/v1/routes/shop/rollback", None),
+    ]:
+        code, answer = await rs.call(method, path, body)
+        assert code == 409 and "rollout" in answer["error"], answer
+        assert answer["detail"] == {"code": "rollout_in_progress"}, answer
+    code, unchanged = await rs.call("GET", "/v1/routes/shop")
+    assert unchanged["version"] == route["version"]
+    assert unchanged["weights"] == route["weights"]
     code, body = await rs.call("POST", ROLLOUT, spec())
     assert code == 409 and body["detail"]["code"] == "rollout_exists", body
     code, body = await rs.call("POST", ROLLOUT + "/pause")
