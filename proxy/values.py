@@ -1,13 +1,28 @@
-"""Value helpers shared by the config loader and the control API's body parsers: durations and
-sizes as people write them ('500ms', '2s', '64KiB'), converted exactly."""
+"""Plain values as people write them, shared by the config loader, the control API's body
+parsers and the state file: durations and sizes ('500ms', '2s', '64KiB'), converted exactly,
+and PlainReader, typed field access on decoded JSON whose every error names the key path."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-__all__ = ["DURATION_EXPECTED", "SIZE_EXPECTED", "Expected", "parse_duration", "parse_size"]
+import orjson
+
+__all__ = [
+    "DURATION_EXPECTED",
+    "SIZE_EXPECTED",
+    "ErrorFactory",
+    "Expected",
+    "PlainReader",
+    "kind",
+    "parse_duration",
+    "parse_size",
+    "seconds_text",
+    "show",
+]
 
 
 class Expected(ValueError):
@@ -95,3 +110,133 @@ def parse_size(value: object) -> int:
                 raise Expected("expected a whole number of bytes", value)
             return exact.numerator
     raise Expected(SIZE_EXPECTED, value)
+
+
+ErrorFactory = Callable[[str], Exception]
+
+
+def show(value: object) -> str:
+    """A value as the JSON the client sent (`"x"`, `[1, 2]`), for error messages."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)
+
+
+def kind(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", type(None): "null"}
+    return names.get(type(value), show(value))
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+class PlainReader:
+    """Typed field access on a decoded JSON object; every error names the key path."""
+
+    __slots__ = ("error", "obj", "path")
+
+    def __init__(self, obj: object, path: str, error: ErrorFactory) -> None:
+        if not isinstance(obj, dict):
+            raise error(f"{path}: expected an object, got {kind(obj)}")
+        self.obj: dict[str, object] = obj
+        self.path = path
+        self.error = error
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, message: str) -> Exception:
+        return self.error(f"{self.at(key)}: {message}")
+
+    def only(self, allowed: Sequence[str]) -> None:
+        for key in self.obj:
+            if key not in allowed:
+                raise self.fail(key, f"unknown key (allowed: {', '.join(allowed)})")
+
+    def given(self, key: str) -> bool:
+        """The key is present and not null (null means "use the default")."""
+        return self.obj.get(key) is not None
+
+    def get(self, key: str) -> object:
+        if key not in self.obj:
+            raise self.error(f"{self.at(key)}: missing")
+        return self.obj[key]
+
+    def sub(self, key: str) -> PlainReader:
+        return PlainReader(self.get(key), self.at(key), self.error)
+
+    def number(self, key: str, low: float, high: float) -> float:
+        value = self.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise self.fail(
+                key, f"expected a number between {low:g} and {high:g}, got {show(value)}"
+            )
+        return float(value)
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"expected an integer between {low} and {high}, got {show(value)}")
+        return value
+
+    def string(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or not value:
+            got = show(value) if isinstance(value, str) else kind(value)
+            raise self.fail(key, f"expected a non-empty string, got {got}")
+        return value
+
+    def duration(self, key: str, low: float, high: float) -> float:
+        value = self.get(key)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise self.fail(
+                key, f'expected a duration like "30s", "500ms" or seconds, got {show(value)}'
+            ) from None
+        if not low <= seconds <= high:
+            raise self.fail(
+                key,
+                f"expected a duration between {seconds_text(low)} and {seconds_text(high)},"
+                f" got {show(value)}",
+            )
+        return seconds
+
+    def array(self, key: str) -> list[object]:
+        value = self.get(key)
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected an array, got {kind(value)}")
+        return value
+
+    def time(self, key: str) -> float:
+        """Any finite number (clock readings in the persisted document)."""
+        value = self.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise self.fail(key, f"expected a finite number, got {show(value)}")
+        return float(value)
+
+    def optional_time(self, key: str) -> float | None:
+        return self.time(key) if self.given(key) else None
+
+    def boolean(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {show(value)}")
+        return value
+
+    def text(self, key: str) -> str:
+        """Any string, empty included (reasons, details)."""
+        value = self.get(key)
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {kind(value)}")
+        return value
