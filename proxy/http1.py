@@ -215,6 +215,7 @@ class DownstreamConnection:
         "head_end_host",
         "idle_since",
         "loop",
+        "not_http",
         "out",
         "parser",
         "parsing",
@@ -224,6 +225,7 @@ class DownstreamConnection:
         "pool",
         "request_sent",
         "resp_close",
+        "resp_flushed",
         "resp_mode",
         "resp_started",
         "resp_status",
@@ -270,6 +272,9 @@ class DownstreamConnection:
         self.tunnel = False
         self.upgrading = False  # an Upgrade request is out; its later bytes wait for the 101
         self.deferred_error: Reject | None = None
+        # The request line of the message a read begins with ends in no HTTP/ token
+        # (llhttp also takes RTSP/ and ICE/, and says only the version): refused at its head.
+        self.not_http = False
         self.capture: PrimaryCapture | None = None  # the response of a mirrored request
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -279,6 +284,7 @@ class DownstreamConnection:
 
     def _reset_exchange(self) -> None:
         self.resp_started = False
+        self.resp_flushed = False  # a byte of the final response head reached the client
         self.resp_mode = MODE_NONE
         self.resp_close = False
         self.resp_status = 0
@@ -325,6 +331,13 @@ class DownstreamConnection:
         if len(data) > FEED_SLICE:
             self._feed_in_slices(data)
             return
+        if self.parsing is None:
+            # Between messages: the read begins with a request line ("METHOD target HTTP/1.1").
+            line_end = data.find(b"\n")
+            if line_end != -1:
+                space = data.rfind(b" ", 0, line_end)
+                if space != -1 and not data.startswith(b"HTTP/", space + 1):
+                    self.not_http = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -543,6 +556,9 @@ class DownstreamConnection:
     def on_headers_complete(self) -> None:
         req = self.parsing
         assert req is not None
+        if self.not_http:
+            self.not_http = False
+            raise Reject(400, "not an HTTP/1.x request", "malformed")
         req.started = perf_counter()
         parser = self.parser
         req.method = parser.get_method()
@@ -867,6 +883,7 @@ class DownstreamConnection:
         status = conn.status
         self.resp_status = status
         self.resp_started = True
+        self.resp_flushed = False
         if req.mirrors is not None:
             limit = 0  # the largest of the mirrors' (a loop: max() over a generator costs more)
             for exchange in req.mirrors:
@@ -933,6 +950,7 @@ class DownstreamConnection:
         self.activity = self.loop.time()
         out = self.out
         if out and self.transport is not None:
+            self.resp_flushed = True
             self.out = []
             self.writes.write(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
@@ -1092,12 +1110,18 @@ class DownstreamConnection:
             upstream.abort()
 
     def _fail_exchange(self, status: int, error: str) -> None:
-        """An error answer if the response has not started; else cut the client off, since
-        a started response cannot be turned into an error."""
-        if self.resp_started:
+        """An error answer if no byte of the response reached the client yet; else cut the
+        client off, since a started response cannot be turned into an error."""
+        if self.resp_started and self.resp_flushed:
             self._abort_exchange()
-        else:
-            self._local_response(status, error, close=True)
+            return
+        if self.resp_started:
+            # The head is still queued (a bad body or head in the same read): drop it, and
+            # the capture of it, so the client gets the error and mirrors see a failure.
+            self.out = []
+            self.capture = None
+            self.resp_started = False
+        self._local_response(status, error, close=True)
 
     def _abort_exchange(self) -> None:
         """The response cannot be completed: cut both sides so the client sees a failure."""

@@ -268,6 +268,10 @@ class UpstreamConnection:
             # Bytes on an idle connection: the upstream is confused; do not reuse it.
             self.close()
             return
+        if not self.received_any and not data.startswith(b"HTTP/"[: len(data)]):
+            # The first bytes of the exchange: llhttp also takes RTSP/ and ICE/ status lines.
+            client.upstream_bad_response(self, ValueError("not an HTTP/1.x response"))
+            return
         self.received_any = True
         if self.tunnel:
             client.tunnel_data(data)
@@ -290,6 +294,11 @@ class UpstreamConnection:
                 client.upstream_bad_response(self, exc.__context__ or exc)
                 return
         except httptools.HttpParserError as exc:
+            if self.client is not client:
+                # Bytes after a complete response that said Connection: close (llhttp's
+                # "data after close"): the exchange is over; only this connection is bad.
+                self.close()
+                return
             client.upstream_bad_response(self, exc)
             return
         if not self.head_done and self.client is client:

@@ -561,3 +561,98 @@ async def test_other_http_versions_are_refused(
     assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
     assert proxy.ctx is not None
     assert proxy.ctx.metrics.rejected == {reason: 1}
+
+
+# -- found by the llhttp corpus and smuggler payloads run from the outside -----------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"OPTIONS /music/sweet/music RTSP/1.0\r\nHost: shop.example\r\n\r\n",
+        b"SOURCE /music/sweet/music ICE/1.0\r\nHost: shop.example\r\n\r\n",
+        b"POST /c RTSP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\n\r\nabc",
+    ],
+    ids=["rtsp_options", "ice_source", "rtsp_post_keep_alive"],
+)
+async def test_rtsp_and_ice_requests_are_refused(
+    strict_upstream: StrictFactory, proxy_factory: ProxyFactory, data: bytes
+) -> None:
+    # llhttp parses these and reports only the version number: they must not go upstream
+    # as HTTP/1.1.
+    upstream = await strict_upstream()
+    proxy = await start(proxy_factory, upstream)
+    [response] = await exchange(proxy.port, data + request(b"/after"), [b"GET"], expect_close=True)
+    assert response.status == 400
+    assert error_of(response) == "not an HTTP/1.x request"
+    await barrier(proxy.port)
+    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
+
+
+async def test_rtsp_request_after_a_valid_one_in_a_later_read_is_refused(
+    strict_upstream: StrictFactory, proxy_factory: ProxyFactory
+) -> None:
+    upstream = await strict_upstream()
+    proxy = await start(proxy_factory, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(request(b"/first"))
+        [first] = await read_responses(reader, [b"GET"])
+        writer.write(b"GET /second RTSP/1.0\r\nHost: shop.example\r\n\r\n")
+        [second] = await read_responses(reader, [b"GET"], expect_close=True)
+    finally:
+        writer.close()
+    assert first.body == b"/first"
+    assert second.status == 400
+    assert [r.start[1] for r in upstream.requests] == [b"/first"]
+
+
+@pytest.mark.parametrize("status_line", [b"RTSP/1.1 200 OK", b"ICE/1.1 200 OK"])
+async def test_rtsp_and_ice_responses_get_502(
+    proxy_factory: ProxyFactory, status_line: bytes
+) -> None:
+    upstream = await ClosingUpstream(lambda _: status_line + b"\r\n\r\n").start()
+    try:
+        proxy = await start(proxy_factory, upstream)
+        [response] = await exchange(proxy.port, request(b"/x"), [b"GET"], expect_close=True)
+    finally:
+        await upstream.stop()
+    assert response.status == 502
+
+
+async def test_bytes_after_a_connection_close_response_spoil_only_that_connection(
+    proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # llhttp refuses the bytes after a response that said Connection: close, after the
+    # response is complete: the client has its answer, and the next request its own.
+    junk = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nokJUNK"
+    upstream = await ClosingUpstream(lambda _: junk).start()
+    try:
+        proxy = await start(proxy_factory, upstream)
+        responses = await exchange(proxy.port, request(b"/1") + request(b"/2"), [b"GET"] * 2)
+    finally:
+        await upstream.stop()
+    assert [(r.status, r.body) for r in responses] == [(200, b"ok"), (200, b"ok")]
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n25  \r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+    ],
+    ids=["bad_chunk_size", "space_after_chunk_size", "unasked_101"],
+)
+async def test_a_bad_response_in_the_read_of_its_head_gets_502_not_a_silent_close(
+    proxy_factory: ProxyFactory, answer: bytes
+) -> None:
+    upstream = await ClosingUpstream(lambda _: answer).start()
+    try:
+        proxy = await start(proxy_factory, upstream)
+        [response] = await exchange(proxy.port, request(b"/x"), [b"GET"], expect_close=True)
+    finally:
+        await upstream.stop()
+    assert response.status == 502
+    assert error_of(response) == "upstream sent a malformed response"
