@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pointsman.http1")
 _random: Final = random.random
+_H: Final = ord("H")
 
 # Client write buffer high-water mark: above it the upstream is no longer read (backpressure).
 DOWNSTREAM_WRITE_HIGH: Final = 256 * 1024
@@ -210,12 +211,12 @@ class DownstreamConnection:
         "current",
         "deferred_error",
         "draining",
+        "first_of_read",
         "forwarded_lines",
         "head_end",
         "head_end_host",
         "idle_since",
         "loop",
-        "not_http",
         "out",
         "parser",
         "parsing",
@@ -223,6 +224,7 @@ class DownstreamConnection:
         "peer",
         "pending",
         "pool",
+        "reading",
         "request_sent",
         "resp_close",
         "resp_flushed",
@@ -272,9 +274,8 @@ class DownstreamConnection:
         self.tunnel = False
         self.upgrading = False  # an Upgrade request is out; its later bytes wait for the 101
         self.deferred_error: Reject | None = None
-        # The request line of the message a read begins with ends in no HTTP/ token
-        # (llhttp also takes RTSP/ and ICE/, and says only the version): refused at its head.
-        self.not_http = False
+        self.reading = b""  # the read being parsed, for the request-line check
+        self.first_of_read = False  # the message being parsed began this read
         self.capture: PrimaryCapture | None = None  # the response of a mirrored request
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -331,13 +332,10 @@ class DownstreamConnection:
         if len(data) > FEED_SLICE:
             self._feed_in_slices(data)
             return
-        if self.parsing is None:
-            # Between messages: the read begins with a request line ("METHOD target HTTP/1.1").
-            line_end = data.find(b"\n")
-            if line_end != -1:
-                space = data.rfind(b" ", 0, line_end)
-                if space != -1 and not data.startswith(b"HTTP/", space + 1):
-                    self.not_http = True
+        # Between messages, a read begins with a request line: on_headers_complete checks
+        # its protocol token in place (see _not_http).
+        self.reading = data
+        self.first_of_read = self.parsing is None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -355,10 +353,21 @@ class DownstreamConnection:
             return
         # Forward only once everything this read carried has parsed: a bad chunk after the
         # head in the same read must reject the request before any byte of it goes upstream.
+        self.reading = b""
         req = self.starting
         if req is not None:
             self.starting = None
             self._start(req)
+
+    def _not_http(self, reading: bytes) -> bool:
+        """Whether the request line `reading` begins with ends in a protocol other than HTTP/
+        (llhttp also takes RTSP/ and ICE/, and reports only the version number)."""
+        reading = reading.lstrip(b"\r\n")  # llhttp skips empty lines before a request
+        line_end = reading.find(b"\n")
+        if line_end == -1:
+            return False
+        space = reading.rfind(b" ", 0, line_end)
+        return space != -1 and not reading.startswith(b"HTTP/", space + 1)
 
     def _feed_in_slices(self, data: bytes) -> None:
         """Parse a large read in slices, so a burst of pipelined requests stops being parsed
@@ -556,12 +565,18 @@ class DownstreamConnection:
     def on_headers_complete(self) -> None:
         req = self.parsing
         assert req is not None
-        if self.not_http:
-            self.not_http = False
-            raise Reject(400, "not an HTTP/1.x request", "malformed")
         req.started = perf_counter()
         parser = self.parser
-        req.method = parser.get_method()
+        method = req.method = parser.get_method()
+        if self.first_of_read:
+            # Where "HTTP/" starts if the line is "METHOD SP target SP HTTP/x.y": one byte
+            # checked per read; only a miss (another protocol, or leading empty lines) looks
+            # at the whole line.
+            self.first_of_read = False
+            reading = self.reading
+            at = len(method) + len(req.url) + 2
+            if at < len(reading) and reading[at] != _H and self._not_http(reading):
+                raise Reject(400, "not an HTTP/1.x request", "malformed")
         keep_alive = req.keep_alive = parser.should_keep_alive()
         if keep_alive and req.connection_tokens is None:
             # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0, and only 1.1 stays alive with no

@@ -23,6 +23,8 @@ UPSTREAM_WRITE_HIGH: Final = 256 * 1024
 # connection lingers past idle_timeout.
 IDLE_SWEEP_INTERVAL: Final = 1.0
 
+_H: Final = ord("H")
+
 # A response head larger than this is refused (502): no sane upstream sends one, and the head
 # is held in memory until complete.
 MAX_RESPONSE_HEAD: Final = 64 * 1024
@@ -268,8 +270,9 @@ class UpstreamConnection:
             # Bytes on an idle connection: the upstream is confused; do not reuse it.
             self.close()
             return
-        if not self.received_any and not data.startswith(b"HTTP/"[: len(data)]):
-            # The first bytes of the exchange: llhttp also takes RTSP/ and ICE/ status lines.
+        if not self.received_any and data[0] != _H:
+            # The first byte of the exchange: llhttp also takes RTSP/ and ICE/ status lines,
+            # and only HTTP/ begins with an H.
             client.upstream_bad_response(self, ValueError("not an HTTP/1.x response"))
             return
         self.received_any = True

@@ -572,8 +572,9 @@ async def test_other_http_versions_are_refused(
         b"OPTIONS /music/sweet/music RTSP/1.0\r\nHost: shop.example\r\n\r\n",
         b"SOURCE /music/sweet/music ICE/1.0\r\nHost: shop.example\r\n\r\n",
         b"POST /c RTSP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\n\r\nabc",
+        b"\r\nGET /x RTSP/1.0\r\nHost: shop.example\r\n\r\n",
     ],
-    ids=["rtsp_options", "ice_source", "rtsp_post_keep_alive"],
+    ids=["rtsp_options", "ice_source", "rtsp_post_keep_alive", "after_an_empty_line"],
 )
 async def test_rtsp_and_ice_requests_are_refused(
     strict_upstream: StrictFactory, proxy_factory: ProxyFactory, data: bytes
@@ -656,3 +657,21 @@ async def test_a_bad_response_in_the_read_of_its_head_gets_502_not_a_silent_clos
         await upstream.stop()
     assert response.status == 502
     assert error_of(response) == "upstream sent a malformed response"
+
+
+async def test_a_request_after_an_empty_line_is_served(
+    strict_upstream: StrictFactory, proxy_factory: ProxyFactory
+) -> None:
+    # Some clients send a CRLF after a POST body; RFC 9112 2.2 lets a server skip it.
+    upstream = await strict_upstream()
+    proxy = await start(proxy_factory, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(request(b"/first", method=b"POST", body=b"abc"))
+        [first] = await read_responses(reader, [b"POST"])
+        writer.write(b"\r\n" + request(b"/second"))
+        [second] = await read_responses(reader, [b"GET"])
+    finally:
+        writer.close()
+    assert (first.body, second.body) == (b"/first", b"/second")
+    assert upstream.errors == []
