@@ -1,0 +1,114 @@
+"""The request path in-process, for instruction counts (callgrind): one DownstreamConnection
+and one pooled UpstreamConnection on fake transports, fed raw bytes, N keep-alive requests.
+
+Instruction counts do not drift with the machine's speed the way wall-clock figures do on a
+shared VM, so two builds compare exactly. Usage, from the repo root (after `make build`):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python benchmarks/instructions.py 2000
+    ... and again with 4000: (total at 4000 - total at 2000) / 2000 = instructions per request.
+
+PYTHONPATH=<other tree> runs another build the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from proxy.config import Address, Limits, Timeouts, UpstreamSettings, parse_config
+from proxy.http1 import DownstreamConnection, ProxyContext
+from proxy.metrics import Metrics
+from proxy.router import RoutingTable
+from proxy.upstream import UpstreamConnection, Upstreams
+
+CONFIG = """
+listen: 127.0.0.1:8080
+admin: {listen: 127.0.0.1:8081}
+routes:
+  - name: shop
+    hosts: ["*"]
+    path_prefix: /
+    pools:
+      blue: {endpoints: ["127.0.0.1:9001"]}
+      green: {endpoints: ["127.0.0.1:9002"]}
+    weights: {blue: 90, green: 10}
+    sticky: {header: X-User-Id}
+"""
+REQUEST = (
+    b"GET /api/products?page=2 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
+    b"Accept: */*\r\nX-User-Id: user-42\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 03 Dec 2026 18:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
+)
+
+
+class FakeTransport:
+    """The part of a transport the protocols use; writes are counted and dropped."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+async def run(requests: int) -> None:
+    config = parse_config(CONFIG, "<instructions>")
+    loop = asyncio.get_running_loop()
+    table = RoutingTable(config.routes)
+    metrics = Metrics()
+    metrics.bind(table)
+    upstreams = Upstreams(UpstreamSettings(), 1.0)
+    for route in table.routes.values():
+        for pool in route.pools:
+            pool.targets = tuple(upstreams.pool(a) for a in pool.endpoints)
+    # One warm pooled connection per endpoint, on a fake transport.
+    for address in (Address("127.0.0.1", 9001), Address("127.0.0.1", 9002)):
+        target = upstreams.pool(address)
+        conn = UpstreamConnection(target)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        target.idle.append(conn)
+    ctx = ProxyContext(loop, table, metrics, upstreams, Timeouts(), Limits())
+    client = DownstreamConnection(ctx)
+    client_transport = FakeTransport()
+    client.connection_made(client_transport)  # type: ignore[arg-type]
+    for _ in range(requests):
+        client.data_received(REQUEST)
+        upstream = client.upstream
+        assert upstream is not None
+        upstream.data_received(RESPONSE)
+        ctx.writes.flush()
+    assert client_transport.written > 0
+    answered = sum(sum(s.status) for s in metrics.pools.values())
+    assert answered == requests, answered
+    if client.timer is not None:
+        client.timer.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(run(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))
