@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 import control.cli as cli
+import control.cli.canary as cli_canary
 import control.rollout as machine
 from control.client import AdminClient
 from tests.conftest import free_port, serve_app
@@ -222,7 +223,7 @@ async def api() -> AsyncIterator[FakeRolloutApi]:
 def _cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POINTSMAN_TOKEN", TOKEN)
     monkeypatch.delenv("POINTSMAN_ADMIN", raising=False)
-    monkeypatch.setattr(cli, "WAIT_POLL_INTERVAL", 0.0)
+    monkeypatch.setattr(cli_canary, "WAIT_POLL_INTERVAL", 0.0)
 
 
 @dataclass
@@ -611,11 +612,11 @@ async def test_canary_wait_gives_up_with_exit_2_when_the_admin_goes_away(
     assert run.code == 2
     assert run.err == (
         f"pointsman: cannot reach admin API at {api.url}: connection closed without an answer "
-        f"({cli.WAIT_POLL_FAILURES} polls in a row); stopped waiting, the rollout may still be "
-        "running server-side\n"
+        f"({cli_canary.WAIT_POLL_FAILURES} polls in a row); stopped waiting, the rollout may "
+        "still be running server-side\n"
     )
     polls = [s for s in api.seen if s.path == "/v1/routes/shop/rollout" and s.method == "GET"]
-    assert len(polls) == 1 + cli.WAIT_POLL_FAILURES
+    assert len(polls) == 1 + cli_canary.WAIT_POLL_FAILURES
 
 
 async def test_canary_wait_json_prints_the_final_status_and_progress_on_stderr(
@@ -652,7 +653,7 @@ async def test_ctrl_c_while_waiting_leaves_the_rollout_running(
     def interrupt(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_sleep", interrupt)
+    monkeypatch.setattr(cli_canary, "_sleep", interrupt)
     run = await pointsman(capsys, "canary", "shop", "green", *RAMP, "--wait", admin=api.url)
     assert run.code == 130
     assert run.out.splitlines() == [
