@@ -17,7 +17,8 @@ import asyncio
 import sys
 from typing import Any
 
-from proxy.config import Address, Limits, Timeouts, UpstreamSettings, parse_config
+from proxy.config import Address, Limits, Timeouts, UpstreamSettings
+from proxy.config_loader import parse_config
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from proxy.config import Address, ConfigError, load_config
+from proxy.config import Address, ConfigError
+from proxy.config_loader import load_config
 
 log = logging.getLogger("pointsman.demo")
 

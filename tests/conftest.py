@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.config import Address, Config, parse_config
+from proxy.config import Address, Config
+from proxy.config_loader import parse_config
 from proxy.server import ProxyServer
 from tests.rawhttp import RawHandler, RawUpstream, RawUpstreamFactory
 

@@ -22,12 +22,11 @@ from proxy.config import (
     StickyConfig,
     Timeouts,
     UpstreamSettings,
-    load_config,
     parse_address,
-    parse_config,
     parse_duration,
     parse_size,
 )
+from proxy.config_loader import load_config, parse_config
 from proxy.shadow_config import CompareConfig, ShadowConfig
 
 SRC = "config/x.yaml"

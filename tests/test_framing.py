@@ -19,7 +19,8 @@ from dataclasses import replace
 import h11
 import pytest
 
-from proxy.config import Address, Config, parse_config
+from proxy.config import Address, Config
+from proxy.config_loader import parse_config
 from proxy.http1 import split_absolute_form
 from proxy.server import ProxyServer
 from tests.conftest import ProxyFactory, config_for

@@ -9,7 +9,8 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from proxy.config import Address, Config, HealthCheckConfig, UpstreamSettings, parse_config
+from proxy.config import Address, Config, HealthCheckConfig, UpstreamSettings
+from proxy.config_loader import parse_config
 from proxy.health import probe
 from proxy.server import ProxyServer
 from proxy.upstream import EndpointPool

@@ -12,7 +12,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import RouteConfig, parse_config
+from proxy.config import RouteConfig
+from proxy.config_loader import parse_config
 from proxy.router import BUCKETS, HOST_MEMO_LIMIT, Route, RoutingTable, sticky_bucket
 
 ROOT = Path(__file__).resolve().parents[1]

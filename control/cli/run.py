@@ -8,7 +8,8 @@ import sys
 
 import uvloop
 
-from proxy.config import ConfigError, load_config
+from proxy.config import ConfigError
+from proxy.config_loader import load_config
 
 # Allocations between young-generation collections (CPython's default is 700): the request
 # path allocates a few dozen containers per request, so the default runs the collector every
