@@ -32,13 +32,12 @@ from proxy.compare import (
     OTHER_PATH,
     Captured,
     Comparison,
-    NoiseModel,
-    PathReport,
     collapse,
     compare,
     redact_headers,
 )
 from proxy.config import COMPARE_MEMORY_LIMIT, Address
+from proxy.noise import NoiseModel, PathReport
 from proxy.shadow_config import ShadowConfig
 from proxy.tasks import cancel_and_wait
 from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams, WriteBatch

@@ -59,7 +59,7 @@ class CompareConfig:
     ignore_headers: tuple[str, ...] = DEFAULT_IGNORE_HEADERS  # lower-case names
     ignore_json: tuple[str, ...] = ()  # JSON path patterns, `*` wildcards (proxy.compare)
     samples: int = 100  # mismatching exchanges kept for `pointsman diffs`
-    # Noise cancellation (Diffy's rule, proxy.compare.counts_as_mismatch): a path counts only
+    # Noise cancellation (Diffy's rule, proxy.noise.counts_as_mismatch): a path counts only
     # when its candidate diff rate beats the baseline's noise rate by both margins.
     relative_threshold: float = 0.2
     absolute_threshold: float = 0.03

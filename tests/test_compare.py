@@ -21,14 +21,13 @@ from proxy.compare import (
     Captured,
     Comparison,
     Difference,
-    NoiseModel,
     collapse,
     compare,
-    counts_as_mismatch,
     parse_path,
     redact_headers,
     render_path,
 )
+from proxy.noise import NoiseModel, counts_as_mismatch
 
 
 def captured(
