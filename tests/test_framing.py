@@ -21,7 +21,7 @@ import pytest
 
 from proxy.config import Address, Config
 from proxy.config_loader import parse_config
-from proxy.http1 import split_absolute_form
+from proxy.request import split_absolute_form
 from proxy.server import ProxyServer
 from tests.conftest import ProxyFactory, config_for
 from tests.h11check import WAIT, Answer, Framed, StrictUpstream, ok_target, read_responses
