@@ -9,7 +9,6 @@ with a stable `code` the control API maps to an HTTP status.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -19,6 +18,7 @@ import orjson
 from control.errors import CodedError
 from proxy.config import MAX_WEIGHT, RouteConfig
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
+from proxy.values import PlainReader, kind, show
 
 __all__ = [
     "FLIP_WEIGHT",
@@ -459,33 +459,13 @@ def to_json(doc: StateDoc) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-class _Reader:
-    """Typed field access that names the offending path in every error."""
+class _StateReader(PlainReader):
+    """PlainReader (proxy/values.py) plus the two shapes only the state file has."""
 
-    def __init__(self, obj: object, where: str) -> None:
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected an object, got {_kind(obj)}")
-        self.obj: dict[str, object] = obj
-        self.where = where
+    __slots__ = ()
 
-    def get(self, key: str) -> object:
-        if key not in self.obj:
-            raise ValueError(f"{self.where}: missing key {key!r}")
-        return self.obj[key]
-
-    def integer(self, key: str, minimum: int) -> int:
-        value = self.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{self.where}.{key}: expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def time(self, key: str) -> float:
-        value = self.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{self.where}.{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{self.where}.{key}: expected a finite number, got {value!r}")
-        return float(value)
+    def __init__(self, obj: object, path: str) -> None:
+        super().__init__(obj, path, ValueError)
 
     def name_or_null(self, key: str, allowed: Weights | None) -> str | None:
         value = self.get(key)
@@ -493,55 +473,46 @@ class _Reader:
             return None
         if allowed is None or not isinstance(value, str) or value not in dict(allowed):
             pools = "none" if allowed is None else ", ".join(n for n, _ in allowed)
-            raise ValueError(
-                f"{self.where}.{key}: expected null or one of its pools ({pools}), got {value!r}"
-            )
+            raise self.fail(key, f"expected null or one of its pools ({pools}), got {show(value)}")
         return value
 
     def weights(self, key: str, nullable: bool) -> Weights | None:
         value = self.get(key)
-        where = f"{self.where}.{key}"
+        where = self.at(key)
         if value is None and nullable:
             return None
         if not isinstance(value, dict) or not value:
             expected = "a non-empty object of pool -> weight" + (" or null" if nullable else "")
-            raise ValueError(f"{where}: expected {expected}, got {_kind(value)}")
+            raise ValueError(f"{where}: expected {expected}, got {kind(value)}")
         out: list[tuple[str, int]] = []
         for pool, weight in value.items():
             if not pool:
                 raise ValueError(f"{where}: empty pool name")
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-                raise ValueError(f"{where}.{pool}: expected an integer >= 0, got {weight!r}")
+                raise ValueError(f"{where}.{pool}: expected an integer >= 0, got {show(weight)}")
             out.append((pool, weight))
         return tuple(out)
 
 
-def _kind(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", type(None): "null"}
-    return names.get(type(value), repr(value))
-
-
 def _route_from(obj: object, where: str) -> tuple[str, RouteState]:
-    r = _Reader(obj, where)
-    name = r.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}.name: expected a non-empty string, got {name!r}")
-    r.where = f"{where} ({name!r})"
+    r = _StateReader(obj, where)
+    name = r.string("name")
+    r.path = f"{where} ({name!r})"
     weights = r.weights("weights", nullable=False)
     assert weights is not None  # not nullable
     previous = r.weights("previous", nullable=True)
     if previous is not None and [p for p, _ in previous] != [p for p, _ in weights]:
-        raise ValueError(f"{r.where}.previous: expected the same pools as weights, in order")
+        raise r.fail("previous", "expected the same pools as weights, in order")
     state = RouteState(
         weights=weights,
         live=r.name_or_null("live", weights),
         previous=previous,
         previous_live=r.name_or_null("previous_live", previous),
-        flips=r.integer("flips", 0),
-        rollbacks=r.integer("rollbacks", 0),
+        flips=r.count("flips"),
+        rollbacks=r.count("rollbacks"),
         changed_at=r.time("changed_at"),
-        shadows=_shadows_from(r.obj.get("shadows"), r.where),
-        rollout=_rollout_from(r.obj.get("rollout"), r.where),
+        shadows=_shadows_from(r.obj.get("shadows"), r.path),
+        rollout=_rollout_from(r.obj.get("rollout"), r.path),
     )
     return name, state
 
@@ -550,7 +521,7 @@ def _rollout_from(value: object, where: str) -> Mapping[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ValueError(f"{where}.rollout: expected an object or null, got {_kind(value)}")
+        raise ValueError(f"{where}.rollout: expected an object or null, got {kind(value)}")
     return value
 
 
@@ -558,7 +529,7 @@ def _shadows_from(value: object, where: str) -> tuple[ShadowConfig, ...] | None:
     if value is None:
         return None  # absent: written before shadows were persisted
     if not isinstance(value, list):
-        raise ValueError(f"{where}.shadows: expected an array or null, got {_kind(value)}")
+        raise ValueError(f"{where}.shadows: expected an array or null, got {kind(value)}")
     shadows = []
     for index, item in enumerate(value):
         try:
@@ -578,15 +549,13 @@ def from_json(data: bytes) -> StateDoc:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as err:
         raise ValueError(f"not valid JSON: {err}") from None
-    r = _Reader(obj, "state")
+    r = _StateReader(obj, "state")
     fmt = r.get("format")
     if isinstance(fmt, bool) or fmt != FORMAT:  # True == 1 in Python
-        raise ValueError(f"state.format: expected {FORMAT}, got {fmt!r}")
-    version = r.integer("version", 0)
+        raise r.fail("format", f"expected {FORMAT}, got {show(fmt)}")
+    version = r.count("version")
     updated_at = r.time("updated_at")
-    items = r.get("routes")
-    if not isinstance(items, list):
-        raise ValueError(f"state.routes: expected an array, got {_kind(items)}")
+    items = r.array("routes")
     routes = [_route_from(item, f"state.routes[{i}]") for i, item in enumerate(items)]
     names = [name for name, _ in routes]
     for name in names:

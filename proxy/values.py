@@ -185,6 +185,13 @@ class PlainReader:
             raise self.fail(key, f"expected an integer between {low} and {high}, got {show(value)}")
         return value
 
+    def count(self, key: str) -> int:
+        """An integer >= 0 with no bound but JSON's (counters, versions)."""
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise self.fail(key, f"expected an integer >= 0, got {show(value)}")
+        return value
+
     def string(self, key: str) -> str:
         value = self.get(key)
         if not isinstance(value, str) or not value:

@@ -162,7 +162,7 @@ def _value_error(message: str) -> Exception:
 
 
 def _count(r: PlainReader, key: str) -> int:
-    return r.integer(key, 0, 2**63 - 1)
+    return r.count(key)
 
 
 def _choice(r: PlainReader, key: str, choices: Sequence[str]) -> str:
