@@ -26,7 +26,8 @@ from proxy.upstream import (
     EndpointPool,
     UpstreamConnection,
     WriteBatch,
-    forwarded_trailer,
+    add_trailer,
+    last_chunk,
     usual_spellings,
     without_named,
 )
@@ -450,12 +451,7 @@ class DownstreamConnection:
         if req.chunked:
             # Set when the head completed: llhttp reports the trailer section through this
             # same callback. Trailers stay trailers (RFC 9110 6.5.1): never part of the head.
-            if forwarded_trailer(name):
-                line = name + b": " + value + b"\r\n"
-                if req.trailers is None:
-                    req.trailers = [line]
-                else:
-                    req.trailers.append(line)
+            req.trailers = add_trailer(req.trailers, name, value)
             return
         lname = ctx.request_names.get(name)
         if lname is None:
@@ -593,7 +589,7 @@ class DownstreamConnection:
         upstream = self.upstream
         if upstream is not None and req is self.current and upstream.transport is not None:
             if req.chunked:
-                self.writes.write(upstream.transport, req.last_chunk())
+                self.writes.write(upstream.transport, last_chunk(req.trailers))
             self.request_sent = True
 
     # -- proxying one request --------------------------------------------------------------
@@ -809,10 +805,10 @@ class DownstreamConnection:
             req.body = None
             self._resume(PAUSE_BUFFERED)
             if req.complete and req.chunked:
-                data.append(req.last_chunk())
+                data.append(last_chunk(req.trailers))
             head = b"".join(data)
         elif req.complete and req.chunked:
-            head += req.last_chunk()
+            head += last_chunk(req.trailers)
         if req.complete:
             self.request_sent = True
         self.writes.write(transport, head)
@@ -913,7 +909,7 @@ class DownstreamConnection:
         req = self.current
         assert req is not None
         if self.resp_mode == MODE_CHUNKED:
-            self.out.append(conn.last_chunk())
+            self.out.append(last_chunk(conn.trailers))
         self.upstream = None
         endpoint = conn.endpoint
         if self.resp_status >= 500:

@@ -60,11 +60,6 @@ class Request:
     def has_body(self) -> bool:
         return self.chunked or (self.content_length is not None and self.content_length != b"0")
 
-    def last_chunk(self) -> bytes:
-        """The end of a chunked body as forwarded: the last chunk and the trailer section."""
-        trailers = self.trailers
-        return b"0\r\n\r\n" if trailers is None else b"0\r\n%b\r\n" % b"".join(trailers)
-
     def hold(self, data: bytes) -> None:
         if self.body is None:
             self.body = [data]

@@ -101,6 +101,22 @@ def forwarded_trailer(name: bytes) -> bool:
     return lname not in _TRAILERS_DROPPED and not lname.startswith(b"content-")
 
 
+def add_trailer(trailers: list[bytes] | None, name: bytes, value: bytes) -> list[bytes] | None:
+    """`trailers` ("Name: value\r\n" lines) with this field added if it is forwarded."""
+    if not forwarded_trailer(name):
+        return trailers
+    line = name + b": " + value + b"\r\n"
+    if trailers is None:
+        return [line]
+    trailers.append(line)
+    return trailers
+
+
+def last_chunk(trailers: list[bytes] | None) -> bytes:
+    """The end of a chunked body as sent on: the last chunk, then the trailer section."""
+    return b"0\r\n\r\n" if trailers is None else b"0\r\n%b\r\n" % b"".join(trailers)
+
+
 # Connection tokens that name no header; any other token makes that header hop-by-hop too.
 STANDARD_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -374,17 +390,7 @@ class UpstreamConnection:
         self.trailer_size += len(name) + len(value) + 4
         if self.trailer_size > MAX_RESPONSE_HEAD:
             raise ValueError("response trailers too large")
-        if forwarded_trailer(name):
-            line = name + b": " + value + b"\r\n"
-            if self.trailers is None:
-                self.trailers = [line]
-            else:
-                self.trailers.append(line)
-
-    def last_chunk(self) -> bytes:
-        """The end of the response re-chunked towards the client: last chunk and trailers."""
-        trailers = self.trailers
-        return b"0\r\n\r\n" if trailers is None else b"0\r\n%b\r\n" % b"".join(trailers)
+        self.trailers = add_trailer(self.trailers, name, value)
 
     def on_headers_complete(self) -> None:
         client = self.client
