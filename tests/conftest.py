@@ -117,8 +117,11 @@ routes:
     weights: {{{weight_text}}}
 {route_extra}
 """
-    config = parse_config(text, "<test>")
-    # Ports 1 and 2 above only satisfy validation; tests listen on OS-chosen ports.
+    return on_free_ports(parse_config(text, "<test>"))
+
+
+def on_free_ports(config: Config) -> Config:
+    """`config` listening on OS-chosen ports (a config text's ports only satisfy validation)."""
     return replace(
         config,
         listen=Address("127.0.0.1", 0),

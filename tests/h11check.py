@@ -193,28 +193,3 @@ async def read_responses(
                 rest = await reader.read()
                 assert rest == b"", f"bytes after the last response: {rest!r}"
     return responses
-
-
-def requests_in(data: bytes) -> list[Framed]:
-    """Every request in bytes already received (h11 as the server); refuses partial ones."""
-    out: list[Framed] = []
-    while data:
-        parser = h11.Connection(h11.SERVER)
-        parser.receive_data(data)
-        parser.receive_data(b"")
-        start: tuple[bytes, ...] = ()
-        headers: Fields = ()
-        body = bytearray()
-        while True:
-            event = parser.next_event()
-            if isinstance(event, h11.Request):
-                start, headers = (bytes(event.method), bytes(event.target)), _fields(event.headers)
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                out.append(Framed(start, headers, bytes(body), _fields(event.headers)))
-                break
-            else:
-                raise AssertionError(f"incomplete or unexpected request: {event!r}")
-        data = parser.trailing_data[0]
-    return out

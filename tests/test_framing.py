@@ -14,16 +14,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 
 import h11
 import pytest
 
-from proxy.config import Address, Config
+from proxy.config import Config
 from proxy.config_loader import parse_config
 from proxy.request import split_absolute_form
 from proxy.server import ProxyServer
-from tests.conftest import ProxyFactory, config_for
+from tests.conftest import ProxyFactory, config_for, on_free_ports
 from tests.h11check import WAIT, Answer, Framed, StrictUpstream, ok_target, read_responses
 
 StrictFactory = Callable[..., Awaitable[StrictUpstream]]
@@ -106,6 +105,28 @@ async def barrier(port: int) -> None:
     earlier connection has reached the upstream too (it reuses the pooled connection)."""
     [response] = await exchange(port, request(b"/sentinel"), [b"GET"])
     assert response.status == 200 and response.body == b"/sentinel"
+
+
+async def refused(
+    strict_upstream: StrictFactory,
+    proxy_factory: ProxyFactory,
+    data: bytes,
+    status: int,
+    reason: str,
+) -> Framed:
+    """`data`, with a valid request pipelined after it, gets one `status` answer and a close,
+    is counted under `reason`, and nothing of it (nor the request after it) reaches the
+    upstream: a sentinel on a fresh connection is all the upstream sees."""
+    upstream = await strict_upstream()
+    proxy = await start(proxy_factory, upstream)
+    [response] = await exchange(proxy.port, data + request(b"/after"), [b"GET"], expect_close=True)
+    assert response.status == status
+    await barrier(proxy.port)
+    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
+    assert upstream.errors == []
+    assert proxy.ctx is not None
+    assert proxy.ctx.metrics.rejected == {reason: 1}
+    return response
 
 
 def error_of(response: Framed) -> str:
@@ -243,13 +264,9 @@ UPGRADE = b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: upgrade\r\nUpg
 async def test_upgrade_request_with_a_body_is_refused(
     strict_upstream: StrictFactory, proxy_factory: ProxyFactory, framing: bytes
 ) -> None:
-    upstream = await strict_upstream()
-    proxy = await start(proxy_factory, upstream)
-    [response] = await exchange(proxy.port, UPGRADE + framing, [b"GET"], expect_close=True)
-    assert response.status == 400
+    data = UPGRADE + framing
+    response = await refused(strict_upstream, proxy_factory, data, 400, "ambiguous_framing")
     assert error_of(response) == "Upgrade request with a body"
-    await barrier(proxy.port)
-    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
 
 
 async def test_upgrade_request_with_content_length_zero_is_forwarded(
@@ -285,12 +302,7 @@ routes:
     pools: {{blue: {{endpoints: ['{other.address}']}}}}
     weights: {{blue: 100}}
 """
-    config = parse_config(text, "<test>")
-    return replace(
-        config,
-        listen=Address("127.0.0.1", 0),
-        admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
-    )
+    return on_free_ports(parse_config(text, "<test>"))
 
 
 @pytest.mark.parametrize(
@@ -350,30 +362,16 @@ async def test_absolute_form_is_routed_by_its_authority(
 async def test_absolute_form_refused(
     strict_upstream: StrictFactory, proxy_factory: ProxyFactory, target: bytes, error: str
 ) -> None:
-    upstream = await strict_upstream()
-    proxy = await start(proxy_factory, upstream)
-    data = b"GET %s HTTP/1.1\r\nHost: shop.example\r\n\r\n" % target + request(b"/after")
-    [response] = await exchange(proxy.port, data, [b"GET"], expect_close=True)
-    assert response.status == 400
+    data = b"GET %s HTTP/1.1\r\nHost: shop.example\r\n\r\n" % target
+    response = await refused(strict_upstream, proxy_factory, data, 400, "malformed")
     assert error_of(response).startswith(error)
-    await barrier(proxy.port)
-    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
-    assert proxy.ctx is not None
-    assert proxy.ctx.metrics.rejected == {"malformed": 1}
 
 
 async def test_connect_is_not_implemented(
     strict_upstream: StrictFactory, proxy_factory: ProxyFactory
 ) -> None:
-    upstream = await strict_upstream()
-    proxy = await start(proxy_factory, upstream)
     data = b"CONNECT shop.example:443 HTTP/1.1\r\nHost: shop.example:443\r\n\r\nhello"
-    [response] = await exchange(proxy.port, data, [b"GET"], expect_close=True)
-    assert response.status == 501
-    await barrier(proxy.port)
-    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
-    assert proxy.ctx is not None
-    assert proxy.ctx.metrics.rejected == {"unsupported": 1}
+    await refused(strict_upstream, proxy_factory, data, 501, "unsupported")
 
 
 @pytest.mark.parametrize(
@@ -554,14 +552,7 @@ async def test_other_http_versions_are_refused(
     status: int,
     reason: str,
 ) -> None:
-    upstream = await strict_upstream()
-    proxy = await start(proxy_factory, upstream)
-    [response] = await exchange(proxy.port, data + request(b"/after"), [b"GET"], expect_close=True)
-    assert response.status == status
-    await barrier(proxy.port)
-    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
-    assert proxy.ctx is not None
-    assert proxy.ctx.metrics.rejected == {reason: 1}
+    await refused(strict_upstream, proxy_factory, data, status, reason)
 
 
 # -- found by the llhttp corpus and smuggler payloads run from the outside -----------------------
@@ -582,13 +573,8 @@ async def test_rtsp_and_ice_requests_are_refused(
 ) -> None:
     # llhttp parses these and reports only the version number: they must not go upstream
     # as HTTP/1.1.
-    upstream = await strict_upstream()
-    proxy = await start(proxy_factory, upstream)
-    [response] = await exchange(proxy.port, data + request(b"/after"), [b"GET"], expect_close=True)
-    assert response.status == 400
+    response = await refused(strict_upstream, proxy_factory, data, 400, "malformed")
     assert error_of(response) == "not an HTTP/1.x request"
-    await barrier(proxy.port)
-    assert [r.start[1] for r in upstream.requests] == [b"/sentinel"]
 
 
 async def test_rtsp_request_after_a_valid_one_in_a_later_read_is_refused(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +13,7 @@ from proxy.config_loader import parse_config
 from proxy.health import probe
 from proxy.server import ProxyServer
 from proxy.upstream import EndpointPool
-from tests.conftest import BackendFactory, ProxyFactory, free_port
+from tests.conftest import BackendFactory, ProxyFactory, free_port, on_free_ports
 
 HEALTH_FAST = (
     "health: {path: /healthz, interval: 0.05s, timeout: 0.5s, "
@@ -183,12 +182,7 @@ routes:
     pools:
 {pool_lines}
 """
-    config = parse_config(text, "<test>")
-    return replace(
-        config,
-        listen=Address("127.0.0.1", 0),
-        admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
-    )
+    return on_free_ports(parse_config(text, "<test>"))
 
 
 async def test_an_endpoint_in_two_pools_takes_the_first_pools_settings(
