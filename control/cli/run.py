@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from proxy.config import ConfigError
+from proxy.config import Config, ConfigError
 from proxy.config_loader import load_config
 
 # Allocations between young-generation collections (CPython's default is 700): the request
@@ -17,14 +17,19 @@ from proxy.config_loader import load_config
 GC_YOUNG_THRESHOLD = 20_000
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load(path: str) -> Config | None:
+    """The config at `path`, or None after printing every problem (load_config reports an
+    unreadable file as a ConfigError too)."""
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{args.config}: cannot read config: {err.strerror}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
         return 2
     from control.service import Service, StartupError
 
@@ -45,13 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        load_config(args.config)
-    except ConfigError as err:
-        print(str(err), file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{args.config}: cannot read config: {err.strerror}", file=sys.stderr)
+    if _load(args.config) is None:
         return 2
     print(f"{args.config}: ok")
     return 0
