@@ -35,6 +35,7 @@ from proxy.config import Config
 from proxy.server import ProxyServer
 from proxy.shadow import Shadow
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
+from proxy.values import PlainReader
 
 log = logging.getLogger("pointsman.api")
 
@@ -206,6 +207,11 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def bad_body(message: str) -> ApiError:
+    """A body PlainReader refused: 400 with the key path in the message."""
+    return ApiError(400, message, None)
+
+
 def expected_version(request: web.Request) -> int | None:
     value = request.headers.get("If-Match")
     if value is None or value.strip() == "*":
@@ -255,9 +261,11 @@ async def write_request(
 
 async def put_weights(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
-    weights = body.get("weights")
-    if not isinstance(weights, dict) or not weights:
-        raise ApiError(400, 'expected {"weights": {"<pool>": <integer>, ...}}', None)
+    r = PlainReader(body, "", bad_body)
+    r.only(("weights",))
+    weights = r.sub("weights").obj  # set_weights checks each weight and names its pool
+    if not weights:
+        raise r.fail("weights", 'expected at least one pool, as {"<pool>": <integer>, ...}')
     doc = await plane.change(
         actor, "weights", name, version, lambda d, now: set_weights(d, name, weights, now)
     )
@@ -266,12 +274,10 @@ async def put_weights(request: web.Request) -> web.Response:
 
 async def post_flip(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
-    target = body.get("to")
-    force = body.get("force", False)
-    if not isinstance(target, str) or not target:
-        raise ApiError(400, 'expected {"to": "<pool>"}', None)
-    if not isinstance(force, bool):
-        raise ApiError(400, '"force" must be true or false', None)
+    r = PlainReader(body, "", bad_body)
+    r.only(("to", "force"))
+    target = r.string("to")
+    force = r.boolean("force") if "force" in r.obj else False  # null is not a default here
     route = plane.proxy.table.routes[name]
     pool = route.pools_by_name.get(target)
     if pool is not None and not force and pool.targets and not any(t.healthy for t in pool.targets):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from proxy.compare import parse_path
-from proxy.values import parse_duration, parse_size
+from proxy.values import PlainError, PlainReader, parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_IGNORE_HEADERS",
@@ -81,22 +81,12 @@ class ShadowConfig:
         return round(self.percent * 100)
 
 
-class ShadowSpecError(ValueError):
-    """One problem: `steps` lead from the shadow entry to the bad value (keys and indices)."""
-
-    def __init__(self, steps: Sequence[str | int], message: str) -> None:
-        super().__init__(message)
-        self.steps = tuple(steps)
-        self.message = message
-
-    def path(self, prefix: str) -> str:
-        out = prefix
-        for step in self.steps:
-            out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
-        return out
+# The shadow parser's errors: steps from the shadow entry to the bad value, and a message.
+ShadowSpecError = PlainError
 
 
 def _show(value: object) -> str:
+    """A bad value as YAML (and Python) spell it: the parser serves both sources."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -104,116 +94,103 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-def _mapping(value: object, steps: list[str | int], allowed: Sequence[str]) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise ShadowSpecError(steps, f"expected a mapping, got {_show(value)}")
-    for key in value:
-        if key not in allowed:
-            raise ShadowSpecError(
-                [*steps, str(key)], f"unknown key (allowed: {', '.join(allowed)})"
-            )
-    return value
-
-
-def _number(value: object, steps: list[str | int], low: float, high: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ShadowSpecError(steps, f"expected {what}, got {_show(value)}")
-    if not low <= value <= high:
-        raise ShadowSpecError(steps, f"expected {what}, got {_show(value)}")
+def _number(r: PlainReader, key: str, low: float, high: float, what: str) -> float:
+    value = r.get(key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise r.fail(key, f"expected {what}, got {_show(value)}")
     return float(value)
 
 
-def _integer(value: object, steps: list[str | int], low: int, high: int) -> int:
+def _integer(r: PlainReader, key: str, low: int, high: int) -> int:
+    value = r.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ShadowSpecError(steps, f"expected an integer in {low}..{high}, got {_show(value)}")
+        raise r.fail(key, f"expected an integer in {low}..{high}, got {_show(value)}")
     return value
 
 
-def _strings(value: object, steps: list[str | int], what: str) -> list[str]:
+def _strings(
+    r: PlainReader, key: str, item_what: str, pattern: re.Pattern[str] | None
+) -> list[str]:
+    """A list of non-empty strings, each (upper-cased) matching `pattern` when one is given;
+    `item_what` names one item with its article ("a header name")."""
+    value = r.get(key)
     if not isinstance(value, list | tuple):
-        raise ShadowSpecError(steps, f"expected a list of {what}, got {_show(value)}")
+        raise r.fail(key, f"expected a list, each {item_what}, got {_show(value)}")
     out: list[str] = []
     for index, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise ShadowSpecError([*steps, index], f"expected {what[:-1]}, got {_show(item)}")
+        if (
+            not isinstance(item, str)
+            or not item
+            or (pattern is not None and not pattern.fullmatch(item.upper()))
+        ):
+            raise PlainError((*r.steps, key, index), f"expected {item_what}, got {_show(item)}")
         out.append(item)
     return out
 
 
-def _pool_name(value: object, steps: list[str | int], pools: Sequence[str] | None) -> str:
+def _pool_name(r: PlainReader, key: str, value: object, pools: Sequence[str] | None) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise ShadowSpecError(steps, f"expected a pool name, got {_show(value)}")
+        raise r.fail(key, f"expected a pool name, got {_show(value)}")
     if pools is not None and value not in pools:
-        raise ShadowSpecError(steps, f"unknown pool {value!r} (pools: {', '.join(pools)})")
+        raise r.fail(key, f"unknown pool {value!r} (pools: {', '.join(pools)})")
     return value
 
 
-def _duration(value: object, steps: list[str | int], high: float) -> float:
+def _duration(r: PlainReader, key: str, high: float) -> float:
+    value = r.get(key)
     try:
         seconds = parse_duration(value)
     except ValueError:
-        raise ShadowSpecError(
-            steps, f"expected a duration like '2s' or '500ms', got {_show(value)}"
-        ) from None
+        raise r.fail(key, f"expected a duration like '2s' or '500ms', got {_show(value)}") from None
     if not 0 < seconds <= high:
-        raise ShadowSpecError(
-            steps, f"expected a duration > 0 and <= {high:g}s, got {_show(value)}"
-        )
+        raise r.fail(key, f"expected a duration > 0 and <= {high:g}s, got {_show(value)}")
     return seconds
 
 
-def _size(value: object, steps: list[str | int], high: int) -> int:
+def _size(r: PlainReader, key: str, high: int) -> int:
+    value = r.get(key)
     try:
         size = parse_size(value)
     except ValueError:
-        raise ShadowSpecError(
-            steps, f"expected a size like '64KiB' or '1MiB', got {_show(value)}"
-        ) from None
+        raise r.fail(key, f"expected a size like '64KiB' or '1MiB', got {_show(value)}") from None
     if size > high:
-        raise ShadowSpecError(
-            steps, f"expected a size <= {high // (1024 * 1024)}MiB, got {_show(value)}"
-        )
+        raise r.fail(key, f"expected a size <= {high // (1024 * 1024)}MiB, got {_show(value)}")
     return size
 
 
-def _compare(value: object, steps: list[str | int]) -> CompareConfig:
-    section = _mapping(value, steps, _COMPARE_KEYS)
+def _compare(r: PlainReader) -> CompareConfig:
+    r.only(_COMPARE_KEYS)
     result = CompareConfig()
     max_body = result.max_body
-    if section.get("max_body") is not None:
-        max_body = _size(section["max_body"], [*steps, "max_body"], MAX_COMPARE_BODY)
+    if r.given("max_body"):
+        max_body = _size(r, "max_body", MAX_COMPARE_BODY)
     ignore_headers = result.ignore_headers
-    if section.get("ignore_headers") is not None:
-        names = _strings(section["ignore_headers"], [*steps, "ignore_headers"], "header names")
-        for index, name in enumerate(names):
-            if not _HEADER_RE.fullmatch(name):
-                raise ShadowSpecError(
-                    [*steps, "ignore_headers", index], f"expected a header name, got {name!r}"
-                )
+    if r.given("ignore_headers"):
+        names = _strings(r, "ignore_headers", "a header name", _HEADER_RE)
         ignore_headers = tuple(dict.fromkeys(name.lower() for name in names))
     ignore_json = result.ignore_json
-    if section.get("ignore_json") is not None:
-        patterns = _strings(section["ignore_json"], [*steps, "ignore_json"], "JSON paths")
+    if r.given("ignore_json"):
+        patterns = _strings(r, "ignore_json", "a JSON path", None)
         for index, pattern in enumerate(patterns):
             try:
                 parse_path(pattern)
             except ValueError as err:
-                raise ShadowSpecError([*steps, "ignore_json", index], str(err)) from None
+                raise PlainError((*r.steps, "ignore_json", index), str(err)) from None
         ignore_json = tuple(patterns)
     samples = result.samples
-    if section.get("samples") is not None:
-        samples = _integer(section["samples"], [*steps, "samples"], 1, MAX_SAMPLES)
+    if r.given("samples"):
+        samples = _integer(r, "samples", 1, MAX_SAMPLES)
     relative = result.relative_threshold
-    if section.get("relative_threshold") is not None:
-        relative = _number(
-            section["relative_threshold"], [*steps, "relative_threshold"], 0.0, 1e6, "a number >= 0"
-        )
+    if r.given("relative_threshold"):
+        relative = _number(r, "relative_threshold", 0.0, 1e6, "a number >= 0")
     absolute = result.absolute_threshold
-    if section.get("absolute_threshold") is not None:
-        absolute = _number(
-            section["absolute_threshold"], [*steps, "absolute_threshold"], 0.0, 1.0,
-            "a fraction in 0..1",
-        )  # fmt: skip
+    if r.given("absolute_threshold"):
+        absolute = _number(r, "absolute_threshold", 0.0, 1.0, "a fraction in 0..1")
     return CompareConfig(
         max_body=max_body,
         ignore_headers=ignore_headers,
@@ -229,45 +206,41 @@ def parse_shadow(
 ) -> ShadowConfig:
     """A ShadowConfig from plain values (YAML- or JSON-decoded). `pools`: the route's pool
     names, to check `pool` and `baseline`; `pool`: the pool when the caller names it (the API's
-    URL), in which case the body may omit it. Raises ShadowSpecError."""
-    section = _mapping(value, [], _SHADOW_KEYS)
-    if section.get("pool") is not None:
-        name = _pool_name(section["pool"], ["pool"], pools)
+    URL), in which case the body may omit it. Raises ShadowSpecError (a PlainError)."""
+    r = PlainReader.located(value, render=_show)
+    r.only(_SHADOW_KEYS)
+    if r.given("pool"):
+        name = _pool_name(r, "pool", r.get("pool"), pools)
         if pool is not None and name != pool:
-            raise ShadowSpecError(["pool"], f"the body names pool {name!r}, the URL {pool!r}")
+            raise r.fail("pool", f"the body names pool {name!r}, the URL {pool!r}")
     elif pool is not None:
-        name = _pool_name(pool, ["pool"], pools)
+        name = _pool_name(r, "pool", pool, pools)
     else:
-        raise ShadowSpecError(["pool"], "required key missing")
+        raise r.fail("pool", "required key missing")
     result = ShadowConfig(pool=name)
     percent = result.percent
-    if section.get("percent") is not None:
-        percent = _number(section["percent"], ["percent"], 0.0, 100.0, "a percentage in 0..100")
+    if r.given("percent"):
+        percent = _number(r, "percent", 0.0, 100.0, "a percentage in 0..100")
     methods = result.methods
-    if section.get("methods") is not None:
-        given = _strings(section["methods"], ["methods"], "methods")
-        for index, method in enumerate(given):
-            if not _METHOD_RE.fullmatch(method.upper()):
-                raise ShadowSpecError(
-                    ["methods", index], f"expected an HTTP method, got {method!r}"
-                )
+    if r.given("methods"):
+        given = _strings(r, "methods", "an HTTP method", _METHOD_RE)
         if not given:
-            raise ShadowSpecError(["methods"], "expected at least one method")
+            raise r.fail("methods", "expected at least one method")
         methods = tuple(dict.fromkeys(m.upper() for m in given))
     timeout = result.timeout
-    if section.get("timeout") is not None:
-        timeout = _duration(section["timeout"], ["timeout"], MAX_SHADOW_TIMEOUT)
+    if r.given("timeout"):
+        timeout = _duration(r, "timeout", MAX_SHADOW_TIMEOUT)
     max_in_flight = result.max_in_flight
-    if section.get("max_in_flight") is not None:
-        max_in_flight = _integer(section["max_in_flight"], ["max_in_flight"], 1, MAX_IN_FLIGHT)
+    if r.given("max_in_flight"):
+        max_in_flight = _integer(r, "max_in_flight", 1, MAX_IN_FLIGHT)
     baseline = None
-    if section.get("baseline") is not None:
-        baseline = _pool_name(section["baseline"], ["baseline"], pools)
+    if r.given("baseline"):
+        baseline = _pool_name(r, "baseline", r.get("baseline"), pools)
         if baseline == name:
-            raise ShadowSpecError(["baseline"], "the baseline must be another pool than the shadow")
+            raise r.fail("baseline", "the baseline must be another pool than the shadow")
     compare = result.compare
-    if section.get("compare") is not None:
-        compare = _compare(section["compare"], ["compare"])
+    if r.given("compare"):
+        compare = _compare(r.sub("compare"))
     return ShadowConfig(
         pool=name,
         percent=percent,

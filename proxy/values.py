@@ -16,6 +16,7 @@ __all__ = [
     "SIZE_EXPECTED",
     "ErrorFactory",
     "Expected",
+    "PlainError",
     "PlainReader",
     "kind",
     "parse_duration",
@@ -132,23 +133,78 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+Step = str | int  # an object key or an array index on the way to a value
+
+
+class PlainError(ValueError):
+    """A PlainReader rejection that keeps its place as steps (keys and indices), for a caller
+    that maps them to something better than text, e.g. the YAML loader to a line number."""
+
+    def __init__(self, steps: Sequence[Step], message: str) -> None:
+        super().__init__(message)
+        self.steps = tuple(steps)
+        self.message = message
+
+    def path(self, prefix: str = "") -> str:
+        out = prefix
+        for step in self.steps:
+            out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.path()}: {self.message}" if self.steps else self.message
+
+
 class PlainReader:
-    """Typed field access on a decoded JSON object; every error names the key path."""
+    """Typed field access on a decoded JSON (or YAML) object; every error names the key path.
 
-    __slots__ = ("error", "obj", "path")
+    Two ways to report: given an `error` factory, a message "path.to.key: problem" goes to it
+    (the API's 400s, the state file's ValueError); without one (`PlainReader.located`) the
+    reader raises PlainError carrying the steps. `render` shows a bad value as its source
+    spells it (JSON by default)."""
 
-    def __init__(self, obj: object, path: str, error: ErrorFactory) -> None:
-        if not isinstance(obj, dict):
-            raise error(f"{path}: expected an object, got {kind(obj)}")
-        self.obj: dict[str, object] = obj
+    __slots__ = ("error", "obj", "path", "render", "steps")
+
+    def __init__(
+        self,
+        obj: object,
+        path: str,
+        error: ErrorFactory | None,
+        *,
+        render: Callable[[object], str] = show,
+        steps: tuple[Step, ...] = (),
+    ) -> None:
         self.path = path
         self.error = error
+        self.render = render
+        self.steps = steps
+        if not isinstance(obj, dict):
+            # JSON calls it an object, YAML a mapping; each source is told in its own words.
+            what, got = ("an object", kind(obj)) if render is show else ("a mapping", render(obj))
+            raise self._problem(None, f"expected {what}, got {got}")
+        self.obj: dict[str, object] = obj
 
-    def at(self, key: str) -> str:
+    @classmethod
+    def located(
+        cls, obj: object, steps: Sequence[Step] = (), render: Callable[[object], str] = show
+    ) -> PlainReader:
+        """A reader whose errors are PlainError(steps, message)."""
+        return cls(obj, "", None, render=render, steps=tuple(steps))
+
+    def _problem(self, key: Step | None, message: str) -> Exception:
+        if self.error is None:
+            return PlainError(self.steps if key is None else (*self.steps, key), message)
+        if key is None:
+            return self.error(f"{self.path}: {message}" if self.path else message)
+        return self.error(f"{self.at(key)}: {message}")
+
+    def at(self, key: Step) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, key: str, message: str) -> Exception:
-        return self.error(f"{self.at(key)}: {message}")
+    def fail(self, key: Step, message: str) -> Exception:
+        return self._problem(key, message)
 
     def only(self, allowed: Sequence[str]) -> None:
         for key in self.obj:
@@ -161,11 +217,13 @@ class PlainReader:
 
     def get(self, key: str) -> object:
         if key not in self.obj:
-            raise self.error(f"{self.at(key)}: missing")
+            raise self.fail(key, "missing")
         return self.obj[key]
 
     def sub(self, key: str) -> PlainReader:
-        return PlainReader(self.get(key), self.at(key), self.error)
+        return PlainReader(
+            self.get(key), self.at(key), self.error, render=self.render, steps=(*self.steps, key)
+        )
 
     def number(self, key: str, low: float, high: float) -> float:
         value = self.get(key)
@@ -175,27 +233,28 @@ class PlainReader:
             or not low <= value <= high
         ):
             raise self.fail(
-                key, f"expected a number between {low:g} and {high:g}, got {show(value)}"
+                key, f"expected a number between {low:g} and {high:g}, got {self.render(value)}"
             )
         return float(value)
 
     def integer(self, key: str, low: int, high: int) -> int:
         value = self.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected an integer between {low} and {high}, got {show(value)}")
+            got = self.render(value)
+            raise self.fail(key, f"expected an integer between {low} and {high}, got {got}")
         return value
 
     def count(self, key: str) -> int:
         """An integer >= 0 with no bound but JSON's (counters, versions)."""
         value = self.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise self.fail(key, f"expected an integer >= 0, got {show(value)}")
+            raise self.fail(key, f"expected an integer >= 0, got {self.render(value)}")
         return value
 
     def string(self, key: str) -> str:
         value = self.get(key)
         if not isinstance(value, str) or not value:
-            got = show(value) if isinstance(value, str) else kind(value)
+            got = self.render(value) if isinstance(value, str) else kind(value)
             raise self.fail(key, f"expected a non-empty string, got {got}")
         return value
 
@@ -205,13 +264,13 @@ class PlainReader:
             seconds = parse_duration(value)
         except ValueError:
             raise self.fail(
-                key, f'expected a duration like "30s", "500ms" or seconds, got {show(value)}'
+                key, f'expected a duration like "30s", "500ms" or seconds, got {self.render(value)}'
             ) from None
         if not low <= seconds <= high:
             raise self.fail(
                 key,
                 f"expected a duration between {seconds_text(low)} and {seconds_text(high)},"
-                f" got {show(value)}",
+                f" got {self.render(value)}",
             )
         return seconds
 
@@ -229,7 +288,7 @@ class PlainReader:
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            raise self.fail(key, f"expected a finite number, got {show(value)}")
+            raise self.fail(key, f"expected a finite number, got {self.render(value)}")
         return float(value)
 
     def optional_time(self, key: str) -> float | None:
@@ -238,7 +297,7 @@ class PlainReader:
     def boolean(self, key: str) -> bool:
         value = self.get(key)
         if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {show(value)}")
+            raise self.fail(key, f"expected true or false, got {self.render(value)}")
         return value
 
     def text(self, key: str) -> str:
