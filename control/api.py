@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -263,7 +263,8 @@ async def put_weights(request: web.Request) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
     r = PlainReader(body, "", bad_body)
     r.only(("weights",))
-    weights = r.sub("weights").obj  # set_weights checks each weight and names its pool
+    # set_weights checks each weight (JSON may hold anything there) and names its pool.
+    weights = cast(dict[str, int], r.sub("weights").obj)
     if not weights:
         raise r.fail("weights", 'expected at least one pool, as {"<pool>": <integer>, ...}')
     doc = await plane.change(

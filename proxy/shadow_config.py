@@ -128,7 +128,7 @@ def _strings(
             or not item
             or (pattern is not None and not pattern.fullmatch(item.upper()))
         ):
-            raise PlainError((*r.steps, key, index), f"expected {item_what}, got {_show(item)}")
+            raise r.fail_item(key, index, f"expected {item_what}, got {_show(item)}")
         out.append(item)
     return out
 
@@ -180,7 +180,7 @@ def _compare(r: PlainReader) -> CompareConfig:
             try:
                 parse_path(pattern)
             except ValueError as err:
-                raise PlainError((*r.steps, "ignore_json", index), str(err)) from None
+                raise r.fail_item("ignore_json", index, str(err)) from None
         ignore_json = tuple(patterns)
     samples = result.samples
     if r.given("samples"):

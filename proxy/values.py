@@ -206,6 +206,12 @@ class PlainReader:
     def fail(self, key: Step, message: str) -> Exception:
         return self._problem(key, message)
 
+    def fail_item(self, key: str, index: int, message: str) -> Exception:
+        """The problem of item `index` of the array at `key`."""
+        if self.error is None:
+            return PlainError((*self.steps, key, index), message)
+        return self.error(f"{self.at(key)}[{index}]: {message}")
+
     def only(self, allowed: Sequence[str]) -> None:
         for key in self.obj:
             if key not in allowed:

@@ -194,7 +194,7 @@ def _pool_counters_from(r: PlainReader) -> PoolCounters:
     counts: list[int] = []
     for i, count in enumerate(buckets):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise r.error(f"{r.at('buckets')}[{i}]: expected an integer >= 0, got {show(count)}")
+            raise r.fail_item("buckets", i, f"expected an integer >= 0, got {show(count)}")
         counts.append(count)
     return PoolCounters(_count(r, "requests"), _count(r, "errors"), tuple(counts))
 

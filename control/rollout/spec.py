@@ -174,11 +174,12 @@ def _steps(r: PlainReader, max_weight: int) -> tuple[int, ...]:
             raise r.fail("steps", f"at most {MAX_STEPS} steps, got {len(raw)}")
     steps: list[int] = []
     for i, value in enumerate(raw):
-        where = f"{r.at('steps')}[{i}]"
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PERCENT:
-            raise r.error(f"{where}: expected an integer percent 1..{PERCENT}, got {show(value)}")
+            raise r.fail_item(
+                "steps", i, f"expected an integer percent 1..{PERCENT}, got {show(value)}"
+            )
         if steps and value <= steps[-1]:
-            raise r.error(f"{where}: steps must increase ({value} after {steps[-1]})")
+            raise r.fail_item("steps", i, f"steps must increase ({value} after {steps[-1]})")
         steps.append(value)
     # max_weight caps the ramp: the rollout ends there, never above it.
     capped = [step for step in steps if step < max_weight]
