@@ -8,7 +8,9 @@ shared VM, so two builds compare exactly. Usage, from the repo root (after `make
         .venv/bin/python benchmarks/instructions.py 2000
     ... and again with 4000: (total at 4000 - total at 2000) / 2000 = instructions per request.
 
-PYTHONPATH=<other tree> runs another build the same way.
+PYTHONPATH=<other tree> runs another build the same way. A second argument `shadow` mirrors
+every request to a shadow pool (on its own fake connection) and compares the answers: the
+mirroring path, for changes to proxy/shadow.py.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ except ImportError:  # a build from before the loader had its own module (PYTHON
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
+from proxy.shadow import ShadowedRoute, Shadows
 from proxy.upstream import UpstreamConnection, Upstreams
 
 CONFIG = """
@@ -42,6 +45,12 @@ routes:
     weights: {blue: 90, green: 10}
     sticky: {header: X-User-Id}
 """
+SHADOWED_CONFIG = CONFIG.replace(
+    "    weights: {blue: 90, green: 10}\n",
+    '      dark: {endpoints: ["127.0.0.1:9003"]}\n'
+    "    weights: {blue: 90, green: 10, dark: 0}\n"
+    "    shadows:\n      - {pool: dark, percent: 100, max_in_flight: 10000}\n",
+)
 REQUEST = (
     b"GET /api/products?page=2 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
     b"Accept: */*\r\nX-User-Id: user-42\r\n\r\n"
@@ -50,6 +59,9 @@ RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 03 Dec 2026 18:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
 )
+
+# The shadow answers with another Date and body: a header-and-body mismatch every time.
+SHADOW_RESPONSE = RESPONSE.replace(b"18:00:00", b"18:00:01").replace(b"ok\n", b"no\n")
 
 
 class FakeTransport:
@@ -83,8 +95,8 @@ class FakeTransport:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
 
-async def run(requests: int) -> None:
-    config = parse_config(CONFIG, "<instructions>")
+async def run(requests: int, shadowed: bool) -> None:
+    config = parse_config(SHADOWED_CONFIG if shadowed else CONFIG, "<instructions>")
     loop = asyncio.get_running_loop()
     table = RoutingTable(config.routes)
     metrics = Metrics()
@@ -99,6 +111,19 @@ async def run(requests: int) -> None:
         conn = UpstreamConnection(target)
         conn.connection_made(FakeTransport())  # type: ignore[arg-type]
         target.idle.append(conn)
+    shadows = Shadows()
+    shadow_conn: UpstreamConnection | None = None
+    if shadowed:
+        route = table.routes["shop"]
+        bound = shadows.bind(
+            [ShadowedRoute(route.name, route.shadows, {p.name: p.endpoints for p in route.pools})],
+            upstreams,
+        )
+        route.mirrors = bound["shop"]
+        shadow_target = upstreams.shadow_pool(Address("127.0.0.1", 9003), 10_000)
+        shadow_conn = UpstreamConnection(shadow_target)
+        shadow_conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        shadow_target.idle.append(shadow_conn)
     ctx = ProxyContext(loop, table, metrics, upstreams, Timeouts(), Limits())
     client = DownstreamConnection(ctx)
     client_transport = FakeTransport()
@@ -113,13 +138,24 @@ async def run(requests: int) -> None:
         upstream = client.upstream
         assert upstream is not None
         upstream.data_received(RESPONSE)
+        if shadow_conn is not None:
+            shadow_conn.data_received(SHADOW_RESPONSE)
         ctx.writes.flush()
     assert client_transport.written > 0
     answered = sum(sum(s.status) for s in metrics.pools.values())
     assert answered == requests, answered
+    if shadowed:
+        stats = shadows.by_key[("shop", "dark")].stats
+        assert stats.mirrored == requests and stats.mismatched == requests, (
+            stats.mirrored,
+            stats.mismatched,
+            stats.dropped,
+        )
     if client.timer is not None:
         client.timer.cancel()
+    await shadows.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(run(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    asyncio.run(run(count, len(sys.argv) > 2 and sys.argv[2] == "shadow"))
