@@ -16,6 +16,8 @@ HOT_MODULES = [
     "proxy/metrics.py",
     "proxy/stats.py",
     "proxy/shadow.py",
+    "proxy/shadow_records.py",
+    "proxy/shadow_registry.py",
 ]
 
 ext_modules = []

@@ -29,7 +29,7 @@ except ImportError:  # a build from before the loader had its own module (PYTHON
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
-from proxy.shadow import ShadowedRoute, Shadows
+from proxy.shadow_registry import ShadowedRoute, Shadows
 from proxy.upstream import UpstreamConnection, Upstreams
 
 CONFIG = """

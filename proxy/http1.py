@@ -20,7 +20,7 @@ import httptools
 import orjson
 
 from proxy.request import Reject, Request, split_absolute_form
-from proxy.shadow import PrimaryCapture
+from proxy.shadow_records import PrimaryCapture
 from proxy.upstream import (
     STANDARD_CONNECTION_TOKENS,
     EndpointPool,

@@ -12,8 +12,8 @@ from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
-from proxy.shadow import ShadowedRoute, Shadows
 from proxy.shadow_metrics import ShadowCollector
+from proxy.shadow_registry import ShadowedRoute, Shadows
 from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")

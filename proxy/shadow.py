@@ -19,38 +19,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Final
 
 from proxy.compare import (
     MORE_PATH,
-    OTHER_PATH,
     Captured,
     Comparison,
     collapse,
     compare,
     redact_headers,
 )
-from proxy.config import COMPARE_MEMORY_LIMIT, Address
 from proxy.noise import NoiseModel, PathReport
 from proxy.shadow_config import ShadowConfig
-from proxy.tasks import cancel_and_wait
+from proxy.shadow_records import (
+    MAX_SAMPLE_BODY,
+    SAMPLE_BUCKETS,
+    CompareMemory,
+    DiffSample,
+    PrimaryCapture,
+    ShadowStats,
+    capture_of,
+    header_pairs,
+    kept_header_lines,
+    sample_bucket,
+)
 from proxy.upstream import EndpointPool, UpstreamConnection, Upstreams, WriteBatch
 
 __all__ = [
-    "DROP_REASONS",
     "SHADOW_HEADER",
-    "DiffSample",
     "Exchange",
-    "PrimaryCapture",
+    "Leg",
     "Shadow",
-    "ShadowStats",
-    "Shadows",
+    "run_compare",
 ]
 
 log = logging.getLogger("pointsman.shadow")
@@ -60,31 +62,6 @@ SHADOW_HEADER: Final = b"X-Pointsman-Shadow: 1\r\n"
 # costs tens of microseconds, less than a hop to a thread. Larger ones go to the comparison
 # thread, since a megabyte of JSON takes tens of milliseconds the loop must not spend.
 INLINE_COMPARE_BYTES: Final = 64 * 1024
-# JSON paths with their own metric label per shadow; past it they count as `other`, so a
-# response with ever-new keys cannot blow up the time series count.
-MAX_COUNTED_PATHS: Final = 100
-# A diff sample keeps this much of the request body, enough to replay a typical API call.
-MAX_SAMPLE_BODY: Final = 8 * 1024
-# Shadow minus primary latency, seconds: symmetric, since a candidate can be faster or slower.
-LATENCY_DELTA_BUCKETS: Final[tuple[float, ...]] = (
-    -5.0, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, -0.001,
-    0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-)  # fmt: skip
-# Why a mirror was dropped. Before sending: the in-flight bound was reached (`full`), the request
-# body was over compare.max_body (`body_too_large`), the bytes held for comparison were over
-# limits.compare_memory_bytes (`memory`, also while it runs). After: the leg took longer than its
-# timeout, could not connect, or its upstream broke the exchange; or the primary itself failed,
-# leaving nothing to compare with.
-DROP_REASONS: Final = (
-    "full",
-    "memory",
-    "body_too_large",
-    "timeout",
-    "connect_error",
-    "upstream_error",
-    "primary_failed",
-)
-PARTS: Final = ("status", "header", "body")
 # Pacing: a shadow takes new mirrors at most at max_in_flight / (its typical latency) per
 # second (Little's law), so a slow shadow's slots come back spread out instead of all at once;
 # freed in one burst, they would be refilled, sent and compared in one burst that delays the
@@ -108,146 +85,6 @@ NO_DIFFERENCE: Final = Comparison((), 0.0)
 # exchange for no timer per mirrored request. Mirrors wait for the sweep in buckets by the
 # sweep due after their deadline (Shadow.due), so a sweep looks at expired mirrors only.
 SWEEP_INTERVAL: Final = 0.05
-
-
-# Sampling buckets: a request id lands in [0, SAMPLE_BUCKETS); percent 100 takes them all.
-SAMPLE_BUCKETS: Final = 10_000
-
-
-def sample_bucket(request_id: bytes) -> int:
-    """A request id's bucket in [0, SAMPLE_BUCKETS): the same id is always sampled the same
-    way."""
-    return zlib.crc32(request_id) % SAMPLE_BUCKETS
-
-
-class ShadowStats:
-    """Counters of one shadow; plain ints, read by ShadowCollector at scrape time."""
-
-    __slots__ = (
-        "compared",
-        "delta_buckets",
-        "delta_sum",
-        "dropped",
-        "matched",
-        "mirrored",
-        "mismatched",
-        "noise",
-        "parts",
-        "paths",
-    )
-
-    def __init__(self) -> None:
-        self.mirrored = 0  # copies sent to the shadow
-        self.dropped = dict.fromkeys(DROP_REASONS, 0)
-        self.compared = 0
-        self.matched = 0  # no difference at all
-        self.mismatched = 0  # a difference that counts (with a baseline: above the noise)
-        self.noise = 0  # differences, all on paths the baseline shows to be noise
-        self.parts = dict.fromkeys(PARTS, 0)  # mismatches by differing part
-        self.paths: dict[str, int] = {}  # mismatches by collapsed path, capped
-        self.delta_buckets = [0] * (len(LATENCY_DELTA_BUCKETS) + 1)
-        self.delta_sum = 0.0
-
-    def count_path(self, path: str) -> None:
-        if path not in self.paths and len(self.paths) >= MAX_COUNTED_PATHS:
-            path = OTHER_PATH
-        self.paths[path] = self.paths.get(path, 0) + 1
-
-    def observe_delta(self, seconds: float) -> None:
-        self.delta_buckets[bisect_left(LATENCY_DELTA_BUCKETS, seconds)] += 1
-        self.delta_sum += seconds
-
-
-@dataclass(frozen=True, slots=True)
-class DiffSample:
-    """One mismatching exchange, as `GET .../diffs` shows it (credentials redacted)."""
-
-    at: float  # unix time
-    request_id: str
-    method: str
-    target: str  # the request target (path and query)
-    host: str
-    request_headers: tuple[tuple[str, str], ...]  # as sent to the shadow, redacted
-    request_body: str | None  # latin-1 text of the body (first MAX_SAMPLE_BODY bytes)
-    request_body_truncated: bool
-    endpoint: str  # the shadow endpoint that answered
-    primary_status: int
-    shadow_status: int
-    primary_ms: float
-    shadow_ms: float
-    differences: tuple[tuple[str, str, str, str, bool], ...]  # part, path, primary, shadow, noise
-
-    def to_obj(self) -> dict[str, object]:
-        return {
-            "at": self.at,
-            "request_id": self.request_id,
-            "method": self.method,
-            "target": self.target,
-            "host": self.host,
-            "request_headers": [list(pair) for pair in self.request_headers],
-            "request_body": self.request_body,
-            "request_body_truncated": self.request_body_truncated,
-            "endpoint": self.endpoint,
-            "primary_status": self.primary_status,
-            "shadow_status": self.shadow_status,
-            "primary_ms": round(self.primary_ms, 3),
-            "shadow_ms": round(self.shadow_ms, 3),
-            "differences": [
-                {"part": part, "path": path, "primary": a, "shadow": b, "noise": noise}
-                for part, path, a, b, noise in self.differences
-            ],
-        }
-
-
-class PrimaryCapture:
-    """The primary response of a mirrored request, captured as it streams to the client."""
-
-    __slots__ = ("chunks", "header_block", "limit", "size", "status")
-
-    def __init__(self, status: int, header_block: bytes, limit: int) -> None:
-        self.status = status
-        self.header_block = header_block
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def add(self, data: bytes) -> None:
-        room = self.limit - self.size
-        if room > 0:
-            self.chunks.append(data if len(data) <= room else data[:room])
-        self.size += len(data)
-
-
-def _headers(header_block: bytes) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for line in header_block.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if sep:
-            pairs.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-    return tuple(pairs)
-
-
-def _kept_lines(header_block: bytes, skip: frozenset[bytes]) -> list[bytes]:
-    """Header lines whose lower-case name is not in `skip`, in order (for the quick match)."""
-    return [
-        line
-        for line in header_block.split(b"\r\n")
-        if line and line[: line.find(b":")].lower() not in skip
-    ]
-
-
-def _captured(
-    status: int, header_block: bytes, chunks: list[bytes], size: int, limit: int, latency: float
-) -> Captured:
-    body = b"".join(chunks)
-    return Captured(
-        status=status,
-        headers=_headers(header_block),
-        body=body[:limit],
-        body_truncated=size > limit,
-        body_size=size,
-        latency=latency,
-    )
 
 
 class Leg:
@@ -415,7 +252,7 @@ class Leg:
         self.exchange.leg_done()
 
     def captured(self) -> Captured:
-        return _captured(
+        return capture_of(
             self.status, self.header_block, self.chunks, self.size,
             self.exchange.shadow.max_body, self.took,
         )  # fmt: skip
@@ -454,7 +291,7 @@ class Exchange:
         self.body_size = 0
         self.sent = False
         self.ended = False
-        self.held = 0  # bytes charged to the process's comparison memory (Shadows.held)
+        self.held = 0  # bytes charged to the process's comparison memory (CompareMemory.held)
         self.due_tick = 0  # the sweep that fails it if still running (Shadow.due); 0: not sent
         self.primary: PrimaryCapture | None = None
         self.primary_latency = 0.0
@@ -526,10 +363,10 @@ class Exchange:
 
     def charge(self, size: int) -> None:
         """Bytes kept for the comparison; past the process's limit this mirror is dropped."""
-        registry = self.shadow.registry
+        memory = self.shadow.memory
         self.held += size
-        registry.held += size
-        if registry.held > registry.memory_limit and not self.ended:
+        memory.held += size
+        if memory.held > memory.limit and not self.ended:
             self.drop("memory")
 
     def leg_done(self) -> None:
@@ -597,7 +434,7 @@ class Exchange:
         primary = self.primary
         assert primary is not None
         limit = self.limit
-        first = _captured(
+        first = capture_of(
             primary.status, primary.header_block, primary.chunks, primary.size, limit,
             self.primary_latency,
         )  # fmt: skip
@@ -611,7 +448,7 @@ class Exchange:
         line_end = head.find(b"\r\n")
         method, _, rest = head[:line_end].partition(b" ")
         target = rest.rpartition(b" ")[0]
-        headers = _headers(head[line_end + 2 :])
+        headers = header_pairs(head[line_end + 2 :])
         host = next((value for name, value in headers if name.lower() == "host"), "")
         body = b"".join(self.body)
         endpoint = self.candidate.endpoint
@@ -643,9 +480,17 @@ class Shadow:
     Kept across routing-table swaps (by route and pool) while the route keeps the shadow, so
     counts survive weight and percent changes; removing the shadow discards it."""
 
-    def __init__(self, route: str, config: ShadowConfig, shadows: Shadows) -> None:
+    def __init__(
+        self,
+        route: str,
+        config: ShadowConfig,
+        memory: CompareMemory,
+        compare_later: Callable[[Shadow, Exchange], None],
+    ) -> None:
         self.route = route
-        self.registry = shadows
+        self.memory = memory  # shared by every shadow of the process
+        # Large comparisons go to the process's comparison thread (Shadows.compare_later).
+        self.compare_later = compare_later
         self.loop = asyncio.get_running_loop()
         self.upstreams: Upstreams | None = None
         self.stats = ShadowStats()
@@ -732,7 +577,7 @@ class Shadow:
         if self.in_flight >= self.max_in_flight or not self._take_token():
             self.stats.dropped["full"] += 1
             return None
-        if self.registry.held >= self.registry.memory_limit:
+        if self.memory.held >= self.memory.limit:
             self.stats.dropped["memory"] += 1
             return None
         self.in_flight += 1
@@ -818,7 +663,7 @@ class Shadow:
                 # would create and drop a set for almost every mirror.
                 bucket.discard(exchange)
         if exchange.held:
-            self.registry.held -= exchange.held
+            self.memory.held -= exchange.held
             exchange.held = 0
 
     def dropped(self, exchange: Exchange, reason: str) -> None:
@@ -855,14 +700,14 @@ class Shadow:
         limit = exchange.limit
         if min(primary.size, limit) + min(exchange.candidate.size, limit) <= INLINE_COMPARE_BYTES:
             try:
-                result = _run_compare(exchange, self.config)
+                result = run_compare(exchange, self.config)
             except Exception:
                 log.exception("comparison failed (route %s, shadow %s)", self.route, self.pool)
                 self._release(exchange)
                 return
             self.record(exchange, result)
         else:
-            self.registry.compare_later(self, exchange)
+            self.compare_later(self, exchange)
 
     def same_body_comparison(
         self, primary: PrimaryCapture, primary_body: bytes, leg: Leg
@@ -883,14 +728,16 @@ class Shadow:
         if found is not None:
             return found
         skip = self.skip_headers
-        if leg.status == status and _kept_lines(head, skip) == _kept_lines(leg.header_block, skip):
+        if leg.status == status and kept_header_lines(head, skip) == kept_header_lines(
+            leg.header_block, skip
+        ):
             found = NO_DIFFERENCE
         else:
             # The bodies are equal, so the comparison is of statuses and headers: empty bodies
             # stand in for them (ignore_json applies to bodies only).
             found = compare(
-                _captured(status, head, [], 0, 0, 0.0),
-                _captured(leg.status, leg.header_block, [], 0, 0, 0.0),
+                capture_of(status, head, [], 0, 0, 0.0),
+                capture_of(leg.status, leg.header_block, [], 0, 0, 0.0),
                 self.ignore_headers,
                 (),
             )
@@ -955,14 +802,14 @@ class Shadow:
     def cancel_all(self) -> None:
         for exchange in list(self.live):
             exchange.cancel()
-            self.registry.held -= exchange.held
+            self.memory.held -= exchange.held
             exchange.held = 0
         self.live.clear()
         self.due.clear()
         self.in_flight = 0
 
 
-def _run_compare(exchange: Exchange, config: ShadowConfig) -> tuple[Comparison, Comparison | None]:
+def run_compare(exchange: Exchange, config: ShadowConfig) -> tuple[Comparison, Comparison | None]:
     primary, candidate, baseline = exchange.inputs()
     compare_cfg = config.compare
     ignore_headers = frozenset(compare_cfg.ignore_headers)
@@ -971,128 +818,3 @@ def _run_compare(exchange: Exchange, config: ShadowConfig) -> tuple[Comparison, 
     if baseline is not None:
         second = compare(primary, baseline, ignore_headers, compare_cfg.ignore_json)
     return first, second
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowedRoute:
-    """What binding needs of a route: its name, its shadows and its pools' endpoints. (The
-    router's Route holds the bound Shadows, so this module cannot know Route itself.)"""
-
-    name: str
-    shadows: tuple[ShadowConfig, ...]
-    endpoints: Mapping[str, tuple[Address, ...]]  # pool name -> its endpoints
-
-
-class Shadows:
-    """Every Shadow of one proxy process, the comparison thread, and binding to tables."""
-
-    def __init__(self, memory_limit: int = COMPARE_MEMORY_LIMIT) -> None:
-        self.by_key: dict[tuple[str, str], Shadow] = {}
-        self.upstreams: Upstreams | None = None
-        # One thread: comparisons are CPU-bound under the GIL, so more threads would only
-        # take more of the loop's time; their number is bounded by the shadows' in-flight caps.
-        self._executor: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._closed = False  # after close(), a late table swap must not start a new sweeper
-        self.held = 0  # bytes all exchanges hold for comparison (Exchange.charge)
-        self.memory_limit = memory_limit  # limits.compare_memory_bytes
-
-    def get(self, route: str, pool: str) -> Shadow | None:
-        return self.by_key.get((route, pool))
-
-    def bind(
-        self, routes: Sequence[ShadowedRoute], upstreams: Upstreams | None
-    ) -> dict[str, tuple[Shadow, ...]]:
-        """The live Shadow objects of every route of a new table (kept by route and pool, so
-        counters, noise and samples survive the swap), by route name."""
-        if upstreams is not None:
-            self.upstreams = upstreams
-            if self._sweeper is None and not self._closed:
-                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
-        configured = {(r.name, c.pool) for r in routes for c in r.shadows}
-        for key in [key for key in self.by_key if key not in configured]:
-            # A removed shadow: its mirrors stop, and one added again later starts afresh.
-            self.by_key.pop(key).cancel_all()
-        bound: dict[str, tuple[Shadow, ...]] = {}
-        for route in routes:
-            if self._closed:
-                bound[route.name] = ()  # shut down: nothing would end new mirrors any more
-                continue
-            mirrors = []
-            for config in route.shadows:
-                shadow = self.by_key.get((route.name, config.pool))
-                if shadow is None:
-                    shadow = self.by_key[(route.name, config.pool)] = Shadow(
-                        route.name, config, self
-                    )
-                shadow.configure(config)
-                shadow.upstreams = self.upstreams
-                if self.upstreams is not None:
-                    limit = config.max_in_flight
-                    shadow.targets = self._targets(route.endpoints[config.pool], limit)
-                    baseline = config.baseline
-                    shadow.baseline_targets = (
-                        self._targets(route.endpoints[baseline], limit) if baseline else ()
-                    )
-                mirrors.append(shadow)
-            bound[route.name] = tuple(mirrors)
-        return bound
-
-    def _targets(
-        self, endpoints: tuple[Address, ...], max_in_flight: int
-    ) -> tuple[EndpointPool, ...]:
-        upstreams = self.upstreams
-        assert upstreams is not None
-        return tuple(upstreams.shadow_pool(address, max_in_flight) for address in endpoints)
-
-    async def _sweep_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            now = loop.time()
-            for shadow in list(self.by_key.values()):
-                shadow.sweep(now)
-
-    def compare_later(self, shadow: Shadow, exchange: Exchange) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="pointsman-compare")
-            self._loop = asyncio.get_running_loop()
-        future = self._executor.submit(_run_compare, exchange, shadow.config)
-        loop = self._loop
-        assert loop is not None
-
-        def done(f: Future[tuple[Comparison, Comparison | None]]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._compared, shadow, exchange, f)
-            except RuntimeError:
-                pass  # the loop has closed: shutting down, nothing left to count
-
-        future.add_done_callback(done)
-
-    def _compared(
-        self,
-        shadow: Shadow,
-        exchange: Exchange,
-        future: Future[tuple[Comparison, Comparison | None]],
-    ) -> None:
-        if future.cancelled():
-            shadow._release(exchange)
-            return
-        exc = future.exception()
-        if exc is not None:
-            log.error("comparison failed (route %s, shadow %s)", shadow.route, shadow.pool,
-                      exc_info=exc)  # fmt: skip
-            shadow._release(exchange)
-            return
-        shadow.record(exchange, future.result())
-
-    async def close(self) -> None:
-        self._closed = True
-        sweeper, self._sweeper = self._sweeper, None
-        await cancel_and_wait([sweeper])
-        for shadow in self.by_key.values():
-            shadow.cancel_all()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None

@@ -13,7 +13,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from proxy.shadow import LATENCY_DELTA_BUCKETS, MAX_COUNTED_PATHS, Shadows
+from proxy.shadow_records import LATENCY_DELTA_BUCKETS, MAX_COUNTED_PATHS
+from proxy.shadow_registry import Shadows
 
 __all__ = ["ShadowCollector"]
 

@@ -16,7 +16,8 @@ from aiohttp import web
 
 import proxy.shadow
 from proxy.server import ProxyServer
-from proxy.shadow import Shadow, sample_bucket
+from proxy.shadow import Shadow
+from proxy.shadow_records import sample_bucket
 from tests.conftest import BackendFactory, Handler, ProxyFactory, config_for, free_port
 
 WAIT_LIMIT = 10.0  # seconds any awaited condition may take before the test fails
@@ -166,19 +167,19 @@ async def test_mirrors_that_would_hold_more_than_the_memory_limit_are_dropped(
     server, shadow = await start(
         proxy_factory, blue.address, dark.address, extra="limits: {compare_memory_bytes: 150000}"
     )
-    assert server.shadows.memory_limit == 150_000
+    assert server.shadows.memory.limit == 150_000
     for i in range(5):
         status, body, _ = await get(server.port, f"/big{i}")
         assert (status, body) == (200, big)  # the client gets every byte regardless
     await wait_until(lambda: shadow.stats.dropped["memory"] == 5, "5 memory drops")
     assert shadow.stats.compared == 0
-    assert server.shadows.held == 0 and shadow.in_flight == 0  # all of it given back
+    assert server.shadows.memory.held == 0 and shadow.in_flight == 0  # all of it given back
     # With room for them, the same mirrors are compared.
-    server.shadows.memory_limit = 1_000_000
+    server.shadows.memory.limit = 1_000_000
     status, _, _ = await get(server.port, "/big5")
     assert status == 200
     await wait_until(lambda: shadow.stats.compared == 1, "the comparison")
-    assert server.shadows.held == 0
+    assert server.shadows.memory.held == 0
 
 
 async def test_no_mirror_starts_while_the_memory_limit_is_reached(
@@ -187,7 +188,7 @@ async def test_no_mirror_starts_while_the_memory_limit_is_reached(
     blue = await backend_factory("blue")
     dark = await backend_factory("dark")
     server, shadow = await start(proxy_factory, blue.address, dark.address)
-    server.shadows.held = server.shadows.memory_limit  # as if other mirrors held it all
+    server.shadows.memory.held = server.shadows.memory.limit  # as if other mirrors held it all
     for i in range(3):
         status, body, _ = await get(server.port, f"/r{i}")
         assert (status, body) == (200, f"blue GET /r{i} 0".encode())

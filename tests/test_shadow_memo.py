@@ -9,16 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.compare import Captured, compare
-from proxy.shadow import (
-    HEAD_MEMO_BYTES,
-    HEAD_MEMO_SIZE,
-    Exchange,
-    Leg,
-    PrimaryCapture,
-    Shadow,
-    Shadows,
-)
+from proxy.shadow import HEAD_MEMO_BYTES, HEAD_MEMO_SIZE, Exchange, Leg, Shadow
 from proxy.shadow_config import CompareConfig, ShadowConfig
+from proxy.shadow_records import PrimaryCapture
+from proxy.shadow_registry import Shadows
 
 REQUEST_HEAD = b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n"
 LIMIT = 1024 * 1024
@@ -29,7 +23,8 @@ def make_shadow(ignore_headers: tuple[str, ...] = ("date",)) -> Shadow:
 
     async def build() -> Shadow:
         config = ShadowConfig(pool="dark", compare=CompareConfig(ignore_headers=ignore_headers))
-        return Shadow("shop", config, Shadows())
+        shadows = Shadows()
+        return Shadow("shop", config, shadows.memory, shadows.compare_later)
 
     return asyncio.run(build())
 
