@@ -314,6 +314,7 @@ def live_shadow(request: web.Request, plane: ControlPlane, route: str) -> Shadow
 async def list_shadows(request: web.Request) -> web.Response:
     check_auth(request, mutating=False)
     plane = request.app[PLANE_KEY]
+    await plane.refresh_counters()
     name = route_name(request, plane)
     views = []
     for config in plane.proxy.table.routes[name].shadows:
@@ -326,6 +327,7 @@ async def list_shadows(request: web.Request) -> web.Response:
 async def get_shadow(request: web.Request) -> web.Response:
     check_auth(request, mutating=False)
     plane = request.app[PLANE_KEY]
+    await plane.refresh_counters()
     name = route_name(request, plane)
     shadow = live_shadow(request, plane, name)
     return json_answer(shadow_view(plane, name, shadow), plane.doc.version)
@@ -334,6 +336,7 @@ async def get_shadow(request: web.Request) -> web.Response:
 async def get_diffs(request: web.Request) -> web.Response:
     check_auth(request, mutating=False)
     plane = request.app[PLANE_KEY]
+    await plane.refresh_counters()
     name = route_name(request, plane)
     shadow = live_shadow(request, plane, name)
     text = request.query.get("limit", str(DEFAULT_DIFFS_LIMIT))
@@ -445,6 +448,9 @@ async def post_rollout_command(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY_KEY]
+    if PLANE_KEY in request.app:
+        # With workers: the host's sums, not the master's own (it proxies nothing).
+        await request.app[PLANE_KEY].refresh_counters()
     body = generate_latest(registry)
     # CONTENT_TYPE_LATEST carries its own charset parameter; aiohttp wants it in the header.
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from control.errors import ApiError
@@ -21,6 +21,7 @@ from control.store import FileStore
 from proxy.config import Config
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
+from proxy.shadow_config import shadow_to_obj
 
 log = logging.getLogger("pointsman.api")
 
@@ -47,6 +48,23 @@ class ControlPlane:
         # What refuses a manual traffic change while a rollout drives the route; the rollout
         # runner registers itself (control/rollouts.py). None: nothing to refuse.
         self.guard: ChangeGuard | None = None
+        # With workers (control/workers.py): sends the new state to every worker and returns
+        # once all have applied it, so an answer means "in effect" for the whole host.
+        self.after_publish: Callable[[], Awaitable[None]] | None = None
+        # With workers: sums the workers' counters into this process's before they are read.
+        self.refresh_counters: Callable[[], Awaitable[None]] = _nothing
+
+    def snapshot(self) -> dict[str, object]:
+        """The routing state as a worker takes it (proxy/worker.py `table_from`)."""
+        doc = self.doc
+        return {
+            "version": doc.version,
+            "weights": doc.weights(),
+            "shadows": {
+                route: [shadow_to_obj(s) for s in shadows]
+                for route, shadows in doc.shadows().items()
+            },
+        }
 
     def publish(self) -> None:
         """Hand the data plane a routing table built from the current document."""
@@ -91,6 +109,8 @@ class ControlPlane:
             self.doc = new
             self.last_change = now
             self.publish()
+            if self.after_publish is not None:
+                await self.after_publish()
             after = new.route(route)
             await asyncio.to_thread(
                 self.store.audit,
@@ -121,6 +141,10 @@ class ControlPlane:
             new = transition(self.doc, time.time())
             await asyncio.to_thread(self.store.save, new)
             self.doc = new
+
+
+async def _nothing() -> None:
+    return None
 
 
 def route_assignment(state: RouteState) -> dict[str, object]:

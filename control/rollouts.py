@@ -96,6 +96,11 @@ class RolloutRunner:
 
     # -- commands --------------------------------------------------------------------------
 
+    async def host_counters(self, route: str, candidate: str) -> Counters:
+        """`counters` of the whole host: with workers, their counters are summed first."""
+        await self.plane.refresh_counters()
+        return self.counters(route, candidate)
+
     async def start(self, route: str, body: object, actor: str = "rollout") -> dict[str, Any]:
         async with self._lock(route):
             current = self.rollouts.get(route)
@@ -109,7 +114,7 @@ class RolloutRunner:
             pools = [name for name, _ in state.weights]
             spec = machine.parse_spec(body, pools)
             decision = machine.start(
-                spec, state.weights_dict(), pools, self.counters(route, spec.candidate),
+                spec, state.weights_dict(), pools, await self.host_counters(route, spec.candidate),
                 _now(), time.time(),
             )  # fmt: skip
             await self._apply(route, decision, actor)
@@ -122,7 +127,7 @@ class RolloutRunner:
             if rollout is None:
                 raise machine.RolloutError("no_rollout", f"route {route!r} has no rollout")
             now, wall = _now(), time.time()
-            counters = self.counters(route, rollout.spec.candidate)
+            counters = await self.host_counters(route, rollout.spec.candidate)
             if name == "pause":
                 decision = machine.pause(rollout, now, wall)
             elif name == "resume":
@@ -178,7 +183,7 @@ class RolloutRunner:
                 rollout = self.rollouts[route]
                 if rollout.phase != "running":
                     continue
-                counters = self.counters(route, rollout.spec.candidate)
+                counters = await self.host_counters(route, rollout.spec.candidate)
                 try:
                     decision = machine.tick(rollout, counters, _now(), time.time())
                     await self._apply(route, decision)
@@ -228,7 +233,7 @@ class RolloutRunner:
             rollout = self.rollouts.get(route)
             if rollout is None or rollout.phase != "awaiting_confirm":
                 return
-            counters = self.counters(route, rollout.spec.candidate)
+            counters = await self.host_counters(route, rollout.spec.candidate)
             decision = machine.confirmed(rollout, ok, detail, counters, _now(), time.time())
             await self._apply(route, decision)
             self._poke(route)
@@ -253,7 +258,7 @@ class RolloutRunner:
                 log.error("rollout of route %s not resumed: %s", route, err)
                 continue
             if rollout.phase in ACTIVE_PHASES:
-                counters = self.counters(route, rollout.spec.candidate)
+                counters = await self.host_counters(route, rollout.spec.candidate)
                 rollout = machine.rebase(rollout, counters, _now())
                 log.info(
                     "rollout %s resumed: %s at step %d, %.1fs in step", route, rollout.phase,

@@ -1,4 +1,6 @@
-"""Run one Pointsman process: data plane, admin listener, signals, ordered shutdown."""
+"""Run Pointsman: the admin listener, the routing state and its store, health checks and
+rollouts, and either the data plane in this process (`workers=None`, as the tests embed it)
+or N worker processes that serve it (control/workers.py); signals and ordered shutdown."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from control.plane import ControlPlane
 from control.rollouts import RolloutRunner
 from control.state import initial_state, reconcile
 from control.store import FileStore
+from control.workers import Supervisor
 from proxy.config import Config
 from proxy.server import ProxyServer
+from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("pointsman")
 
@@ -25,14 +29,27 @@ class StartupError(Exception):
 
 
 class Service:
-    """Data plane plus admin listener; `start` then `stop`, or `run` until a signal."""
+    """Admin listener plus the data plane (in-process or in workers); `start` then `stop`, or
+    `run` until a signal."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, workers: int | None = None, log_level: str = "info") -> None:
         self.config = config
+        # In master mode this server never listens: it holds the endpoint pools the health
+        # checks probe, and its counters hold the sums of the workers' counters.
         self.proxy = ProxyServer(config)
+        self.workers = workers
+        self.log_level = log_level
+        self.supervisor: Supervisor | None = None
         self.plane: ControlPlane | None = None
         self.rollouts: RolloutRunner | None = None
         self._admin_runner: web.AppRunner | None = None
+
+    @property
+    def data_port(self) -> int:
+        """The port the data plane listens on (the workers' when there are workers)."""
+        if self.supervisor is not None:
+            return self.supervisor.port
+        return self.proxy.port
 
     def _load_state(self) -> ControlPlane:
         """Persisted state wins over the config's initial weights; routes or pools the config
@@ -73,7 +90,18 @@ class Service:
         self.plane = plane
         rollouts = self.rollouts = RolloutRunner(plane)
         plane.publish()
-        await self.proxy.start()
+        if self.workers is None:
+            await self.proxy.start()
+        else:
+            await self.proxy.start(accept=False)
+            supervisor = self.supervisor = Supervisor(
+                self.proxy, self.workers, self.config.text, plane.snapshot, plane.lock,
+                log_level=self.log_level,
+            )  # fmt: skip
+            plane.after_publish = supervisor.push_state
+            plane.refresh_counters = supervisor.refresh
+            self.proxy.health.on_change = supervisor.push_health
+            await supervisor.start()
         await rollouts.restore()
         app = build_admin_app(self.proxy, plane, token, rollouts)
         # access_log off: /metrics is scraped every few seconds and would drown the log.
@@ -91,22 +119,40 @@ class Service:
         # answer (healthz says draining) while it drains.
         if self.rollouts is not None:
             await self.rollouts.close()
+        if self.supervisor is not None:
+            ctx = self.proxy.ctx
+            if ctx is not None:
+                ctx.draining = True  # /healthz says so while the workers drain
+            await self.supervisor.stop(self.config.timeouts.grace)
         await self.proxy.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (0) or until the workers cannot be kept running (1)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        code = 0
         try:
-            await stop.wait()
-            log.info("signal received: draining (grace %.1fs)", self.config.timeouts.grace)
+            await self.start()
+            waits = [loop.create_task(stop.wait())]
+            if self.supervisor is not None:
+                waits.append(loop.create_task(self.supervisor.failed.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(waits)
+            if self.supervisor is not None and self.supervisor.failed.is_set():
+                log.error("%s", self.supervisor.failure)
+                code = 1
+            else:
+                log.info("signal received: draining (grace %.1fs)", self.config.timeouts.grace)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
         log.info("stopped")
+        return code

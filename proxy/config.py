@@ -158,7 +158,15 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     state: StateConfig = field(default_factory=StateConfig)
+    workers: int | None = None  # data-plane processes beside the master; None: `auto` (CPUs)
     source: str = "<string>"  # file the config came from, for messages
+    # The YAML it was parsed from (workers parse the very same text); not part of equality.
+    text: str = field(default="", compare=False, repr=False)
+
+
+# Workers per host at most: past a few per core they only add context switches, and a typo
+# (`workers: 80000`) must not fork the machine to death.
+MAX_WORKERS: Final = 512
 
 
 # --- errors ------------------------------------------------------------------------------

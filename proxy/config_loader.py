@@ -16,6 +16,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from proxy.config import (
     MAX_WEIGHT,
+    MAX_WORKERS,
     Address,
     AdminConfig,
     Config,
@@ -32,6 +33,7 @@ from proxy.config import (
     UpstreamSettings,
 )
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow
+from proxy.values import Expected
 from proxy.yaml_nodes import (
     TOKEN_RE,
     Fields,
@@ -47,7 +49,7 @@ _NAME_EXPECTED = "expected a name of letters, digits, '_', '.' and '-'"
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-_TOP_KEYS = ("listen", "admin", "timeouts", "limits", "upstream", "state", "routes")
+_TOP_KEYS = ("listen", "admin", "workers", "timeouts", "limits", "upstream", "state", "routes")
 _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes")
@@ -85,6 +87,7 @@ class ConfigLoader(NodeReader):
         limits = self.limits(top["limits"]) if "limits" in top else Limits()
         upstream = self.upstream(top["upstream"]) if "upstream" in top else UpstreamSettings()
         state = self.state(top["state"]) if "state" in top else StateConfig()
+        workers = self.workers(top["workers"]) if "workers" in top else None
         routes = self.routes(top["routes"]) if "routes" in top else None
         if listen is None or routes is None:
             return None
@@ -96,8 +99,27 @@ class ConfigLoader(NodeReader):
             limits=limits,
             upstream=upstream,
             state=state,
+            workers=workers,
             source=self.source,
         )
+
+    def workers(self, node: Node) -> int | None:
+        """`auto` (None: as many as the CPUs this process may use) or 1..MAX_WORKERS."""
+        expected = f"expected 'auto' or a number of workers in 1..{MAX_WORKERS}"
+
+        def convert(value: object) -> int:
+            if value == "auto":
+                return 0  # stands for None below: converted() takes None as "reported"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= MAX_WORKERS
+            ):
+                raise Expected(expected, value)
+            return value
+
+        count = self.converted(node, "workers", convert, expected)
+        return count or None
 
     def admin(self, node: Node) -> tuple[AdminConfig, Node | None]:
         """The admin section, plus the node of its `listen` (for the clash check)."""
@@ -584,7 +606,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if loader.problems or config is None:
         # `config is None` without problems would be a loader bug; never hide it as success.
         raise ConfigError(loader.problems or [f"{source}:1: invalid config"])
-    return config
+    return replace(config, text=text)
 
 
 def load_config(path: str) -> Config:

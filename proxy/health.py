@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from proxy.config import HealthCheckConfig
 from proxy.tasks import cancel_and_wait
@@ -51,6 +51,8 @@ class HealthChecker:
 
     def __init__(self) -> None:
         self._tasks: dict[EndpointPool, asyncio.Task[None]] = {}
+        # Called after an endpoint goes out or comes back (the master pushes it to workers).
+        self.on_change: Callable[[], None] | None = None
 
     def start(self, checks: Iterable[tuple[EndpointPool, HealthCheckConfig]]) -> None:
         loop = asyncio.get_running_loop()
@@ -67,11 +69,15 @@ class HealthChecker:
                 if not target.checks_ok and passes >= config.healthy_threshold:
                     target.set_checks_ok(True)
                     log.info("endpoint %s passed %d checks: back in", target.address, passes)
+                    if self.on_change is not None:
+                        self.on_change()
             else:
                 passes, failures = 0, failures + 1
                 if target.checks_ok and failures >= config.unhealthy_threshold:
                     target.set_checks_ok(False)
                     log.warning("endpoint %s failed %d checks: out", target.address, failures)
+                    if self.on_change is not None:
+                        self.on_change()
             await asyncio.sleep(config.interval)
 
     async def stop(self) -> None:

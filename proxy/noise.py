@@ -79,6 +79,22 @@ class NoiseModel:
         if baseline:
             self._baseline_samples += 1
 
+    def to_obj(self) -> dict[str, object]:
+        """The counts as plain JSON (a worker sends them to the master, proxy/host_counters)."""
+        return {
+            "paths": {path: list(pair) for path, pair in self._counts.items()},
+            "candidate": self._candidate_samples,
+            "baseline": self._baseline_samples,
+        }
+
+    def load_obj(self, obj: dict[str, object]) -> None:
+        """Replace the counts with `to_obj` values (the master holds the host's sums)."""
+        paths = obj["paths"]
+        assert isinstance(paths, dict)
+        self._counts = {str(path): [int(pair[0]), int(pair[1])] for path, pair in paths.items()}
+        self._candidate_samples = int(str(obj["candidate"]))
+        self._baseline_samples = int(str(obj["baseline"]))
+
     def record_baseline(self, comparison: Comparison) -> None:
         """Count one primary-vs-baseline comparison."""
         self._baseline_samples += 1

@@ -76,7 +76,13 @@ class ProxyServer:
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(
+        self, sock: socket.socket | None = None, *, accept: bool = True, health_checks: bool = True
+    ) -> None:
+        """Start serving `sock` (a worker's, passed by the master) or config.listen. With
+        `accept=False` (the master of workers) everything but the listener runs: endpoint
+        pools for the health checks, shadows and counters that hold the host's sums. A worker
+        runs no `health_checks`: the master's results reach it as messages."""
         loop = asyncio.get_running_loop()
         self.upstreams = Upstreams(self.config.upstream, self.config.timeouts.connect)
         self.upstreams.start()
@@ -96,7 +102,8 @@ class ProxyServer:
                     target.ejection = pool.ejection
                     if pool.health is not None:
                         checks.append((target, pool.health))
-        self.health.start(checks)
+        if health_checks:
+            self.health.start(checks)
         ctx = ProxyContext(
             loop, self._table, self.metrics, self.upstreams, self.config.timeouts,
             self.config.limits,
@@ -106,6 +113,8 @@ class ProxyServer:
         self.metrics.open_connections = lambda: len(ctx.connections)
         upstreams = self.upstreams
         self.metrics.idle_upstream_connections = upstreams.idle_count
+        if not accept:
+            return
         if sock is not None:
             self._server = await loop.create_server(
                 lambda: cast(asyncio.Protocol, DownstreamConnection(ctx)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from proxy.compare import OTHER_PATH, Captured
 
@@ -123,6 +123,35 @@ class DiffSample:
     primary_ms: float
     shadow_ms: float
     differences: tuple[tuple[str, str, str, str, bool], ...]  # part, path, primary, shadow, noise
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> DiffSample:
+        """The inverse of `to_obj` (a worker's samples, read by the master)."""
+        return cls(
+            at=float(obj["at"]),
+            request_id=str(obj["request_id"]),
+            method=str(obj["method"]),
+            target=str(obj["target"]),
+            host=str(obj["host"]),
+            request_headers=tuple((str(k), str(v)) for k, v in obj["request_headers"]),
+            request_body=None if obj["request_body"] is None else str(obj["request_body"]),
+            request_body_truncated=bool(obj["request_body_truncated"]),
+            endpoint=str(obj["endpoint"]),
+            primary_status=int(obj["primary_status"]),
+            shadow_status=int(obj["shadow_status"]),
+            primary_ms=float(obj["primary_ms"]),
+            shadow_ms=float(obj["shadow_ms"]),
+            differences=tuple(
+                (
+                    str(d["part"]),
+                    str(d["path"]),
+                    str(d["primary"]),
+                    str(d["shadow"]),
+                    bool(d["noise"]),
+                )
+                for d in obj["differences"]
+            ),
+        )
 
     def to_obj(self) -> dict[str, object]:
         return {

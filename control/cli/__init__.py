@@ -35,6 +35,7 @@ from control.cli.routes import (
 from control.cli.run import (
     cmd_check,
     cmd_run,
+    workers_arg,
 )
 from control.client import DEFAULT_ADMIN_URL
 
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the proxy")
     run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument(
+        "--workers",
+        type=workers_arg,
+        help="data-plane worker processes: 'auto' (one per CPU) or 1..512; overrides the"
+        " config's `workers`",
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("--config", required=True, help="YAML config file")

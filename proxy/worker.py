@@ -1,0 +1,156 @@
+"""A data-plane worker: one process started by the master (control/workers.py), serving the
+listening socket the master holds for its slot, with the routing state the master pushes.
+
+It runs uvloop and the data plane only: no admin listener, no state file, no health checks,
+no rollouts. Start-up: connect the control channel, say `up`, take `hello` (the config text and
+the current routing state), build the table, start accepting, say `ready`. Then it applies
+`state` and `health` messages between requests, answers `counters` and `ping`, and on `drain`,
+SIGTERM or a closed channel (the master is gone) it drains as one process does and exits.
+
+    python -m proxy.worker --slot N --listen-fd F --control-fd C
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import uvloop
+
+from proxy.config import Config, ConfigError
+from proxy.config_loader import parse_config
+from proxy.host_counters import SampleCursor, worker_counters
+from proxy.ipc import ChannelClosed, encode, read_message
+from proxy.router import RoutingTable
+from proxy.server import ProxyServer
+from proxy.shadow_config import ShadowConfig, parse_shadow
+from proxy.tasks import cancel_and_wait
+
+log = logging.getLogger("pointsman.worker")
+
+# As in `pointsman run`: the request path allocates many short-lived containers.
+GC_YOUNG_THRESHOLD: Final = 20_000
+# Exit codes the master reads: the hello was unusable (a master/worker mismatch, not a crash).
+EXIT_BAD_HELLO: Final = 3
+
+
+def table_from(config: Config, state: Mapping[str, Any]) -> RoutingTable:
+    """The routing table for a state message: {"version", "weights", "shadows"} as the
+    master's StateDoc has them (shadows as `shadow_to_obj` values)."""
+    shadows: dict[str, tuple[ShadowConfig, ...]] = {
+        route: tuple(parse_shadow(item) for item in items)
+        for route, items in state.get("shadows", {}).items()
+    }
+    return RoutingTable(
+        config.routes, weights=state["weights"], version=int(state["version"]), shadows=shadows
+    )
+
+
+def apply_health(server: ProxyServer, endpoints: Mapping[str, bool]) -> None:
+    """Active-check results decided by the master, by endpoint address."""
+    upstreams = server.upstreams
+    if upstreams is None:
+        return
+    for address, target in upstreams.pools.items():
+        ok = endpoints.get(str(address))
+        if ok is not None and ok != target.checks_ok:
+            target.set_checks_ok(ok)
+
+
+class Worker:
+    def __init__(self, slot: int, listen_fd: int, control_fd: int) -> None:
+        self.slot = slot
+        self.listen_fd = listen_fd
+        self.control_fd = control_fd
+        self.stop = asyncio.Event()
+        self.server: ProxyServer | None = None
+        self.cursor = SampleCursor()
+        self.grace: float | None = None  # the master's drain grace; None: the config's
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        # Ctrl-C in a terminal reaches the master, which drains the workers itself.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        channel = socket.socket(fileno=self.control_fd)
+        reader, writer = await asyncio.open_connection(sock=channel)
+        writer.write(encode({"type": "up", "pid": os.getpid()}))
+        try:
+            hello = await read_message(reader)
+            config = parse_config(hello["config"], hello["source"])
+            table = table_from(config, hello["state"])
+        except (ChannelClosed, ConfigError, KeyError, TypeError, ValueError) as err:
+            log.error("worker %d: unusable hello from the master: %s", self.slot, err)
+            return EXIT_BAD_HELLO
+        server = self.server = ProxyServer(config, table)
+        await server.start(sock=socket.socket(fileno=self.listen_fd), health_checks=False)
+        apply_health(server, hello.get("health", {}))
+        writer.write(encode({"type": "ready", "version": table.version, "pid": os.getpid()}))
+        listener = loop.create_task(self._listen(reader, writer, config))
+        try:
+            await self.stop.wait()
+        finally:
+            await cancel_and_wait([listener])
+            await server.stop(self.grace)
+            writer.close()
+        return 0
+
+    async def _listen(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, config: Config
+    ) -> None:
+        server = self.server
+        assert server is not None
+        try:
+            while True:
+                message = await read_message(reader)
+                kind = message["type"]
+                if kind == "state":
+                    table = table_from(config, message)
+                    server.set_table(table)
+                    writer.write(encode({"type": "ack", "version": table.version}))
+                elif kind == "health":
+                    apply_health(server, message["endpoints"])
+                elif kind == "counters":
+                    body = worker_counters(server.metrics, server.shadows, self.cursor)
+                    writer.write(encode({"type": "counters", "id": message["id"], **body}))
+                elif kind == "ping":
+                    writer.write(encode({"type": "pong"}))
+                elif kind == "drain":
+                    self.grace = float(message["grace"])
+                    log.info("worker %d: draining (asked by the master)", self.slot)
+                    break
+                else:
+                    log.warning("worker %d: unknown message %r ignored", self.slot, kind)
+        except ChannelClosed:
+            log.warning("worker %d: the master is gone: draining", self.slot)
+        finally:
+            self.stop.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proxy.worker")
+    parser.add_argument("--slot", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker {args.slot} %(name)s: %(message)s",
+    )
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
+    return uvloop.run(Worker(args.slot, args.listen_fd, args.control_fd).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
