@@ -165,6 +165,7 @@ class Supervisor:
         for slot in self.slots:
             code = await self._spawn(slot)
             if code is not None:
+                await self.stop(0.0)  # the workers already started, and the sockets
                 raise WorkerStartError(
                     f"worker {slot.index} exited with code {code} before it was ready"
                     " (its own log line above says why)"

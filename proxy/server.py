@@ -7,7 +7,7 @@ import logging
 import socket
 from typing import cast
 
-from proxy.config import Config
+from proxy.config import Address, Config
 from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
@@ -130,7 +130,8 @@ class ProxyServer:
                 backlog=LISTEN_BACKLOG,
                 reuse_address=True,
             )
-        log.info("data plane listening on %s", self.config.listen)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        log.info("data plane listening on %s", Address(host, port))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace`, then close."""

@@ -94,13 +94,18 @@ def config_for(
     extra: str = "",
     route_extra: str = "",
     weights: dict[str, int] | None = None,
+    pool_extra: dict[str, str] | None = None,
 ) -> Config:
-    """A one-route config over the given pools (name -> endpoints), listening on port 0."""
+    """A one-route config over the given pools (name -> endpoints), listening on port 0;
+    `pool_extra` adds settings to a pool's mapping (e.g. "ejection: {...}")."""
     if weights is None:
         first = next(iter(pools))
         weights = {name: (100 if name == first else 0) for name in pools}
+    extra_of = pool_extra or {}
     pool_lines = "\n".join(
-        f"      {name}: {{endpoints: [{', '.join(repr(e) for e in eps)}]}}"
+        f"      {name}: {{endpoints: [{', '.join(repr(e) for e in eps)}]"
+        + (f", {extra_of[name]}" if name in extra_of else "")
+        + "}"
         for name, eps in pools.items()
     )
     weight_text = ", ".join(f"{k}: {v}" for k, v in weights.items())

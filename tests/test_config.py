@@ -305,6 +305,23 @@ routes:
     ]
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("0", "0"), ("lots", "'lots'"), ("513", "513"), ("-2", "-2"), ("true", "true"),
+     ("2.5", "2.5"), ("[2]", "a list")],
+)  # fmt: skip
+def test_workers_must_be_auto_or_a_count_in_range(value: str, shown: str) -> None:
+    assert problems(MINIMAL + f"workers: {value}\n") == [
+        f"config/x.yaml:6: workers: expected 'auto' or a number of workers in 1..512, got {shown}"
+    ]
+
+
+@pytest.mark.parametrize(("value", "count"), [("auto", None), ("1", 1), ("512", 512)])
+def test_workers_auto_or_a_count(value: str, count: int | None) -> None:
+    assert parse_config(MINIMAL + f"workers: {value}\n", SRC).workers == count
+    assert parse_config(MINIMAL, SRC).workers is None  # auto when not given
+
+
 def test_duplicate_keys_are_reported() -> None:
     assert problems(MINIMAL + "listen: 127.0.0.1:9999\n") == [
         "config/x.yaml:6: listen: duplicate key (first on line 1)"
