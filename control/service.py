@@ -32,13 +32,20 @@ class Service:
     """Admin listener plus the data plane (in-process or in workers); `start` then `stop`, or
     `run` until a signal."""
 
-    def __init__(self, config: Config, workers: int | None = None, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        config: Config,
+        workers: int | None = None,
+        log_level: str = "info",
+        shared_socket: bool = False,
+    ) -> None:
         self.config = config
         # In master mode this server never listens: it holds the endpoint pools the health
         # checks probe, and its counters hold the sums of the workers' counters.
         self.proxy = ProxyServer(config)
         self.workers = workers
         self.log_level = log_level
+        self.shared_socket = shared_socket
         self.supervisor: Supervisor | None = None
         self.plane: ControlPlane | None = None
         self.rollouts: RolloutRunner | None = None
@@ -96,7 +103,7 @@ class Service:
             await self.proxy.start(accept=False)
             supervisor = self.supervisor = Supervisor(
                 self.proxy, self.workers, self.config.text, plane.snapshot, plane.lock,
-                log_level=self.log_level,
+                log_level=self.log_level, shared_socket=self.shared_socket,
             )  # fmt: skip
             plane.after_publish = supervisor.push_state
             plane.refresh_counters = supervisor.refresh

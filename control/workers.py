@@ -105,6 +105,7 @@ class WorkerSlot:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.ready_event = asyncio.Event()
         self.restarts = 0
+        self.retired_requests = 0  # answered by the slot's earlier workers
 
     @property
     def pid(self) -> int | None:
@@ -262,6 +263,7 @@ class Supervisor:
         slot.ready = False
         if slot.counts:
             add_counts(self.retired, slot.counts)
+            slot.retired_requests += requests_in(slot.counts)
         slot.counts = {}
         slot.gauges = {}
         for _, acked in slot.acks:
@@ -493,7 +495,8 @@ class Supervisor:
 
 
 class WorkerCollector(Collector):
-    """Per-worker series: open connections (how evenly the kernel spreads them) and restarts."""
+    """Per-worker series: open connections and requests (how evenly the kernel spreads the
+    load), restarts."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
@@ -511,8 +514,24 @@ class WorkerCollector(Collector):
             "pointsman_worker_restarts", "Times each worker slot was restarted.",
             labels=["worker"],
         )  # fmt: skip
+        served = CounterMetricFamily(
+            "pointsman_worker_requests",
+            "Requests answered by each worker slot (as of the last counters round).",
+            labels=["worker"],
+        )
         for slot in self.supervisor.slots:
             conns.add_metric([str(slot.index)], slot.gauges.get("open_connections", 0))
             restarts.add_metric([str(slot.index)], slot.restarts)
+            served.add_metric([str(slot.index)], slot.retired_requests + requests_in(slot.counts))
         yield conns
         yield restarts
+        yield served
+
+
+def requests_in(counts: Counts) -> int:
+    """Requests answered, in one worker's counters: every pool's status classes."""
+    return sum(
+        sum(values["status"])
+        for by_pool in counts.get("pools", {}).values()
+        for values in by_pool.values()
+    )

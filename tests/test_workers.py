@@ -318,6 +318,13 @@ async def test_metrics_count_every_request_of_every_worker_exactly(
     )
     assert observed == blue_sent + green_sent
     assert samples[("pointsman_workers_ready", ())] == 2
+    served = {
+        dict(labels)["worker"]: v
+        for (name, labels), v in samples.items()
+        if name == "pointsman_worker_requests_total"
+    }
+    assert set(served) == {"0", "1"} and all(v > 0 for v in served.values()), served
+    assert sum(served.values()) == blue_sent + green_sent
 
 
 async def test_sticky_users_land_on_the_same_pool_whichever_worker_serves_them(

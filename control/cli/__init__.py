@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-plane worker processes: 'auto' (one per CPU) or 1..512; overrides the"
         " config's `workers`",
     )
+    run.add_argument(
+        "--shared-socket",
+        action="store_true",
+        help="one listening socket shared by all workers instead of one SO_REUSEPORT socket"
+        " each (for comparing how evenly connections spread; see ARCHITECTURE.md)",
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("--config", required=True, help="YAML config file")

@@ -56,7 +56,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
-    service = Service(config, workers=worker_count(setting), log_level=args.log_level)
+    service = Service(
+        config,
+        workers=worker_count(setting),
+        log_level=args.log_level,
+        shared_socket=args.shared_socket,
+    )
     try:
         return uvloop.run(service.run())
     except (StartupError, WorkerStartError) as err:
