@@ -226,6 +226,7 @@ class Supervisor:
                             "source": self.config.source,
                             "state": self.snapshot(),
                             "health": self.health(),
+                            "ejected": self.ejected(),
                         }
                     )
                     await self._first_of(slot.ready_event.wait(), exited)
@@ -303,6 +304,8 @@ class Supervisor:
                         else:
                             still.append((wanted, future))
                     slot.acks = still
+                elif kind == "ejected":
+                    self.eject(slot, str(message["endpoint"]), float(message["for"]))
                 elif kind == "counters":
                     answer = slot.pending.pop(int(message["id"]), None)
                     if answer is not None and not answer.done():
@@ -397,6 +400,39 @@ class Supervisor:
         if upstreams is None:
             return {}
         return {str(address): target.checks_ok for address, target in upstreams.pools.items()}
+
+    def eject(self, reporter: WorkerSlot, endpoint: str, seconds: float) -> None:
+        """A worker ejected `endpoint` for `seconds`: eject it on every worker of the host
+        (and in the master's view, for the API and /metrics). Failures are counted per worker,
+        so the first worker to see enough of them decides for the host."""
+        loop = asyncio.get_running_loop()
+        upstreams = self.proxy.upstreams
+        target = None
+        if upstreams is not None:
+            target = next((t for a, t in upstreams.pools.items() if str(a) == endpoint), None)
+        if target is None:
+            return
+        if target.ejected_until > loop.time():
+            return  # already ejected for the host: the other workers were told
+        target.ejected_until = loop.time() + seconds
+        target.healthy = False
+        log.warning("endpoint %s ejected for the host for %gs (reported by worker %d)",
+                    endpoint, seconds, reporter.index)  # fmt: skip
+        for slot in self.slots:
+            if slot is not reporter and slot.ready:
+                slot.send({"type": "eject", "endpoint": endpoint, "for": seconds})
+
+    def ejected(self) -> dict[str, float]:
+        """Endpoints ejected for the host now, with the seconds left (for a new worker)."""
+        upstreams = self.proxy.upstreams
+        if upstreams is None:
+            return {}
+        now = asyncio.get_running_loop().time()
+        return {
+            str(address): target.ejected_until - now
+            for address, target in upstreams.pools.items()
+            if target.ejected_until > now
+        }
 
     def push_health(self) -> None:
         endpoints = self.health()

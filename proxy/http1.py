@@ -13,6 +13,7 @@ import logging
 import os
 import random
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Final, cast
 
@@ -764,6 +765,8 @@ class DownstreamConnection:
         pool.stats.connect_errors += 1
         if target.failed():
             log.warning("endpoint %s ejected after %d failures", target.address, target.failures)
+            if self.ctx.on_eject is not None:
+                self.ctx.on_eject(target)
         log.warning(
             "connect to %s failed (route %s, pool %s): %s",
             target.address, pool.route_name, pool.name, exc or type(exc).__name__,
@@ -915,6 +918,8 @@ class DownstreamConnection:
         if self.resp_status >= 500:
             if endpoint.failed():
                 log.warning("endpoint %s ejected after %d 5xx", endpoint.address, endpoint.failures)
+                if self.ctx.on_eject is not None:
+                    self.ctx.on_eject(endpoint)
         elif endpoint.failures:
             endpoint.failures = 0
         # Reusable only if the upstream got the whole request and framed the whole response.
@@ -1182,6 +1187,9 @@ class ProxyContext:
         self.table = table
         self.metrics = metrics
         self.upstreams = upstreams
+        # Told of each passive ejection (a worker reports it to the master, which ejects the
+        # endpoint on every worker of the host).
+        self.on_eject: Callable[[EndpointPool], None] | None = None
         self.timeouts = timeouts
         self.limits = limits
         # Flattened copies for the request path (plain fields of this compiled class).

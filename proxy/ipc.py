@@ -2,10 +2,11 @@
 messages, each an object with a "type". Both ends use asyncio streams over their half.
 
 Master to worker: `hello` (config text and the routing state, before the worker listens),
-`state` (a new routing state, acknowledged by `ack` with its version), `health` (which
-endpoints take traffic), `counters` (answered by `counters` with the same id), `ping`
-(answered by `pong`), `drain` (stop accepting, finish in flight, exit). Worker to master:
-`ready`, `ack`, `counters`, `pong`.
+`state` (a new routing state, acknowledged by `ack` with its version), `health` (active-check
+results), `eject` (an endpoint ejected for the host), `counters` (answered by `counters` with
+the same id), `ping` (answered by `pong`), `drain` (stop accepting, finish in flight, exit).
+Worker to master: `up`, `ready`, `ack`, `ejected` (it ejected an endpoint itself), `counters`,
+`pong`.
 """
 
 from __future__ import annotations

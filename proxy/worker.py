@@ -4,8 +4,9 @@ listening socket the master holds for its slot, with the routing state the maste
 It runs uvloop and the data plane only: no admin listener, no state file, no health checks,
 no rollouts. Start-up: connect the control channel, say `up`, take `hello` (the config text and
 the current routing state), build the table, start accepting, say `ready`. Then it applies
-`state` and `health` messages between requests, answers `counters` and `ping`, and on `drain`,
-SIGTERM or a closed channel (the master is gone) it drains as one process does and exits.
+`state`, `health` and `eject` messages between requests, reports its own passive ejections
+(`ejected`), answers `counters` and `ping`, and on `drain`, SIGTERM or a closed channel (the
+master is gone) it drains as one process does and exits.
 
     python -m proxy.worker --slot N --listen-fd F --control-fd C
 """
@@ -33,6 +34,7 @@ from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 from proxy.shadow_config import ShadowConfig, parse_shadow
 from proxy.tasks import cancel_and_wait
+from proxy.upstream import EndpointPool
 
 log = logging.getLogger("pointsman.worker")
 
@@ -52,6 +54,21 @@ def table_from(config: Config, state: Mapping[str, Any]) -> RoutingTable:
     return RoutingTable(
         config.routes, weights=state["weights"], version=int(state["version"]), shadows=shadows
     )
+
+
+def apply_ejections(server: ProxyServer, ejected: Mapping[str, float]) -> None:
+    """Ejections decided for the host (endpoint address -> seconds left): the endpoint takes
+    no traffic here either, and comes back on probation when they are over, as if this worker
+    had ejected it itself."""
+    upstreams = server.upstreams
+    if upstreams is None:
+        return
+    now = asyncio.get_running_loop().time()
+    for address, target in upstreams.pools.items():
+        left = ejected.get(str(address))
+        if left is not None and target.ejected_until == 0.0 and left > 0:
+            target.ejected_until = now + left
+            target.healthy = False
 
 
 def apply_health(server: ProxyServer, endpoints: Mapping[str, bool]) -> None:
@@ -93,6 +110,14 @@ class Worker:
         server = self.server = ProxyServer(config, table)
         await server.start(sock=socket.socket(fileno=self.listen_fd), health_checks=False)
         apply_health(server, hello.get("health", {}))
+        apply_ejections(server, hello.get("ejected", {}))
+
+        def report_ejection(target: EndpointPool) -> None:
+            left = target.ejected_until - loop.time()
+            writer.write(encode({"type": "ejected", "endpoint": str(target.address), "for": left}))
+
+        assert server.ctx is not None
+        server.ctx.on_eject = report_ejection
         writer.write(encode({"type": "ready", "version": table.version, "pid": os.getpid()}))
         listener = loop.create_task(self._listen(reader, writer, config))
         try:
@@ -118,6 +143,8 @@ class Worker:
                     writer.write(encode({"type": "ack", "version": table.version}))
                 elif kind == "health":
                     apply_health(server, message["endpoints"])
+                elif kind == "eject":
+                    apply_ejections(server, {message["endpoint"]: float(message["for"])})
                 elif kind == "counters":
                     body = worker_counters(server.metrics, server.shadows, self.cursor)
                     writer.write(encode({"type": "counters", "id": message["id"], **body}))

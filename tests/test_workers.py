@@ -625,3 +625,33 @@ def test_run_refuses_a_bad_workers_option_with_one_line(tmp_path: Path, value: s
     )
     assert result.returncode == 2
     assert f"argument --workers: expected 'auto' or 1..512, got '{value}'" in result.stderr
+
+
+async def test_an_endpoint_ejected_by_one_worker_takes_no_traffic_on_any(
+    start_host: StartHost, backend_factory: BackendFactory
+) -> None:
+    good = await backend_factory("good", echo("good"))
+    bad = await backend_factory("bad", echo("bad", status=500))
+    host = await start_host(
+        {"blue": [good, bad]},
+        pool_extra={"blue": "ejection: {consecutive_failures: 3, backoff: 60s}"},
+    )
+    connections = await pinned_clients(host, 2)
+    first, last = connections[0], connections[-1]
+    try:
+        # On the first worker, until it has seen bad fail three times in a row and ejected it.
+        for i in range(100):
+            await first.get(f"/e/{i}")
+            code, route = await host.call("GET", ROUTE)
+            assert code == 200, route
+            endpoints = route["pools"]["blue"]["endpoints"]
+            if not next(e for e in endpoints if e["address"] == bad.address)["healthy"]:
+                break
+        else:
+            raise AssertionError("bad was never ejected")
+        await host.metrics()  # a round trip to every worker: each has read what came before
+        answers = [await last.get(f"/after/{i}") for i in range(20)]
+    finally:
+        await close_all(connections)
+    assert last.worker != first.worker
+    assert answers == [(200, "good")] * 20
