@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.config import Address
-from proxy.host_counters import Counts, add_counts, add_samples, apply
+from proxy.host_counters import Counts, add_counts, add_samples, apply, retired
 from proxy.ipc import ChannelClosed, encode, read_message
 from proxy.server import LISTEN_BACKLOG, ProxyServer
 from proxy.tasks import cancel_and_wait
@@ -141,7 +141,7 @@ class Supervisor:
         self.log_level = log_level
         self.shared_socket = shared_socket  # one socket for all slots (for measuring only)
         self.slots: list[WorkerSlot] = []
-        self.retired: Counts = {}  # what workers that have exited had counted
+        self.retired_counts: Counts = {}  # what workers that have exited had counted
         self.stopping = False
         self.failed = asyncio.Event()  # set with `failure` when the master must stop
         self.failure = ""
@@ -263,7 +263,7 @@ class Supervisor:
         """Forget the slot's worker: keep what it counted, fail what waited on it."""
         slot.ready = False
         if slot.counts:
-            add_counts(self.retired, slot.counts)
+            add_counts(self.retired_counts, retired(slot.counts))
             slot.retired_requests += requests_in(slot.counts)
         slot.counts = {}
         slot.gauges = {}
@@ -477,7 +477,7 @@ class Supervisor:
                     if pending is future:
                         del slot.pending[key]
         totals: Counts = {}
-        add_counts(totals, self.retired)
+        add_counts(totals, self.retired_counts)
         for slot in self.slots:
             if slot.counts:
                 add_counts(totals, slot.counts)

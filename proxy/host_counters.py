@@ -21,7 +21,7 @@ from proxy.shadow_records import DiffSample, ShadowStats
 from proxy.shadow_registry import Shadows
 from proxy.stats import PoolStats
 
-__all__ = ["SampleCursor", "add_counts", "apply", "worker_counters"]
+__all__ = ["SampleCursor", "add_counts", "add_samples", "apply", "retired", "worker_counters"]
 
 Counts = dict[str, Any]  # nested: str keys, int / float / list-of-number / Counts values
 
@@ -41,6 +41,16 @@ def add_counts(into: Counts, more: Counts) -> None:
             into[key] = have + value
         else:
             raise ValueError(f"counters disagree in shape at {key!r}")
+
+
+def retired(counts: Counts) -> Counts:
+    """What a worker that has exited still adds to the host: its counters, not its gauges
+    (the mirrors it had in flight are gone with it)."""
+    kept = copy.deepcopy(counts)
+    for by_pool in kept.get("shadows", {}).values():
+        for values in by_pool.values():
+            values["in_flight"] = 0
+    return kept
 
 
 def _pool_counts(stats: PoolStats) -> Counts:
@@ -69,6 +79,7 @@ def _shadow_counts(shadow: Shadow) -> Counts:
         "delta_buckets": list(stats.delta_buckets),
         "delta_sum": stats.delta_sum,
         "noise_model": noise.to_obj(),
+        "in_flight": shadow.in_flight,  # a gauge: zeroed when the worker retires
     }
 
 
@@ -160,6 +171,7 @@ def _apply_shadow(shadow: Shadow, values: Counts) -> None:
     stats.delta_buckets = [int(n) for n in values["delta_buckets"]]
     stats.delta_sum = float(values["delta_sum"])
     shadow.noise.load_obj(values["noise_model"])
+    shadow.in_flight = int(values.get("in_flight", 0))
 
 
 def add_samples(shadows: Shadows, samples: dict[str, dict[str, list[dict[str, Any]]]]) -> None:

@@ -655,3 +655,32 @@ async def test_an_endpoint_ejected_by_one_worker_takes_no_traffic_on_any(
         await close_all(connections)
     assert last.worker != first.worker
     assert answers == [(200, "good")] * 20
+
+
+async def test_a_worker_that_keeps_dying_before_it_is_ready_stops_the_master(
+    backend_factory: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blue = await backend_factory("blue", echo("blue"))
+    config = config_for({"blue": [blue.address]})
+    config = replace(config, state=StateConfig(str(tmp_path / "s.json")))
+    monkeypatch.setenv("POINTSMAN_TOKEN", TOKEN)
+    service = Service(config, workers=2)
+    run = asyncio.create_task(service.run())
+    deadline = time.monotonic() + LIMIT
+    while service.supervisor is None or not all(s.ready for s in service.supervisor.slots):
+        assert time.monotonic() < deadline and not run.done(), "not started"
+        await asyncio.sleep(0.02)  # run() gives no sign of having started
+    supervisor = service.supervisor
+    # From now on a new worker cannot start (as after a broken install under a running master).
+    supervisor.config_text = "routes: ["
+    pid = supervisor.slots[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(30):  # five tries with a backoff of 0.2 + 0.4 + 0.8 + 1.6 s
+        code = await run
+    assert code == 1
+    assert supervisor.failure == (
+        "worker 0 died before it was ready 5 times in a row (last exit code 3): stopping"
+    )
+    assert all(slot.process is None or slot.process.returncode is not None
+               for slot in supervisor.slots)  # fmt: skip
