@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +63,22 @@ SHADOW_PHASES: tuple[tuple[str, str], ...] = (
     ("pm_fast", "Pointsman, fast shadow at 100 %"),
     ("nginx_plain", "nginx proxy, no mirror"),
     ("nginx_mirror", "nginx proxy, `mirror` to the 1 s shadow"),
+)
+
+# Workers (the process model): Pointsman with 2 workers against nginx with 2, req/s and p99;
+# CPU per request with 2 workers against 1 (what the process model costs); the master's own
+# CPU at full load; a flip through the control API answered while under load.
+MIN_WORKERS_RPS_RATIO = 0.9
+MAX_WORKERS_P99_RATIO = 1.2
+MAX_WORKERS_CPU_RATIO = 1.10
+MAX_MASTER_CPU_PCT = 3.0
+MAX_FLIP_P99_MS = 20.0
+# In the order run.sh runs them in odd rounds (even rounds: reversed).
+WORKER_TARGETS: tuple[tuple[str, str], ...] = (
+    ("nginx_w2", "nginx proxy, `worker_processes 2`"),
+    ("pm_w2", "Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker)"),
+    ("pm_w1", "Pointsman, `workers: 1`"),
+    ("pm_w2_shared", "Pointsman, `workers: 2`, `--shared-socket`"),
 )
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -408,8 +426,14 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
             "ratios the targets are judged on are paired: for each round, Pointsman's req/s "
             "(p99) is divided by nginx's from the same round (adjacent runs), and the median "
             "of these per-round ratios is reported; the ratio of the two medians is shown "
-            "beside it. Half of the requests carry `X-User-Id: <random id>`. All processes "
-            f"share the same {os.cpu_count()} CPUs with wrk."
+            "beside it. Half of the requests carry `X-User-Id: <random id>`. "
+            + (
+                ""
+                if standin
+                else f"Pointsman runs with `workers: {meta.get('pointsman_workers', '1')}` (a "
+                "master and one worker process), the nginx proxy with one worker. "
+            )
+            + f"All processes share the same {os.cpu_count()} CPUs with wrk."
         )
         lines.append("")
         lines.append("| Target | Requests/s | p50 | p99 | Requests | Errors |")
@@ -507,15 +531,22 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
     checks.extend(shadow_checks)
     summary["shadow"] = shadow_summary
 
+    # ---- workers
+    workers_lines, workers_checks, workers_summary = workers_section(results, meta)
+    lines.extend(workers_lines)
+    checks.extend(workers_checks)
+    summary["workers"] = workers_summary
+
     # ---- memory
-    lines.append("## Memory (RSS of the Pointsman process)")
+    lines.append("## Memory (RSS of the Pointsman processes: master and worker)")
     lines.append("")
     mem_rows, mem_checks = memory_section(meta, mem)
     checks.extend(mem_checks)
     if mem_rows:
         lines.append(
-            f"VmRSS from `/proc/PID/status`, sampled every {meta.get('sample_interval', '?')} s; "
-            "growth = peak during the test minus the value just before it."
+            "VmRSS from `/proc/PID/status`, the master's and its worker's summed, sampled every "
+            f"{meta.get('sample_interval', '?')} s; growth = peak during the test minus the "
+            "value just before it."
         )
         lines.append("")
         lines.append("| Test | Before | Peak | Growth | Details |")
@@ -595,8 +626,8 @@ def shadow_section(
         "through the control API between phases (`percent: 100`, `methods: [GET]`, "
         f"`timeout: 2s`, `max_in_flight: 256`); the slow shadow (benchmarks/slow.py) answers "
         f"after {delay} s, the fast one is the same nginx backend. CPU per request: "
-        "Pointsman's utime + stime during the run (all its threads, comparison included) over "
-        "the requests wrk completed in that run."
+        "Pointsman's utime + stime during the run (master and worker, all their threads, "
+        "comparison included) over the requests wrk completed in that run."
     )
     lines.append("")
     lines.append("| Target | Requests/s | p50 | p99 | CPU per request | Errors | Shadow counts |")
@@ -748,6 +779,509 @@ def shadow_section(
     return lines, checks, summary
 
 
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass
+class WorkersRun:
+    """One wrk run of the workers phase, with what run.sh read around it."""
+
+    wrk: WrkResult
+    cpu_per_request: float | None = None  # seconds, master + workers (nginx: master + workers)
+    master_cpu_pct: float | None = None  # master CPU seconds / wall seconds, % of one core
+    processes: int | None = None
+    requests_by_worker: dict[str, int] = field(default_factory=dict)  # answered in the run
+    open_by_worker: dict[str, int] = field(default_factory=dict)  # mid-run
+    restarts: int = 0
+
+    @property
+    def request_shares(self) -> dict[str, float]:
+        total = sum(self.requests_by_worker.values())
+        if total <= 0:
+            return {}
+        return {w: n / total for w, n in self.requests_by_worker.items()}
+
+    @property
+    def request_spread(self) -> float | None:
+        return max_min(self.requests_by_worker)
+
+    @property
+    def open_spread(self) -> float | None:
+        return max_min(self.open_by_worker)
+
+
+def max_min(values: dict[str, int]) -> float | None:
+    """max / min of the per-worker values; inf when a worker had none (and another some);
+    None with fewer than two workers or nothing at all."""
+    if len(values) < 2 or max(values.values()) <= 0:
+        return None
+    low = min(values.values())
+    return max(values.values()) / low if low > 0 else math.inf
+
+
+PROM_WORKER_LINE = re.compile(
+    r'^(pointsman_worker_[a-z_]+)\{worker="([0-9]+)"\}\s+([0-9.eE+-]+|NaN|[+-]Inf)\s*$', re.M
+)
+
+
+def parse_worker_metrics(text: str) -> dict[str, dict[str, float]]:
+    """The per-worker series of the master's /metrics: {metric name: {worker: value}}."""
+    found: dict[str, dict[str, float]] = {}
+    for m in PROM_WORKER_LINE.finditer(text):
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        found.setdefault(m.group(1), {})[m.group(2)] = value
+    return found
+
+
+def read_metrics(path: Path) -> dict[str, dict[str, float]] | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return parse_worker_metrics(text) if text.strip() else None
+
+
+def by_worker_index(values: dict[str, float]) -> dict[str, int]:
+    return {w: round(values[w]) for w in sorted(values, key=int)}
+
+
+def load_workers_run(results: Path, key: str, n: int, wrk: WrkResult, clk_tck: int) -> WorkersRun:
+    run = WorkersRun(wrk)
+    base = results / f"workers_{key}_{n}"
+    cpu = read_env(base.with_name(base.name + ".cpu"))
+    total, master = as_int(cpu, "total_ticks"), as_int(cpu, "master_ticks")
+    start, end = as_float(cpu, "wall_start"), as_float(cpu, "wall_end")
+    run.processes = as_int(cpu, "processes")
+    if total is not None and wrk.requests:
+        run.cpu_per_request = total / clk_tck / wrk.requests
+    if master is not None and start is not None and end is not None and end > start:
+        run.master_cpu_pct = master / clk_tck / (end - start) * 100.0
+    before = read_metrics(base.with_name(base.name + ".before.prom"))
+    after = read_metrics(base.with_name(base.name + ".after.prom"))
+    mid = read_metrics(base.with_name(base.name + ".mid.prom"))
+    if before is not None and after is not None:
+        b = before.get("pointsman_worker_requests_total", {})
+        a = after.get("pointsman_worker_requests_total", {})
+        run.requests_by_worker = by_worker_index({w: max(0.0, a[w] - b.get(w, 0.0)) for w in a})
+        rb = before.get("pointsman_worker_restarts_total", {})
+        ra = after.get("pointsman_worker_restarts_total", {})
+        run.restarts = round(sum(max(0.0, ra[w] - rb.get(w, 0.0)) for w in ra))
+    if mid is not None:
+        run.open_by_worker = by_worker_index(mid.get("pointsman_worker_open_connections", {}))
+    return run
+
+
+def fmt_spread(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.2f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} %"
+
+
+def fmt_us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.1f} µs"
+
+
+def finite(value: float | None) -> float | None:
+    """For summary.json (strict JSON has no Infinity): inf -> None."""
+    return None if value is None or math.isinf(value) else value
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def nearest_rank(values: list[float], percent: float) -> float:
+    """The nearest-rank percentile (of 50 values, p99 is the largest)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(percent / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Flip:
+    n: int
+    pool: str
+    status: int
+    latency_ms: float
+    offset_s: float
+
+
+def parse_flips(text: str) -> list[Flip]:
+    """flips.py output: `<n> <pool> <status> <latency ms> <offset s>` per flip, # comments."""
+    flips: list[Flip] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 5 or line.startswith("#"):
+            continue
+        try:
+            flips.append(
+                Flip(int(parts[0]), parts[1], int(parts[2]), float(parts[3]), float(parts[4]))
+            )
+        except ValueError:
+            continue
+    return flips
+
+
+def flips_summary(flips: list[Flip]) -> str:
+    ok = [f.latency_ms for f in flips if 200 <= f.status < 300]
+    if not ok:
+        return f"{len(flips)} flips, none answered 2xx"
+    return (
+        f"{len(ok)}/{len(flips)} flips answered 2xx: p50 {fmt_ms(nearest_rank(ok, 50))}, "
+        f"p99 {fmt_ms(nearest_rank(ok, 99))}, max {fmt_ms(max(ok))}"
+    )
+
+
+WORKER_CHECKS: tuple[tuple[str, str], ...] = (
+    ("Pointsman workers: 2 req/s vs nginx worker_processes 2", f"≥ {MIN_WORKERS_RPS_RATIO:.2f}x"),
+    ("Pointsman workers: 2 p99 vs nginx worker_processes 2", f"≤ {MAX_WORKERS_P99_RATIO:.2f}x"),
+    ("CPU per request, workers: 2 vs workers: 1", f"≤ {MAX_WORKERS_CPU_RATIO:.2f}x"),
+    ("Master CPU at full load (workers: 2)", f"< {MAX_MASTER_CPU_PCT:.0f} % of one core"),
+    ("Flip under load (workers: 2): control API answer p99", f"< {MAX_FLIP_P99_MS:.0f} ms"),
+)
+
+
+def workers_section(
+    results: Path, meta: dict[str, str]
+) -> tuple[list[str], list[Check], dict[str, object]]:
+    """The workers phase: 2-worker nginx and Pointsman with 2 and 1 workers and a shared
+    socket; its four targets and the flip-latency target."""
+    lines = ["## Workers", ""]
+    names = [n for n, _ in WORKER_CHECKS]
+    required = [r for _, r in WORKER_CHECKS]
+    if meta.get("skip_workers", "1") == "1":
+        why = meta.get("workers_skipped_because") or "not in this run"
+        lines += [f"Skipped ({md_escape(why)}).", ""]
+        checks = [Check(n, "-", r, "SKIPPED") for n, r in WORKER_CHECKS]
+        return lines, checks, {"skipped": why}
+    clk_tck = as_int(meta, "clk_tck") or 100
+    runs: dict[str, dict[int, WorkersRun]] = {}
+    for key, _ in WORKER_TARGETS:
+        parsed, _problems = load_rounds(results, f"workers_{key}")
+        if parsed:
+            runs[key] = {
+                n: load_workers_run(results, key, n, r, clk_tck) for n, r in parsed.items()
+            }
+    conns = meta.get("wrk_conns", "?")
+    order = ", ".join(key for key, _ in WORKER_TARGETS)
+    lines.append(
+        f"Same wrk settings and backend as above, {meta.get('rounds', '1')} round(s) of the "
+        "targets below, each a server of its own started once for this phase and kept "
+        "running for all its rounds (on ports of its own). "
+        + order_note(meta, order)
+        + " CPU per request: utime + stime (all threads, plus reaped children's) of the master "
+        "and all its workers during the wrk run (`/proc/PID/stat`, read before and after), "
+        "over the requests wrk completed; the same for nginx's master and workers. Master CPU: "
+        "the master's own CPU seconds over the wall seconds of the run, in % of one core. "
+        "Spread: each worker's share of the requests of the run (`pointsman_worker_requests_"
+        "total` from the master's /metrics before and after) and its open connections "
+        f"(`pointsman_worker_open_connections`, scraped once mid-run) of the {conns} wrk "
+        "connections; max/min of these over the workers (∞: a worker had none)."
+    )
+    lines.append("")
+    lines.append(
+        "| Target | Requests/s | p50 | p99 | CPU per request | Master CPU (one core) "
+        "| Requests max/min | Connections max/min | Errors |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    summary: dict[str, object] = {}
+    medians: dict[str, WrkResult] = {}
+    cpu_medians: dict[str, float] = {}
+    for key, label in WORKER_TARGETS:
+        if key not in runs:
+            lines.append(f"| {label} | - | - | - | - | - | - | - | no result |")
+            continue
+        rounds = runs[key]
+        r = combine([run.wrk for run in rounds.values()])
+        medians[key] = r
+        cpu = median_or_none([x.cpu_per_request for x in rounds.values()
+                              if x.cpu_per_request is not None])  # fmt: skip
+        if cpu is not None:
+            cpu_medians[key] = cpu
+        master = None
+        req_spread = conn_spread = None
+        if key.startswith("pm_"):
+            master = median_or_none([x.master_cpu_pct for x in rounds.values()
+                                     if x.master_cpu_pct is not None])  # fmt: skip
+            req_spread = median_or_none([s for x in rounds.values()
+                                         if (s := x.request_spread) is not None])  # fmt: skip
+            conn_spread = median_or_none([s for x in rounds.values()
+                                          if (s := x.open_spread) is not None])  # fmt: skip
+        err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
+        restarts = sum(x.restarts for x in rounds.values())
+        if restarts:
+            err += f"; {restarts} worker restart(s)"
+        lines.append(
+            f"| {label} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} "
+            f"| {fmt_us(cpu)} | {fmt_pct(master)} | {fmt_spread(req_spread)} "
+            f"| {fmt_spread(conn_spread)} | {err} |"
+        )
+        summary[key] = {
+            "wrk": asdict(r),
+            "cpu_per_request": cpu,
+            "master_cpu_pct": master,
+            "request_spread": finite(req_spread),
+            "open_spread": finite(conn_spread),
+            "per_round": [
+                {
+                    "round": n,
+                    **asdict(x.wrk),
+                    "cpu_per_request": x.cpu_per_request,
+                    "master_cpu_pct": x.master_cpu_pct,
+                    "processes": x.processes,
+                    "requests_by_worker": x.requests_by_worker,
+                    "request_shares": x.request_shares,
+                    "request_spread": finite(x.request_spread),
+                    "open_by_worker": x.open_by_worker,
+                    "open_spread": finite(x.open_spread),
+                    "restarts": x.restarts,
+                }
+                for n, x in rounds.items()
+            ],
+        }
+    lines.append("")
+
+    # per round, the Pointsman runs: how the load spread
+    if any(k.startswith("pm_") for k in runs):
+        lines.append("Per round (Pointsman):")
+        lines.append("")
+        lines.append(
+            "| Round | Target | Requests/s | p99 | CPU per request | Master CPU "
+            "| Request shares (worker 0, 1, ...) | max/min | Open connections mid-run "
+            "| max/min |"
+        )
+        lines.append("|---:|---|---:|---:|---:|---:|---|---:|---|---:|")
+        labels = dict(WORKER_TARGETS)
+        all_rounds = sorted({n for k in runs for n in runs[k]})
+        for n in all_rounds:
+            for key, _ in WORKER_TARGETS:
+                x = runs.get(key, {}).get(n)
+                if x is None or not key.startswith("pm_"):
+                    continue
+                shares = " / ".join(f"{s * 100:.1f} %" for s in x.request_shares.values())
+                opened = " / ".join(str(v) for v in x.open_by_worker.values())
+                lines.append(
+                    f"| {n} | {labels[key]} | {x.wrk.rps:,.0f} | {fmt_ms(x.wrk.p99_ms)} "
+                    f"| {fmt_us(x.cpu_per_request)} | {fmt_pct(x.master_cpu_pct)} "
+                    f"| {shares or '-'} | {fmt_spread(x.request_spread)} | {opened or '-'} "
+                    f"| {fmt_spread(x.open_spread)} |"
+                )
+        lines.append("")
+
+    def per_round(key: str, value: Callable[[WorkersRun], float | None]) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for n, x in runs.get(key, {}).items():
+            v = value(x)
+            if v is not None:
+                found[n] = v
+        return found
+
+    def values_text(values: dict[int, float], fmt: Callable[[float], str]) -> str:
+        contiguous = list(values) == list(range(1, len(values) + 1))
+        return ", ".join(fmt(v) if contiguous else f"r{n} {fmt(v)}" for n, v in values.items())
+
+    checks: list[Check] = []
+    rows: list[str] = []
+    pm2, ng2, pm1 = medians.get("pm_w2"), medians.get("nginx_w2"), medians.get("pm_w1")
+
+    # (a) workers: 2 vs nginx with 2 workers, req/s and p99
+    rps_pairs = paired_ratios(
+        per_round("pm_w2", lambda x: x.wrk.rps), per_round("nginx_w2", lambda x: x.wrk.rps)
+    )
+    p99_pairs = paired_ratios(
+        per_round("pm_w2", lambda x: x.wrk.p99_ms),
+        per_round("nginx_w2", lambda x: x.wrk.p99_ms),
+    )
+    for i, (pairs, what, limit, ge) in enumerate(
+        (
+            (rps_pairs, "req/s", MIN_WORKERS_RPS_RATIO, True),
+            (p99_pairs, "p99", MAX_WORKERS_P99_RATIO, False),
+        )
+    ):
+        label = f"(a) {what}, Pointsman `workers: 2` / nginx `worker_processes 2`"
+        if not (pm2 and ng2 and pairs):
+            rows.append(f"| {label} | - | - | {required[i]} | no result |")
+            checks.append(Check(names[i], "-", required[i], status(False, "no result")))
+            continue
+        ratio = statistics.median(pairs.values())
+        if ge:
+            of_medians = pm2.rps / ng2.rps if ng2.rps > 0 else None
+            detail = f"{pm2.rps:,.0f} vs {ng2.rps:,.0f}"
+            ok = ratio >= limit
+        else:
+            of_medians = pm2.p99_ms / ng2.p99_ms if ng2.p99_ms > 0 else None
+            detail = f"{fmt_ms(pm2.p99_ms)} vs {fmt_ms(ng2.p99_ms)}"
+            ok = ratio <= limit
+        note = "Pointsman had errors" if pm2.errors else ""
+        if not ge and meta.get("wrk_conns") != str(P99_TARGET_CONNS):
+            note = f"target is defined at {P99_TARGET_CONNS} connections"
+        verdict = status(ok and not pm2.errors, note)
+        rows.append(
+            f"| {label} | {values_text(pairs, lambda v: f'{v:.2f}')} | **{ratio:.2f}x** "
+            f"({detail}) | {required[i]} | {verdict} |"
+        )
+        checks.append(Check(names[i], fmt_paired(pairs, of_medians, detail), required[i], verdict))
+        summary["rps_ratios" if ge else "p99_ratios"] = {
+            "median": ratio,
+            "of_medians": of_medians,
+            "per_round": ratio_list(pairs),
+        }
+
+    # (b) CPU per request, workers: 2 / workers: 1
+    cpu_pairs = paired_ratios(
+        per_round("pm_w2", lambda x: x.cpu_per_request),
+        per_round("pm_w1", lambda x: x.cpu_per_request),
+    )
+    label = "(b) CPU per request, `workers: 2` / `workers: 1`"
+    if pm2 and pm1 and cpu_pairs:
+        ratio = statistics.median(cpu_pairs.values())
+        c2, c1 = cpu_medians.get("pm_w2"), cpu_medians.get("pm_w1")
+        of_medians = c2 / c1 if c2 and c1 else None
+        detail = f"{c2 * 1e6:.1f} vs {c1 * 1e6:.1f} µs" if c2 and c1 else ""
+        errors = pm2.errors or pm1.errors
+        verdict = status(ratio <= MAX_WORKERS_CPU_RATIO and not errors,
+                         "Pointsman had errors" if errors else "")  # fmt: skip
+        rows.append(
+            f"| {label} | {values_text(cpu_pairs, lambda v: f'{v:.2f}')} | **{ratio:.2f}x** "
+            f"({detail}) | {required[2]} | {verdict} |"
+        )
+        checks.append(
+            Check(names[2], fmt_paired(cpu_pairs, of_medians, detail), required[2], verdict)
+        )
+        summary["cpu_ratios"] = {
+            "median": ratio,
+            "of_medians": of_medians,
+            "per_round": ratio_list(cpu_pairs),
+        }
+    else:
+        rows.append(f"| {label} | - | - | {required[2]} | no result |")
+        checks.append(Check(names[2], "-", required[2], status(False, "no result")))
+
+    # (c) the master's CPU share while workers: 2 serves at full load
+    master = per_round("pm_w2", lambda x: x.master_cpu_pct)
+    label = "(c) master CPU, `workers: 2` at full load (% of one core)"
+    if master:
+        pct = statistics.median(master.values())
+        values = list(master.values())
+        spread = "1 round" if len(values) == 1 else (
+            f"median of {len(values)} rounds {min(values):.2f}-{max(values):.2f} %"
+        )  # fmt: skip
+        verdict = status(pct < MAX_MASTER_CPU_PCT)
+        rows.append(
+            f"| {label} | {values_text(master, lambda v: f'{v:.2f} %')} | **{pct:.2f} %** "
+            f"| {required[3]} | {verdict} |"
+        )
+        checks.append(Check(names[3], f"{pct:.2f} % ({spread})", required[3], verdict))
+        summary["master_cpu_pct"] = {"median": pct, "per_round": ratio_list(master)}
+    else:
+        rows.append(f"| {label} | - | - | {required[3]} | no result |")
+        checks.append(Check(names[3], "-", required[3], status(False, "no result")))
+
+    # (d) the spread over the workers: one SO_REUSEPORT socket each vs one shared socket
+    spreads: dict[str, object] = {}
+    for key, socket_kind in (("pm_w2", "SO_REUSEPORT"), ("pm_w2_shared", "shared socket")):
+        for what, value in (
+            ("requests", lambda x: x.request_spread),
+            ("open connections mid-run", lambda x: x.open_spread),
+        ):
+            values = per_round(key, value)
+            label = f"(d) {what} max/min over the workers, {socket_kind}"
+            if not values:
+                rows.append(f"| {label} | - | - | (no target) | |")
+                continue
+            med = statistics.median(values.values())
+            rows.append(
+                f"| {label} | {values_text(values, fmt_spread)} | **{fmt_spread(med)}** "
+                "| (no target) | |"
+            )
+            spreads[f"{key}_{what.split()[0]}"] = {
+                "median": finite(med),
+                "per_round": [{"round": n, "ratio": finite(v)} for n, v in values.items()],
+            }
+    summary["spread"] = spreads
+
+    # flips under load
+    flips_wanted = as_int(meta, "flips") or 0
+    label = "flip (control API) answer latency under load, `workers: 2`"
+    if flips_wanted <= 0:
+        rows.append(f"| {label} | - | - | {required[4]} | SKIPPED |")
+        checks.append(Check(names[4], "-", required[4], "SKIPPED"))
+    else:
+        try:
+            flips = parse_flips((results / "flips.txt").read_text())
+        except OSError:
+            flips = []
+        ok_ms = [f.latency_ms for f in flips if 200 <= f.status < 300]
+        if not ok_ms:
+            rows.append(f"| {label} | - | - | {required[4]} | **FAIL** (no result) |")
+            checks.append(Check(names[4], "-", required[4], status(False, "no result")))
+        else:
+            p50, p99 = nearest_rank(ok_ms, 50), nearest_rank(ok_ms, 99)
+            notes = []
+            failed_flips = [f for f in flips if not 200 <= f.status < 300]
+            if failed_flips:
+                codes = ", ".join(str(f.status) for f in failed_flips[:5])
+                notes.append(f"{len(failed_flips)} flip(s) failed: HTTP {codes}")
+            if len(flips) < flips_wanted:
+                notes.append(f"only {len(flips)}/{flips_wanted} flips made")
+            wrk_note = ""
+            try:
+                during = parse_wrk((results / "flips_wrk.txt").read_text())
+                wrk_note = f"; wrk meanwhile {during.rps:,.0f} req/s, p99 {fmt_ms(during.p99_ms)}"
+                if during.errors:
+                    detail = ", ".join(f"{k} {v}" for k, v in during.error_detail.items())
+                    notes.append(f"wrk saw errors during the flips: {detail}")
+                summary["flips_wrk"] = asdict(during)
+            except (OSError, ParseError):
+                notes.append("no wrk result for the flip run")
+            first = min(f.offset_s for f in flips)
+            last = max(f.offset_s + f.latency_ms / 1000 for f in flips)
+            measured = (
+                f"p99 {fmt_ms(p99)} (nearest rank of {len(ok_ms)}; p50 {fmt_ms(p50)}, "
+                f"max {fmt_ms(max(ok_ms))}{wrk_note})"
+            )
+            verdict = status(p99 < MAX_FLIP_P99_MS and not notes, "; ".join(notes))
+            rows.append(
+                f"| {label} | {len(flips)} flips, {first:.1f}-{last:.1f} s into a "
+                f"{meta.get('wrk_seconds', '?')} s wrk run{wrk_note}; p50 {fmt_ms(p50)}, "
+                f"max {fmt_ms(max(ok_ms))} | **p99 {fmt_ms(p99)}** | {required[4]} | {verdict} |"
+            )
+            checks.append(Check(names[4], measured, required[4], verdict))
+            summary["flips"] = {
+                "count": len(flips),
+                "answered_2xx": len(ok_ms),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "max_ms": max(ok_ms),
+                "latencies_ms": [f.latency_ms for f in flips],
+                "statuses": [f.status for f in flips],
+            }
+
+    lines.append(
+        "Comparisons: (a)-(c) paired by round (the ratio of the two runs of the same round, "
+        "then the median of these per-round ratios; (c) the median of the per-round values); "
+        "(d) the median over the rounds. The flips go to the route's pools green and blue in "
+        "turn (both the backend nginx), each `POST /v1/routes/shop/flip` on a new connection, "
+        "timed by the client from connect to the end of the answer; p50/p99 are nearest-rank "
+        "percentiles (of 50 flips, p99 is the slowest)."
+    )
+    lines.append("")
+    lines.append("| Comparison | Per round | Median | Required | Result |")
+    lines.append("|---|---|---|---|---|")
+    lines.extend(rows)
+    lines.append("")
+    return lines, checks, summary
+
+
 def memory_section(meta: dict[str, str], mem: dict[str, str]) -> tuple[list[str], list[Check]]:
     rows: list[str] = []
     checks: list[Check] = []
@@ -843,6 +1377,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_wrk = sub.add_parser("wrk", help="summarise one wrk --latency output file")
     p_wrk.add_argument("file", type=Path)
+    p_flips = sub.add_parser("flips", help="summarise one flips.py output file")
+    p_flips.add_argument("file", type=Path)
     p_render = sub.add_parser("render", help="render the Markdown report")
     p_render.add_argument("--results", type=Path, required=True)
     p_render.add_argument("--out", type=Path)
@@ -858,6 +1394,14 @@ def main() -> None:
             sys.exit(1)
         err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "no errors"
         print(f"{r.rps:,.0f} req/s, p50 {fmt_ms(r.p50_ms)}, p99 {fmt_ms(r.p99_ms)}, {err}")
+        return
+
+    if args.cmd == "flips":
+        try:
+            print(flips_summary(parse_flips(args.file.read_text())))
+        except OSError as exc:
+            print(f"cannot read {args.file}: {exc}")
+            sys.exit(1)
         return
 
     text, summary, failed = render(args.results, args.out)

@@ -4,7 +4,7 @@
 # Starts, on 127.0.0.1 only and with ports picked at random:
 #   * backend nginx  (1 worker): `return 200 "ok\n"` on /, a sparse test file under /files/
 #   * nginx proxy    (1 worker): upstream keepalive 64, HTTP/1.1 to the backend
-#   * Pointsman      (one process, `pointsman run --config FILE`)
+#   * Pointsman      (`pointsman run --config FILE`, `workers: 1`: one master + one worker)
 #   * sink.py        (upload backend: reads and discards request bodies)
 # then measures
 #   1. req/s, p50, p99 with wrk + sticky.lua: backend direct, nginx proxy, Pointsman
@@ -14,15 +14,26 @@
 #   4. shadow isolation: Pointsman with no shadow, mirroring 100 % to a shadow answering
 #      after 1 s (slow.py) and to a fast shadow (CPU per request); nginx without and with its
 #      `mirror` module pointed at the same slow shadow
+#   5. workers: nginx proxy with `worker_processes 2`, Pointsman `workers: 2` (one
+#      SO_REUSEPORT socket per worker), `workers: 1`, `workers: 2` + `--shared-socket` (three
+#      more Pointsman instances, started for this phase and kept for all its rounds): req/s,
+#      p99, CPU per request (master + workers), the master's CPU share, how the requests and
+#      connections spread over the workers; then BENCH_FLIPS flips through the control API
+#      while `workers: 2` is under wrk load (API answer latency)
 # and writes a Markdown report (report.py) to stdout and benchmarks/RESULTS.md.
 #
-# wrk runs (1 and 4) are repeated in BENCH_ROUNDS rounds. Within a round the targets run one
+# Pointsman's CPU time is always that of the master and all its descendants (the workers),
+# utime + stime from /proc/PID/stat; its RSS likewise the sum over master and workers.
+#
+# wrk runs (1, 4 and 5) are repeated in BENCH_ROUNDS rounds. Within a round the targets run one
 # right after another; odd rounds in the forward order (backend, nginx, pointsman; shadow
-# phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror), even rounds in the reverse
-# order (ABBA), so that a drift in machine speed weighs on both sides of each comparison
-# alike. report.py pairs the runs of each round: ratio per round (Pointsman / nginx,
-# 1 s shadow / no shadow, ...), and the targets are judged on the median of those ratios.
-# Every process started here is killed on exit, error, Ctrl-C or after BENCH_TIMEOUT.
+# phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror; workers phases nginx_w2,
+# pm_w2, pm_w1, pm_w2_shared), even rounds in the reverse order (ABBA), so that a drift in
+# machine speed weighs on both sides of each comparison alike. report.py pairs the runs of
+# each round: ratio per round (Pointsman / nginx, 1 s shadow / no shadow, ...), and the
+# targets are judged on the median of those ratios.
+# Every process started here (and every descendant, e.g. Pointsman's workers, which run in
+# sessions of their own) is killed on exit, error, Ctrl-C or after BENCH_TIMEOUT.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS [10]        wrk duration per target        BENCH_WARMUP [2]   warm-up seconds
@@ -37,13 +48,18 @@
 #                             `nginx`: no extra route, backend nginx relays /upload/ to sink.py
 #   BENCH_SKIP_WRK=1  BENCH_SKIP_MEMORY=1  BENCH_SKIP_IDLE=1  BENCH_SKIP_STREAM=1
 #   BENCH_SKIP_SHADOW=1       BENCH_SHADOW_DELAY [1.0] seconds the slow shadow takes
+#   BENCH_SKIP_WORKERS=1      skip phase 5 (workers; needs wrk, not run with the stand-in)
+#   BENCH_FLIPS [50]          flips under load at the end of phase 5 (0 = none)
 #   BENCH_STRICT=1            exit 3 if a target fails
 #   BENCH_START_TIMEOUT [20]  seconds to wait for each server to answer
-#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~10 min)
+#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~15 min)
 #   BENCH_WORKDIR [benchmarks/work]   BENCH_RESULTS_MD [benchmarks/RESULTS.md]
 #   PYTHON [.venv/bin/python]
 #   POINTSMAN_CMD [".venv/bin/pointsman run --config {config}"]
-#                             placeholders: {config} {port} {admin_port} {workdir}
+#                             placeholders: {config} {port} {admin_port} {workdir} {args};
+#                             {args} is "--shared-socket" for that workers instance and empty
+#                             otherwise (appended at the end when the command lacks {args});
+#                             the worker count is in the config (`workers: N`).
 #                             POINTSMAN_CMD=nginx-standin runs a single-process nginx in
 #                             Pointsman's place (to test the harness before Pointsman exists)
 set -euo pipefail
@@ -69,6 +85,8 @@ BENCH_SKIP_IDLE=${BENCH_SKIP_IDLE:-$BENCH_SKIP_MEMORY}
 BENCH_SKIP_STREAM=${BENCH_SKIP_STREAM:-$BENCH_SKIP_MEMORY}
 BENCH_SKIP_SHADOW=${BENCH_SKIP_SHADOW:-0}
 BENCH_SHADOW_DELAY=${BENCH_SHADOW_DELAY:-1.0}
+BENCH_SKIP_WORKERS=${BENCH_SKIP_WORKERS:-0}
+BENCH_FLIPS=${BENCH_FLIPS:-50}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-20}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
@@ -86,7 +104,7 @@ die() {
 }
 
 for var in BENCH_SECONDS BENCH_WARMUP BENCH_THREADS BENCH_CONNS BENCH_ROUNDS BENCH_IDLE_CONNS \
-    BENCH_STREAM_TIMEOUT BENCH_START_TIMEOUT BENCH_TIMEOUT; do
+    BENCH_STREAM_TIMEOUT BENCH_START_TIMEOUT BENCH_TIMEOUT BENCH_FLIPS; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, got '${!var}'"
 done
 [[ $BENCH_IDLE_HOLD =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_IDLE_HOLD must be a number"
@@ -98,11 +116,23 @@ done
 
 # Expected duration: each wrk run costs warm-up + run + ~0.3 s (measured: ~0.2 s for wrk's
 # start-up, the log line and the control API calls), 3 targets and 5 shadow phases per round
-# (counted for the stand-in too, which skips them); up to ~90 s for the memory tests, ~10 s to
-# start the servers. At the defaults: 5 x 8 x 12.3 s + 100 s, about 10 minutes.
+# (counted for the stand-in too, which skips them), 4 workers phases per round at ~0.5 s
+# (measured: ~0.35 s with the /metrics scrapes around them) plus ~5 s to start and stop that
+# phase's servers and the flip run (BENCH_SECONDS + 1 s); up to ~90 s for the memory tests,
+# ~10 s to start the servers. At the defaults: 5 x (8 x 12.3 s + 4 x 12.5 s) + 16 s + 100 s,
+# about 15 minutes; each round adds about 150 s.
 wrk_runs=0
-[[ $BENCH_SKIP_WRK == 1 ]] || wrk_runs=$((BENCH_SKIP_SHADOW == 1 ? 3 : 8))
+workers_runs=0
+if [[ $BENCH_SKIP_WRK != 1 ]]; then
+    wrk_runs=$((BENCH_SKIP_SHADOW == 1 ? 3 : 8))
+    [[ $BENCH_SKIP_WORKERS == 1 ]] || workers_runs=4
+fi
 expected=$((BENCH_ROUNDS * wrk_runs * (10 * (BENCH_WARMUP + BENCH_SECONDS) + 3) / 10 + 10))
+if ((workers_runs)); then
+    per_run=$((10 * (BENCH_WARMUP + BENCH_SECONDS) + 5)) # tenths of a second
+    expected=$((expected + BENCH_ROUNDS * workers_runs * per_run / 10 + 5))
+    ((BENCH_FLIPS == 0)) || expected=$((expected + BENCH_SECONDS + 1))
+fi
 [[ $BENCH_SKIP_IDLE == 1 && $BENCH_SKIP_STREAM == 1 ]] || expected=$((expected + 90))
 
 # --------------------------------------------------------------------------- tools
@@ -165,8 +195,44 @@ NGX_CONNS=$((NOFILE > 40000 ? 32768 : NOFILE - 256))
 PIDS=()      # process group leaders we started (each via setsid)
 WATCHDOG=""
 
-stop_pids() {
+CHILD_PIDS=()
+child_pids() { # pid -> CHILD_PIDS: its direct children
+    local f kids found=0
+    CHILD_PIDS=()
+    for f in /proc/"$1"/task/*/children; do
+        [[ -r $f ]] || continue
+        found=1
+        kids=()
+        read -r -a kids 2>/dev/null <"$f" || true
+        CHILD_PIDS+=("${kids[@]}")
+    done
+    # /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN; without it, pgrep -P (which
+    # reads every process's parent from /proc).
+    if ((!found)); then
+        read -r -a CHILD_PIDS < <(pgrep -d ' ' -P "$1" 2>/dev/null || true) || true
+    fi
+}
+
+TREE_PIDS=()
+add_tree_pids() { # pid : appends pid and its descendants to TREE_PIDS
+    local k kids
+    [[ -d /proc/$1 ]] || return 0
+    TREE_PIDS+=("$1")
+    child_pids "$1"
+    kids=("${CHILD_PIDS[@]}")
+    for k in "${kids[@]}"; do add_tree_pids "$k"; done
+}
+tree_pids() { # pid... -> TREE_PIDS: these processes and all their descendants
+    local pid
+    TREE_PIDS=()
+    for pid in "$@"; do add_tree_pids "$pid"; done
+}
+
+stop_pids() { # pid... : TERM to each process group, KILL after 5 s; then the descendants
+    # that run in sessions of their own (Pointsman's workers), by pid
     local pid i any
+    tree_pids "$@"
+    local tree=("${TREE_PIDS[@]}")
     for pid in "$@"; do
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     done
@@ -175,12 +241,30 @@ stop_pids() {
         for pid in "$@"; do
             kill -0 -- "-$pid" 2>/dev/null && any=1
         done
+        ((any)) || break
+        sleep 0.1
+    done
+    if ((any)); then
+        for pid in "$@"; do
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        done
+    fi
+    # A master that stops drains its workers; what is left after it is gone is stray.
+    any=0
+    for pid in "${tree[@]}"; do
+        alive "$pid" && kill -TERM "$pid" 2>/dev/null && any=1
+    done
+    ((any)) || return 0
+    for ((i = 0; i < 30; i++)); do
+        any=0
+        for pid in "${tree[@]}"; do alive "$pid" && any=1; done
         ((any)) || return 0
         sleep 0.1
     done
-    for pid in "$@"; do
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    for pid in "${tree[@]}"; do
+        alive "$pid" && { kill -KILL "$pid" 2>/dev/null || true; }
     done
+    return 0
 }
 
 cleanup() {
@@ -247,7 +331,7 @@ wait_http() { # name url pid logfile: poll until it answers with 2xx, bounded
 
 RSS_KIB=0
 add_tree_rss() { # pid : adds VmRSS of pid and its descendants to RSS_KIB
-    local key val _unit kids f k
+    local key val _unit kids k
     [[ -r /proc/$1/status ]] || return 0
     while read -r key val _unit; do
         if [[ $key == VmRSS: ]]; then
@@ -255,12 +339,9 @@ add_tree_rss() { # pid : adds VmRSS of pid and its descendants to RSS_KIB
             break
         fi
     done 2>/dev/null <"/proc/$1/status" || true
-    for f in /proc/"$1"/task/*/children; do
-        [[ -r $f ]] || continue
-        kids=()
-        read -r -a kids 2>/dev/null <"$f" || true
-        for k in "${kids[@]}"; do add_tree_rss "$k"; done
-    done
+    child_pids "$1"
+    kids=("${CHILD_PIDS[@]}")
+    for k in "${kids[@]}"; do add_tree_rss "$k"; done
 }
 rss_kib() { # pid -> RSS_KIB (process and its children)
     RSS_KIB=0
@@ -287,16 +368,19 @@ sample_while() { # target_pid watch_pid : sample target's RSS until watch_pid ex
 
 RESULTS=$WORK/results
 mkdir -p "$WORK"
-rm -rf "$RESULTS" "$WORK"/backend "$WORK"/nginx-proxy "$WORK"/nginx-mirror "$WORK"/pointsman
-mkdir -p "$RESULTS" "$WORK"/{backend,nginx-proxy,nginx-mirror,pointsman}/tmp "$WORK/files"
+rm -rf "$RESULTS" "$WORK"/backend "$WORK"/nginx-proxy "$WORK"/nginx-mirror "$WORK"/pointsman \
+    "$WORK"/workers
+mkdir -p "$RESULTS" "$WORK"/{backend,nginx-proxy,nginx-mirror,pointsman}/tmp "$WORK/files" \
+    "$WORK"/workers/{nginx_w2/tmp,pm_w2,pm_w1,pm_w2_shared}
 # nginx workers may run as an unprivileged user: the served file must be readable for them
 chmod 755 "$WORK" "$WORK/files"
 
-read -r P_BACKEND P_NGINX P_PM P_ADMIN P_SINK P_SLOW P_MIRROR < <(
+read -r P_BACKEND P_NGINX P_PM P_ADMIN P_SINK P_SLOW P_MIRROR P_NGINX_W2 P_PM_W2 P_ADMIN_W2 \
+    P_PM_W1 P_ADMIN_W1 P_PM_W2S P_ADMIN_W2S < <(
     "$PYTHON" - <<'EOF'
 import socket
 socks = []
-for _ in range(7):
+for _ in range(14):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -304,7 +388,9 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )
 log "ports: backend $P_BACKEND, nginx proxy $P_NGINX, pointsman $P_PM (admin $P_ADMIN)," \
-    "sink $P_SINK, slow shadow $P_SLOW, nginx mirror $P_MIRROR"
+    "sink $P_SINK, slow shadow $P_SLOW, nginx mirror $P_MIRROR; workers phase: nginx" \
+    "$P_NGINX_W2, pointsman workers:2 $P_PM_W2 (admin $P_ADMIN_W2), workers:1 $P_PM_W1" \
+    "(admin $P_ADMIN_W1), workers:2 shared socket $P_PM_W2S (admin $P_ADMIN_W2S)"
 
 # Temp paths of every compiled-in module are set explicitly so nothing is created under
 # /var/lib/nginx; modules missing from this nginx build are left out (unknown directive).
@@ -318,10 +404,10 @@ nginx_temp_paths() { # dir
     done
 }
 
-nginx_head() { # dir [extra main-context lines]
+nginx_head() { # dir [extra main-context lines] [worker processes, default 1]
     cat <<EOF
 # generated by benchmarks/run.sh
-worker_processes 1;
+worker_processes ${3:-1};
 daemon off;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
@@ -374,17 +460,19 @@ $(nginx_http_common "$WORK/backend")
 }
 EOF
 
-# Reverse-proxy nginx: the reference Pointsman is compared with.
-cat >"$WORK/nginx-proxy/nginx.conf" <<EOF
-$(nginx_head "$WORK/nginx-proxy")
+# Reverse-proxy nginx: the reference Pointsman is compared with; with 1 worker (phases 1 and
+# 4) and with 2 (workers phase), otherwise the same.
+nginx_proxy_conf() { # dir port worker_processes
+    cat <<EOF
+$(nginx_head "$1" "" "$3")
 http {
-$(nginx_http_common "$WORK/nginx-proxy")
+$(nginx_http_common "$1")
     upstream backend {
         server 127.0.0.1:$P_BACKEND;
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
+        listen 127.0.0.1:$2 backlog=4096;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -393,6 +481,9 @@ $(nginx_http_common "$WORK/nginx-proxy")
     }
 }
 EOF
+}
+nginx_proxy_conf "$WORK/nginx-proxy" "$P_NGINX" 1 >"$WORK/nginx-proxy/nginx.conf"
+nginx_proxy_conf "$WORK/workers/nginx_w2" "$P_NGINX_W2" 2 >"$WORK/workers/nginx_w2/nginx.conf"
 
 # nginx with its mirror module copying every request to the slow shadow (the peer Pointsman's
 # shadow isolation is measured against).
@@ -427,16 +518,19 @@ $(nginx_http_common "$WORK/nginx-mirror")
 }
 EOF
 
-# Pointsman config.
+# Pointsman config: the same for every instance but for the ports, the number of workers and
+# where it keeps its state.
 PM_CONFIG=$WORK/pointsman/pointsman.yaml
-# Shadows are added and removed through the control API, which needs a token for changes.
+# Shadows are added and removed (and flips made) through the control API, which needs a token
+# for changes.
 export POINTSMAN_TOKEN=${POINTSMAN_TOKEN:-bench-$RANDOM$RANDOM}
-{
+pm_config() { # port admin_port workers state_dir
     echo "# generated by benchmarks/run.sh"
-    echo "listen: 127.0.0.1:$P_PM"
-    echo "admin: {listen: 127.0.0.1:$P_ADMIN}"
+    echo "listen: 127.0.0.1:$1"
+    echo "admin: {listen: 127.0.0.1:$2}"
+    echo "workers: $3                              # data-plane processes beside the master"
     echo "limits: {max_body_bytes: 0}        # 0 = no body limit (needed for the 1 GiB upload)"
-    echo "state: {path: $WORK/pointsman/state.json}   # keep run-time state out of the repo"
+    echo "state: {path: $4/state.json}   # keep run-time state out of the repo"
     echo "routes:"
     if [[ $BENCH_UPLOAD_VIA == direct ]]; then
         cat <<EOF
@@ -463,7 +557,30 @@ EOF
       - header: {X-Pointsman-Pool: green}
         pool: green
 EOF
-} >"$PM_CONFIG"
+}
+# Phases 1-4 compare with one nginx worker: one Pointsman worker (and its master) likewise.
+pm_config "$P_PM" "$P_ADMIN" 1 "$WORK/pointsman" >"$PM_CONFIG"
+pm_config "$P_PM_W2" "$P_ADMIN_W2" 2 "$WORK/workers/pm_w2" >"$WORK/workers/pm_w2/pointsman.yaml"
+pm_config "$P_PM_W1" "$P_ADMIN_W1" 1 "$WORK/workers/pm_w1" >"$WORK/workers/pm_w1/pointsman.yaml"
+pm_config "$P_PM_W2S" "$P_ADMIN_W2S" 2 "$WORK/workers/pm_w2_shared" \
+    >"$WORK/workers/pm_w2_shared/pointsman.yaml"
+
+PM_CMD=""
+PM_ARGV=()
+pm_argv() { # config port admin_port extra-args -> PM_CMD (the command line), PM_ARGV
+    local cmd=$POINTSMAN_CMD
+    cmd=${cmd//\{config\}/$1}
+    cmd=${cmd//\{port\}/$2}
+    cmd=${cmd//\{admin_port\}/$3}
+    cmd=${cmd//\{workdir\}/$WORK}
+    if [[ $cmd == *"{args}"* ]]; then
+        cmd=${cmd//\{args\}/$4}
+    elif [[ -n $4 ]]; then
+        cmd="$cmd $4"
+    fi
+    PM_CMD=$cmd
+    PM_ARGV=(bash -c "exec $cmd")
+}
 
 PM_LABEL=""
 if [[ $POINTSMAN_CMD == nginx-standin ]]; then
@@ -515,18 +632,13 @@ EOF
     PM_CMD_DISPLAY="nginx -c $WORK/pointsman/nginx.conf (master_process off)"
     PM_ARGV=("$NGINX_BIN" -p "$WORK/pointsman" -c "$WORK/pointsman/nginx.conf" -e "$WORK/pointsman/error.log")
 else
-    cmd=$POINTSMAN_CMD
-    cmd=${cmd//\{config\}/$PM_CONFIG}
-    cmd=${cmd//\{port\}/$P_PM}
-    cmd=${cmd//\{admin_port\}/$P_ADMIN}
-    cmd=${cmd//\{workdir\}/$WORK}
-    read -r -a first <<<"$cmd"
+    pm_argv "$PM_CONFIG" "$P_PM" "$P_ADMIN" ""
+    read -r -a first <<<"$PM_CMD"
     if ! command -v "${first[0]}" >/dev/null 2>&1; then
         die "Pointsman command not found: ${first[0]} (is the venv set up? 'make bench' needs it).
        To test the harness without Pointsman: POINTSMAN_CMD=nginx-standin bash benchmarks/run.sh"
     fi
-    PM_CMD_DISPLAY=${cmd//"$ROOT/"/}
-    PM_ARGV=(bash -c "exec $cmd")
+    PM_CMD_DISPLAY=${PM_CMD//"$ROOT/"/}
 fi
 
 # The file streamed through the proxy: sparse, so it costs no disk space.
@@ -537,6 +649,16 @@ if [[ $BENCH_SKIP_STREAM != 1 ]]; then
     STREAM_BYTES=$(stat -c %s "$BIG")
 else
     STREAM_BYTES=0
+fi
+
+# The workers phase needs wrk and Pointsman itself (the stand-in has no workers).
+WORKERS_SKIPPED=""
+if [[ $BENCH_SKIP_WORKERS == 1 ]]; then
+    WORKERS_SKIPPED="BENCH_SKIP_WORKERS=1"
+elif [[ $BENCH_SKIP_WRK == 1 ]]; then
+    WORKERS_SKIPPED="BENCH_SKIP_WRK=1"
+elif [[ -n $PM_LABEL ]]; then
+    WORKERS_SKIPPED="the $PM_LABEL has no workers"
 fi
 
 {
@@ -560,6 +682,11 @@ fi
     echo "wrk_bin=$WRK_BIN"
     echo "pointsman_cmd=$PM_CMD_DISPLAY"
     echo "pointsman_label=$PM_LABEL"
+    echo "pointsman_workers=1"
+    echo "skip_workers=$([[ -n $WORKERS_SKIPPED ]] && echo 1 || echo 0)"
+    echo "workers_skipped_because=$WORKERS_SKIPPED"
+    echo "flips=$BENCH_FLIPS"
+    echo "clk_tck=$(getconf CLK_TCK)"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)"
 } >"$RESULTS/meta.env"
 
@@ -652,13 +779,29 @@ fi
 
 # --------------------------------------------------------------------------- shadows
 
-cpu_ticks() { # pid -> utime + stime of the process (all its threads), in clock ticks
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    stat=${stat##*) }  # the fields after "(command) ", from field 3 (state) on
+CPU_TOTAL=0
+CPU_MASTER=0
+CPU_PROCS=0
+tree_cpu() { # pid -> CPU_TOTAL, CPU_MASTER (clock ticks), CPU_PROCS
+    # CPU_TOTAL: utime + stime (all threads) of the process and every descendant (Pointsman:
+    # the master and its workers; nginx: master and workers), plus their cutime + cstime (so a
+    # worker that exits and is reaped during a run still counts, in its parent's);
+    # CPU_MASTER: utime + stime of the process itself; CPU_PROCS: how many processes.
+    local pid stat
     local -a f
-    read -r -a f <<<"$stat"
-    echo $((f[11] + f[12]))
+    CPU_TOTAL=0
+    CPU_MASTER=0
+    CPU_PROCS=0
+    tree_pids "$1"
+    for pid in "${TREE_PIDS[@]}"; do
+        { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue
+        stat=${stat##*) } # the fields after "(command) ", from field 3 (state) on
+        read -r -a f <<<"$stat"
+        CPU_TOTAL=$((CPU_TOTAL + f[11] + f[12] + f[13] + f[14]))
+        [[ $pid == "$1" ]] && CPU_MASTER=$((f[11] + f[12]))
+        CPU_PROCS=$((CPU_PROCS + 1))
+    done
+    return 0
 }
 
 admin_call() { # method path [json body] -> prints the HTTP status; the body is in admin.out
@@ -692,7 +835,6 @@ if [[ $BENCH_SKIP_SHADOW != 1 && $BENCH_SKIP_WRK != 1 && -z $PM_LABEL ]] && aliv
         die "slow.py did not start"
     wait_http "nginx mirror" "http://127.0.0.1:$P_MIRROR/" "$PID_MIRROR" \
         "$WORK/nginx-mirror/error.log" || die "nginx with mirror did not start"
-    echo "clk_tck=$(getconf CLK_TCK)" >>"$RESULTS/meta.env"
     for ((round = 1; round <= BENCH_ROUNDS; round++)); do
         # pm_slow next to pm_plain in both directions; every phase sets Pointsman's shadow
         # itself (none for the nginx phases), so any order works.
@@ -712,11 +854,12 @@ if [[ $BENCH_SKIP_SHADOW != 1 && $BENCH_SKIP_WRK != 1 && -z $PM_LABEL ]] && aliv
                 run_wrk "$BENCH_WARMUP" "$url" "$RESULTS/warmup_shadow_${phase}_${round}.txt" ||
                     true
             fi
-            before=$(cpu_ticks "$PID_PM")
+            tree_cpu "$PID_PM"
+            before=$CPU_TOTAL
             log "round $round/$BENCH_ROUNDS: shadow isolation, $phase ${BENCH_SECONDS}s"
             if run_wrk "$BENCH_SECONDS" "$url" "$out"; then
-                after=$(cpu_ticks "$PID_PM")
-                echo "$((after - before))" >"$RESULTS/shadow_${phase}_${round}.cpu"
+                tree_cpu "$PID_PM"
+                echo "$((CPU_TOTAL - before))" >"$RESULTS/shadow_${phase}_${round}.cpu"
                 log "  $phase: $("$PYTHON" "$BENCH_DIR/report.py" wrk "$out" || true)"
             else
                 warn "wrk for $phase failed"
@@ -733,6 +876,144 @@ if [[ $BENCH_SKIP_SHADOW != 1 && $BENCH_SKIP_WRK != 1 && -z $PM_LABEL ]] && aliv
     stop_pids "$PID_SLOW" "$PID_MIRROR"
     forget_pid "$PID_SLOW"
     forget_pid "$PID_MIRROR"
+fi
+
+# --------------------------------------------------------------------------- workers
+
+scrape_metrics() { # admin_port outfile : the master's /metrics (an empty file if it fails)
+    "$CURL_BIN" -fsS --max-time 5 -o "$2" "http://127.0.0.1:$1/metrics" 2>/dev/null || : >"$2"
+}
+
+if [[ -z $WORKERS_SKIPPED ]]; then
+    # Four targets, all started once for this phase and kept running for all its rounds (each
+    # on its own ports), all proxying to the same backend nginx; stopped before the memory tests.
+    declare -A W_PID=() W_PORT=() W_ADMIN=() W_WORKERS=()
+    W_PORT=([nginx_w2]=$P_NGINX_W2 [pm_w2]=$P_PM_W2 [pm_w1]=$P_PM_W1 [pm_w2_shared]=$P_PM_W2S)
+    W_ADMIN=([pm_w2]=$P_ADMIN_W2 [pm_w1]=$P_ADMIN_W1 [pm_w2_shared]=$P_ADMIN_W2S)
+    W_WORKERS=([nginx_w2]=2 [pm_w2]=2 [pm_w1]=1 [pm_w2_shared]=2)
+    log "workers phase: starting nginx proxy (worker_processes 2) and Pointsman workers: 2," \
+        "workers: 1, workers: 2 --shared-socket"
+    start_bg "$WORK/workers/nginx_w2/stdout.log" "$NGINX_BIN" -p "$WORK/workers/nginx_w2" \
+        -c "$WORK/workers/nginx_w2/nginx.conf" -e "$WORK/workers/nginx_w2/error.log"
+    W_PID[nginx_w2]=$LAST_PID
+    for name in pm_w2 pm_w1 pm_w2_shared; do
+        extra=""
+        [[ $name == pm_w2_shared ]] && extra="--shared-socket"
+        pm_argv "$WORK/workers/$name/pointsman.yaml" "${W_PORT[$name]}" "${W_ADMIN[$name]}" \
+            "$extra"
+        echo "workers_cmd_$name=${PM_CMD//"$ROOT/"/}" >>"$RESULTS/meta.env"
+        start_bg "$WORK/workers/$name/pointsman.log" "${PM_ARGV[@]}"
+        W_PID[$name]=$LAST_PID
+    done
+    wait_http "nginx proxy (2 workers)" "http://127.0.0.1:$P_NGINX_W2/" "${W_PID[nginx_w2]}" \
+        "$WORK/workers/nginx_w2/error.log" || {
+        warn "its rounds are skipped"
+        unset 'W_PID[nginx_w2]'
+    }
+    for name in pm_w2 pm_w1 pm_w2_shared; do
+        logfile=$WORK/workers/$name/pointsman.log
+        if wait_http "Pointsman $name admin" "http://127.0.0.1:${W_ADMIN[$name]}/healthz" \
+            "${W_PID[$name]}" "$logfile" &&
+            wait_http "Pointsman $name" "http://127.0.0.1:${W_PORT[$name]}/" "${W_PID[$name]}" \
+                "$logfile"; then
+            tree_pids "${W_PID[$name]}"
+            procs=${#TREE_PIDS[@]}
+            ((procs == ${W_WORKERS[$name]} + 1)) ||
+                warn "Pointsman $name: $procs processes, expected a master and" \
+                    "${W_WORKERS[$name]} workers"
+            echo "workers_procs_$name=$procs" >>"$RESULTS/meta.env"
+            log "Pointsman $name up: master ${W_PID[$name]}, workers ${TREE_PIDS[*]:1}"
+        else
+            warn "Pointsman $name did not start; its rounds are skipped"
+            unset "W_PID[$name]"
+        fi
+    done
+    mid_wait="$((BENCH_SECONDS / 2)).$((BENCH_SECONDS % 2 * 5))" # the mid-run scrape
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+        round_order "$round" nginx_w2 pm_w2 pm_w1 pm_w2_shared
+        log "round $round/$BENCH_ROUNDS, workers: ${ROUND_ORDER[*]}"
+        for phase in "${ROUND_ORDER[@]}"; do
+            pid=${W_PID[$phase]:-}
+            if [[ -z $pid ]] || ! alive "$pid"; then
+                warn "workers: $phase is not running; skipped"
+                continue
+            fi
+            url="http://127.0.0.1:${W_PORT[$phase]}/"
+            base=$RESULTS/workers_${phase}_${round}
+            admin=${W_ADMIN[$phase]:-}
+            if ((BENCH_WARMUP > 0)); then
+                run_wrk "$BENCH_WARMUP" "$url" "$RESULTS/warmup_workers_${phase}_${round}.txt" ||
+                    true
+            fi
+            mid_pid=""
+            if [[ -n $admin ]]; then
+                scrape_metrics "$admin" "$base.before.prom"
+                start_bg "$base.mid.prom" bash -c "sleep $mid_wait; exec '$CURL_BIN' -fsS \
+--max-time 5 http://127.0.0.1:$admin/metrics"
+                mid_pid=$LAST_PID
+            fi
+            tree_cpu "$pid"
+            cpu_total=$CPU_TOTAL
+            cpu_master=$CPU_MASTER
+            wall_start=$EPOCHREALTIME
+            log "round $round/$BENCH_ROUNDS: workers, $phase ${BENCH_SECONDS}s"
+            wrk_ok=1
+            run_wrk "$BENCH_SECONDS" "$url" "$base.txt" || wrk_ok=0
+            wall_end=$EPOCHREALTIME
+            tree_cpu "$pid"
+            {
+                echo "total_ticks=$((CPU_TOTAL - cpu_total))"
+                echo "master_ticks=$((CPU_MASTER - cpu_master))"
+                echo "processes=$CPU_PROCS"
+                echo "wall_start=${wall_start/,/.}"
+                echo "wall_end=${wall_end/,/.}"
+            } >"$base.cpu"
+            if [[ -n $mid_pid ]]; then
+                wait "$mid_pid" || warn "workers: the mid-run /metrics scrape of $phase failed"
+                forget_pid "$mid_pid"
+                scrape_metrics "$admin" "$base.after.prom"
+            fi
+            if ((wrk_ok)); then
+                log "  $phase: $("$PYTHON" "$BENCH_DIR/report.py" wrk "$base.txt" || true)"
+            else
+                warn "wrk for $phase failed"
+            fi
+        done
+    done
+
+    # Flips under load: BENCH_FLIPS flips, green and blue in turn (both pools are the same
+    # backend nginx), spread over the middle of one wrk run against workers: 2.
+    pid=${W_PID[pm_w2]:-}
+    if ((BENCH_FLIPS > 0)) && [[ -n $pid ]] && alive "$pid"; then
+        spread=$((BENCH_SECONDS > 1 ? BENCH_SECONDS - 1 : 0))
+        log "flips under load: $BENCH_FLIPS flips of route shop (green, blue, ...) on Pointsman" \
+            "workers: 2 during a ${BENCH_SECONDS}s wrk run"
+        start_bg "$RESULTS/flips_wrk.txt" timeout -k 5 "$((BENCH_SECONDS + 30))" "$WRK_BIN" \
+            -t"$BENCH_THREADS" -c"$BENCH_CONNS" -d"$BENCH_SECONDS"s --latency \
+            -s "$BENCH_DIR/sticky.lua" "http://127.0.0.1:$P_PM_W2/"
+        flips_wrk_pid=$LAST_PID
+        start_bg "$RESULTS/flips.txt" "$PYTHON" "$BENCH_DIR/flips.py" \
+            --admin "http://127.0.0.1:$P_ADMIN_W2" --route shop --pools green,blue \
+            --count "$BENCH_FLIPS" --start-delay 0.5 --spread "$spread"
+        flips_pid=$LAST_PID
+        flips_rc=0
+        wait "$flips_pid" || flips_rc=$?
+        forget_pid "$flips_pid"
+        ((flips_rc == 0)) || warn "flips.py exited with $flips_rc; see $RESULTS/flips.txt"
+        wait "$flips_wrk_pid" || warn "wrk during the flips failed"
+        forget_pid "$flips_wrk_pid"
+        log "  flips: $("$PYTHON" "$BENCH_DIR/report.py" flips "$RESULTS/flips.txt" || true)"
+        log "  wrk during the flips: $("$PYTHON" "$BENCH_DIR/report.py" wrk \
+            "$RESULTS/flips_wrk.txt" || true)"
+    fi
+
+    stopping=()
+    for name in "${!W_PID[@]}"; do stopping+=("${W_PID[$name]}"); done
+    if ((${#stopping[@]})); then
+        log "workers phase: stopping its servers"
+        stop_pids "${stopping[@]}"
+        for pid in "${stopping[@]}"; do forget_pid "$pid"; done
+    fi
 fi
 
 # --------------------------------------------------------------------------- memory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -318,3 +319,382 @@ def test_shadow_cpu_target_fails_on_the_paired_median(tmp_path: Path) -> None:
     assert "CPU per request: 2.10, 2.30 -> median 2.20x" in text
     assert summary["shadow"]["fast_cpu_ratio"] == pytest.approx(2.2)
     assert failed
+
+
+# --------------------------------------------------------------------------- workers phase
+
+WORKERS_RPS_CHECK = "Pointsman workers: 2 req/s vs nginx worker_processes 2"
+WORKERS_P99_CHECK = "Pointsman workers: 2 p99 vs nginx worker_processes 2"
+WORKERS_CPU_CHECK = "CPU per request, workers: 2 vs workers: 1"
+MASTER_CPU_CHECK = "Master CPU at full load (workers: 2)"
+FLIP_CHECK = "Flip under load (workers: 2): control API answer p99"
+WORKER_CHECKS = (
+    WORKERS_RPS_CHECK,
+    WORKERS_P99_CHECK,
+    WORKERS_CPU_CHECK,
+    MASTER_CPU_CHECK,
+    FLIP_CHECK,
+)
+
+
+def prom_text(requests: dict[int, int], open_conns: dict[int, int], restarts: int = 0) -> str:
+    """The per-worker series of the master's /metrics, as prometheus_client prints them."""
+    lines = [
+        "# HELP pointsman_workers_ready Workers serving traffic now.",
+        "# TYPE pointsman_workers_ready gauge",
+        f"pointsman_workers_ready {float(len(requests))}",
+        "# TYPE pointsman_worker_open_connections gauge",
+    ]
+    lines += [
+        f'pointsman_worker_open_connections{{worker="{w}"}} {float(n)}'
+        for w, n in open_conns.items()
+    ]
+    lines.append("# TYPE pointsman_worker_restarts_total counter")
+    lines += [
+        f'pointsman_worker_restarts_total{{worker="{w}"}} {float(restarts if w == 0 else 0)}'
+        for w in requests
+    ]
+    lines.append("# TYPE pointsman_worker_requests_total counter")
+    lines += [
+        f'pointsman_worker_requests_total{{worker="{w}"}} {float(n)}' for w, n in requests.items()
+    ]
+    lines.append('pointsman_requests_total{route="shop",pool="blue",status="2xx"} 1.0e+06')
+    return "\n".join(lines) + "\n"
+
+
+def write_workers_run(
+    results: Path,
+    target: str,
+    n: int,
+    rps: float,
+    p99_ms: float,
+    *,
+    total_ticks: int,
+    master_ticks: int | None = None,
+    wall: float = 10.0,
+    requests: dict[int, int] | None = None,
+    open_conns: dict[int, int] | None = None,
+    restarts: int = 0,
+) -> None:
+    """workers_<target>_<n>.txt (wrk), .cpu, and for Pointsman the .before/.mid/.after.prom
+    scrapes: `requests` is what each worker answered during the run (the counters start at
+    1,000 per worker), `open_conns` the mid-run gauge."""
+    base = results / f"workers_{target}_{n}"
+    base.with_suffix(".txt").write_text(wrk_text(rps, p99_ms))
+    cpu = {
+        "total_ticks": total_ticks,
+        "master_ticks": master_ticks or 0,
+        "processes": 3,
+        "wall_start": 1796391000.25,
+        "wall_end": 1796391000.25 + wall,
+    }
+    base.with_suffix(".cpu").write_text("".join(f"{k}={v}\n" for k, v in cpu.items()))
+    if requests is None:
+        return
+    start = dict.fromkeys(requests, 1000)
+    end = {w: 1000 + r for w, r in requests.items()}
+    (results / f"{base.name}.before.prom").write_text(prom_text(start, dict.fromkeys(requests, 0)))
+    (results / f"{base.name}.mid.prom").write_text(prom_text(start, open_conns or {}))
+    (results / f"{base.name}.after.prom").write_text(prom_text(end, {}, restarts))
+
+
+def write_flips(
+    results: Path, latencies_ms: list[float], statuses: list[int] | None = None
+) -> None:
+    lines = ["# POST /v1/routes/shop/flip on 127.0.0.1:1: flip pool status latency_ms offset_s"]
+    for i, ms in enumerate(latencies_ms):
+        status = statuses[i] if statuses else 200
+        lines.append(
+            f"{i + 1} {'green' if i % 2 == 0 else 'blue'} {status} {ms:.3f} {0.5 + i * 0.18:.3f}"
+        )
+    (results / "flips.txt").write_text("\n".join(lines) + "\n")
+    (results / "flips_wrk.txt").write_text(wrk_text(20000, 5.0))
+
+
+def workers_meta(flips: int = 50) -> dict[str, str]:
+    return {"skip_workers": "0", "workers_skipped_because": "", "flips": str(flips)}
+
+
+def write_workers_phase(results: Path) -> None:
+    """Three rounds of the workers phase; see test_workers_targets_use_per_round_ratios. (And
+    phase 1, passing.)"""
+    write_wrk(results, "nginx", {n: (30000, 4.0) for n in (1, 2, 3)})
+    write_wrk(results, "pointsman", {n: (27000, 4.0) for n in (1, 2, 3)})
+    # nginx, 2 workers: medians 30,000 req/s, p99 4 ms; 15 µs per request
+    for n, (rps, p99) in {1: (40000, 2.0), 2: (30000, 4.0), 3: (20000, 6.0)}.items():
+        write_workers_run(results, "nginx_w2", n, rps, p99, total_ticks=round(rps * 10 * 15e-4))
+    # workers: 2, req/s 0.65, 0.95, 1.20 of nginx (median 0.95: passes; the medians, 26,000 vs
+    # 30,000 = 0.87, would fail); p99 1.1, 1.1, 1.5 (median 1.1: passes); 40, 38, 36 µs per
+    # request; the master 1, 2 and 3 % of one core over the 10 s runs
+    pm2 = {1: (26000, 2.2, 1040, 10), 2: (28500, 4.4, 1083, 20), 3: (24000, 9.0, 864, 30)}
+    spread = {
+        1: ({0: 140000, 1: 120000}, {0: 26, 1: 24}),  # 1.17, 1.08
+        2: ({0: 150000, 1: 135000}, {0: 25, 1: 25}),  # 1.11, 1.00
+        3: ({0: 120000, 1: 120000}, {0: 30, 1: 20}),  # 1.00, 1.50
+    }
+    for n, (rps, p99, ticks, master) in pm2.items():
+        requests, opened = spread[n]
+        write_workers_run(
+            results,
+            "pm_w2",
+            n,
+            rps,
+            p99,
+            total_ticks=ticks,
+            master_ticks=master,
+            requests=requests,
+            open_conns=opened,
+        )
+    # workers: 1, 36 µs per request: CPU ratios 1.11, 1.06, 1.00 (median 1.06: passes)
+    for n in (1, 2, 3):
+        write_workers_run(
+            results,
+            "pm_w1",
+            n,
+            25000,
+            4.0,
+            total_ticks=900,
+            master_ticks=5,
+            requests={0: 250000},
+            open_conns={0: 50},
+        )
+    shared = {
+        1: ({0: 200000, 1: 60000}, {0: 40, 1: 10}),  # 3.33, 4.00
+        2: ({0: 180000, 1: 90000}, {0: 35, 1: 15}),  # 2.00, 2.33
+        3: ({0: 0, 1: 240000}, {0: 0, 1: 50}),  # inf, inf
+    }
+    for n, (requests, opened) in shared.items():
+        write_workers_run(
+            results,
+            "pm_w2_shared",
+            n,
+            26000,
+            4.0,
+            total_ticks=1000,
+            master_ticks=8,
+            requests=requests,
+            open_conns=opened,
+        )
+
+
+def test_workers_targets_use_per_round_ratios(tmp_path: Path) -> None:
+    write_results(tmp_path, 3, extra_meta=workers_meta())
+    write_workers_phase(tmp_path)
+    write_flips(tmp_path, [0.3 * (i + 1) for i in range(50)])  # 0.3 ... 15 ms
+
+    text, summary, failed, checks = render(tmp_path)
+
+    rps = checks[WORKERS_RPS_CHECK]
+    assert rps["measured"] == (
+        "0.950x (median of 3 per-round ratios 0.65-1.20; ratio of medians 0.87x: 26,000 vs 30,000)"
+    )
+    assert rps["required"] == "≥ 0.90x"
+    assert rps["result"] == "**PASS**"
+    p99 = checks[WORKERS_P99_CHECK]
+    assert p99["measured"].startswith("1.100x (median of 3 per-round ratios 1.10-1.50;")
+    assert p99["result"] == "**PASS**"
+    cpu = checks[WORKERS_CPU_CHECK]
+    assert cpu["measured"] == (
+        "1.056x (median of 3 per-round ratios 1.00-1.11; ratio of medians 1.06x: 38.0 vs 36.0 µs)"
+    )
+    assert cpu["result"] == "**PASS**"
+    master = checks[MASTER_CPU_CHECK]
+    assert master["measured"] == "2.00 % (median of 3 rounds 1.00-3.00 %)"
+    assert master["required"] == "< 3 % of one core"
+    assert master["result"] == "**PASS**"
+    flip = checks[FLIP_CHECK]
+    assert flip["measured"].startswith("p99 15.00 ms (nearest rank of 50; p50 7.50 ms, max 15.00")
+    assert flip["result"] == "**PASS**"
+    assert not failed
+
+    # the comparisons table: per-round values and their median
+    assert (
+        "| (a) req/s, Pointsman `workers: 2` / nginx `worker_processes 2` | 0.65, 0.95, 1.20 "
+        "| **0.95x** (26,000 vs 30,000) | ≥ 0.90x | **PASS** |" in text
+    )
+    assert (
+        "| (b) CPU per request, `workers: 2` / `workers: 1` | 1.11, 1.06, 1.00 | **1.06x** "
+        "(38.0 vs 36.0 µs) | ≤ 1.10x | **PASS** |" in text
+    )
+    assert (
+        "| (c) master CPU, `workers: 2` at full load (% of one core) | 1.00 %, 2.00 %, 3.00 % "
+        "| **2.00 %** | < 3 % of one core | **PASS** |" in text
+    )
+    assert (
+        "| (d) requests max/min over the workers, SO_REUSEPORT | 1.17, 1.11, 1.00 | **1.11** "
+        "| (no target) | |" in text
+    )
+    assert (
+        "| (d) requests max/min over the workers, shared socket | 3.33, 2.00, ∞ | **3.33** "
+        "| (no target) | |" in text
+    )
+    assert "| (d) open connections mid-run max/min over the workers, shared socket | 4.00, " in text
+    # the absolute figures: medians per target, and the spread per round
+    assert (
+        "| Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker) | 26,000 | 1.50 ms "
+        "| 4.40 ms | 38.0 µs | 2.00 % | 1.11 | 1.08 | 0 |" in text
+    )
+    assert (
+        "| nginx proxy, `worker_processes 2` | 30,000 | 1.50 ms | 4.00 ms | 15.0 µs | - |" in text
+    )
+    assert (
+        "| 1 | Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker) | 26,000 | 2.20 ms "
+        "| 40.0 µs | 1.00 % | 53.8 % / 46.2 % | 1.17 | 26 / 24 | 1.08 |" in text
+    )
+    assert "| 3 | Pointsman, `workers: 2`, `--shared-socket` | 26,000 | 4.00 ms | 38.5 µs " in text
+    assert "| 0.0 % / 100.0 % | ∞ | 0 / 50 | ∞ |" in text
+
+    workers = summary["workers"]
+    assert workers["rps_ratios"]["median"] == pytest.approx(0.95)
+    assert [r["ratio"] for r in workers["rps_ratios"]["per_round"]] == pytest.approx(
+        [0.65, 0.95, 1.2]
+    )
+    assert workers["cpu_ratios"]["median"] == pytest.approx(38 / 36)
+    assert workers["master_cpu_pct"]["median"] == pytest.approx(2.0)
+    shared_rounds = workers["pm_w2_shared"]["per_round"]
+    assert [r["request_spread"] for r in shared_rounds] == pytest.approx([10 / 3, 2.0, None])
+    assert shared_rounds[0]["requests_by_worker"] == {"0": 200000, "1": 60000}
+    assert shared_rounds[0]["open_by_worker"] == {"0": 40, "1": 10}
+    assert workers["spread"]["pm_w2_shared_requests"]["median"] == pytest.approx(10 / 3)
+    assert workers["flips"]["p99_ms"] == pytest.approx(15.0)
+    assert workers["flips"]["p50_ms"] == pytest.approx(7.5)
+    assert workers["pm_w2"]["per_round"][0]["cpu_per_request"] == pytest.approx(40e-6)
+
+
+def test_workers_targets_fail_on_cpu_master_share_and_slow_flips(tmp_path: Path) -> None:
+    write_results(tmp_path, 2, extra_meta=workers_meta())
+    for n in (1, 2):
+        write_workers_run(tmp_path, "nginx_w2", n, 30000, 4.0, total_ticks=450)
+        # 1.15x and 1.25x the CPU per request of workers: 1; the master 3.5 % and 4.5 %
+        write_workers_run(
+            tmp_path,
+            "pm_w2",
+            n,
+            25000,
+            5.0,
+            total_ticks=(1035, 1125)[n - 1],
+            master_ticks=(35, 45)[n - 1],
+            requests={0: 125000, 1: 125000},
+            open_conns={0: 25, 1: 25},
+            restarts=n - 1,
+        )
+        write_workers_run(
+            tmp_path,
+            "pm_w1",
+            n,
+            25000,
+            4.0,
+            total_ticks=900,
+            master_ticks=5,
+            requests={0: 250000},
+            open_conns={0: 50},
+        )
+    # 49 flips at 5 ms, one at 25 ms: p99 (nearest rank of 50) is the slow one
+    write_flips(tmp_path, [5.0] * 49 + [25.0])
+
+    text, _summary, failed, checks = render(tmp_path)
+
+    assert checks[WORKERS_RPS_CHECK]["result"] == "**FAIL**"  # 0.83x
+    assert checks[WORKERS_P99_CHECK]["result"] == "**FAIL**"  # 1.25x
+    assert checks[WORKERS_CPU_CHECK]["measured"].startswith(
+        "1.200x (median of 2 per-round ratios 1.15-1.25;"
+    )
+    assert checks[WORKERS_CPU_CHECK]["result"] == "**FAIL**"
+    assert checks[MASTER_CPU_CHECK]["measured"] == "4.00 % (median of 2 rounds 3.50-4.50 %)"
+    assert checks[MASTER_CPU_CHECK]["result"] == "**FAIL**"
+    assert checks[FLIP_CHECK]["measured"].startswith("p99 25.00 ms (nearest rank of 50; p50 5.00")
+    assert checks[FLIP_CHECK]["result"] == "**FAIL**"
+    assert "| (d) requests max/min over the workers, shared socket | - | - | (no target) |" in text
+    row = "| Pointsman, `workers: 2`, `--shared-socket` | - | - | - | - | - | - | - | no result |"
+    assert row in text
+    # a worker replaced during a run shows beside the errors
+    assert "| 1.00 | 1.00 | 0; 1 worker restart(s) |" in text
+    assert failed
+
+
+def test_strict_exits_3_when_a_workers_target_fails(tmp_path: Path) -> None:
+    write_results(tmp_path, 1, extra_meta=workers_meta(flips=0))
+    write_wrk(tmp_path, "nginx", {1: (30000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (27000, 4.0)})
+    write_workers_run(tmp_path, "nginx_w2", 1, 30000, 4.0, total_ticks=450)
+    write_workers_run(
+        tmp_path,
+        "pm_w2",
+        1,
+        30000,
+        4.0,
+        total_ticks=1200,
+        master_ticks=10,
+        requests={0: 150000, 1: 150000},
+        open_conns={0: 25, 1: 25},
+    )
+    write_workers_run(
+        tmp_path,
+        "pm_w1",
+        1,
+        30000,
+        4.0,
+        total_ticks=900,
+        master_ticks=5,
+        requests={0: 300000},
+        open_conns={0: 50},
+    )
+    argv = [sys.executable, str(REPORT_PY), "render", "--results", str(tmp_path)]
+
+    lenient = subprocess.run(argv, capture_output=True, text=True, check=False)
+    strict = subprocess.run([*argv, "--strict"], capture_output=True, text=True, check=False)
+
+    # CPU per request 1.33x of workers: 1 fails (in the comparisons table and in Targets); the
+    # rest passes; no flips asked for
+    assert "| CPU per request, workers: 2 vs workers: 1 | 1.333x (1 round;" in lenient.stdout
+    assert lenient.stdout.count("**FAIL**") == 2
+    assert "| Flip under load (workers: 2): control API answer p99 | - | < 20 ms | SKIPPED |" in (
+        lenient.stdout
+    )
+    assert lenient.returncode == 0
+    assert strict.returncode == 3
+
+
+def test_failed_flips_fail_the_flip_target(tmp_path: Path) -> None:
+    write_results(tmp_path, 1, extra_meta=workers_meta(flips=4))
+    write_wrk(tmp_path, "nginx", {1: (30000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (27000, 4.0)})
+    write_flips(tmp_path, [2.0, 3.0, 4.0], statuses=[200, 409, 200])
+
+    _text, summary, failed, checks = render(tmp_path)
+
+    assert checks[FLIP_CHECK]["result"] == (
+        "**FAIL** (1 flip(s) failed: HTTP 409; only 3/4 flips made)"
+    )
+    assert checks[FLIP_CHECK]["measured"].startswith("p99 4.00 ms (nearest rank of 2;")
+    assert summary["workers"]["flips"]["statuses"] == [200, 409, 200]
+    assert failed
+
+
+def test_workers_phase_skipped(tmp_path: Path) -> None:
+    skipped = {"skip_workers": "1", "workers_skipped_because": "BENCH_SKIP_WORKERS=1"}
+    write_results(tmp_path, 1, extra_meta=skipped)
+    write_wrk(tmp_path, "nginx", {1: (30000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (27000, 4.0)})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    assert "## Workers\n\nSkipped (BENCH_SKIP_WORKERS=1)." in text
+    assert all(checks[name]["result"] == "SKIPPED" for name in WORKER_CHECKS)
+    assert summary["workers"] == {"skipped": "BENCH_SKIP_WORKERS=1"}
+    assert not failed
+
+
+def test_parse_worker_metrics_reads_the_per_worker_series() -> None:
+    text = prom_text({0: 12, 1: 30}, {0: 3, 1: 4}, restarts=2)
+
+    found = report.parse_worker_metrics(text)
+
+    assert found["pointsman_worker_requests_total"] == {"0": 12.0, "1": 30.0}
+    assert found["pointsman_worker_open_connections"] == {"0": 3.0, "1": 4.0}
+    assert found["pointsman_worker_restarts_total"] == {"0": 2.0, "1": 0.0}
+    assert "pointsman_requests_total" not in found
+    assert report.max_min({"0": 3, "1": 0}) == float("inf")
+    assert report.max_min({"0": 3}) is None
+    assert report.nearest_rank([float(v) for v in range(1, 51)], 99) == 50.0
+    assert report.nearest_rank([float(v) for v in range(1, 51)], 50) == 25.0
