@@ -2,9 +2,11 @@
 
 Every change goes the same way, one at a time under a lock: refuse a manual traffic change
 while a rollout drives the route -> check If-Match -> pure transition (control/state.py) ->
-persist (atomic write) -> publish the new routing table to the data plane -> audit-log line.
-So a change is in effect for new requests before the caller hears of it, and survives a crash
-from the moment it is acknowledged.
+at once: persist (atomic write, then the audit-log line, in a thread), push the state to the
+workers, publish the new routing table to this process's data plane -> wait for the save and
+every worker's ack -> answer. So a change is in effect for new requests before the caller hears
+of it, and survives a crash from the moment it is acknowledged. A save that fails takes the
+change back everywhere before the answer (500).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from control.errors import ApiError
 from control.state import RouteState, StateDoc, StateError
@@ -48,9 +50,10 @@ class ControlPlane:
         # What refuses a manual traffic change while a rollout drives the route; the rollout
         # runner registers itself (control/rollouts.py). None: nothing to refuse.
         self.guard: ChangeGuard | None = None
-        # With workers (control/workers.py): sends the new state to every worker and returns
-        # once all have applied it, so an answer means "in effect" for the whole host.
-        self.after_publish: Callable[[], Awaitable[None]] | None = None
+        # With workers (control/workers.py): sends the current state to every worker at once;
+        # awaiting what it returns waits until all have applied it, so an answer means "in
+        # effect" for the whole host.
+        self.push_to_workers: Callable[[], Awaitable[None]] = _nothing
         # With workers: sums the workers' counters into this process's before they are read.
         self.refresh_counters: Callable[[], Awaitable[None]] = _nothing
 
@@ -104,30 +107,70 @@ class ControlPlane:
                     # a deploy script can retry a flip, and the rollback target stays put.
                     return doc
                 raise ApiError(err.status, err.message, {"code": err.code}) from None
-            # Persist before publishing or answering: an acknowledged change survives a crash.
-            await asyncio.to_thread(self.store.save, new)
-            self.doc = new
-            self.last_change = now
-            self.publish()
-            if self.after_publish is not None:
-                await self.after_publish()
             after = new.route(route)
-            await asyncio.to_thread(
-                self.store.audit,
-                actor,
-                action,
-                route,
-                route_assignment(before),
-                route_assignment(after),
-                new.version,
-                now,
-            )
+            record = (actor, action, route, route_assignment(before), route_assignment(after))
+            # The save (two fsyncs and the audit line's), the workers' acks and this process's
+            # new table are started together and awaited together: under load each waits
+            # milliseconds for a core, and in a row they made a flip's answer 1.5x slower
+            # (benchmarks/flips.py). Nobody hears of the change before all are done; a crash
+            # before the save ends loses it, the workers' copy with it (they exit with the
+            # master), as an unanswered request may be lost.
+            saved = asyncio.get_running_loop().run_in_executor(None, self._save, new, record, now)
+            self.doc = new
+            pushed = self.push_to_workers()  # sent now; awaiting it waits for the acks
+            self.publish()
+            try:
+                await pushed
+            except BaseException:
+                await self._settle(saved, doc)  # keeps the lock until the save thread is done
+                raise
+            not_saved = await self._settle(saved, doc)
+            if not_saved is not None:
+                raise ApiError(
+                    500,
+                    f"the change could not be saved, so it was not made: {not_saved}",
+                    {"code": "state_not_saved", "current_version": doc.version},
+                )
+            self.last_change = now
             log.info(
                 "%s %s %s by %s: version %d, weights %s, shadows %s",
                 action, route, "ok", actor, new.version, after.weights_dict(),
                 [s.pool for s in after.shadows or ()],
             )  # fmt: skip
             return new
+
+    def _save(self, new: StateDoc, record: tuple[Any, ...], now: float) -> tuple[str | None, bool]:
+        """In a thread: save the document, then append its audit line. Returns (why the save
+        failed or None, whether the audit line was written); raises nothing, so that awaiting
+        it never replaces a cancellation."""
+        try:
+            self.store.save(new)
+        except Exception as err:  # any reason, the document on disk is still the old one
+            return f"{type(err).__name__}: {err}", False
+        actor, action, route, before, after = record
+        try:
+            self.store.audit(actor, action, route, before, after, new.version, now)
+        except Exception:
+            log.exception("version %d is saved and in force, but its audit line was not written",
+                          new.version)  # fmt: skip
+            return None, False
+        return None, True
+
+    async def _settle(
+        self, saved: asyncio.Future[tuple[str | None, bool]], before: StateDoc
+    ) -> str | None:
+        """Wait for the save; if it failed, take the change back here and on every worker.
+        Returns why the save failed, or None."""
+        not_saved, _ = await saved
+        if not_saved is None:
+            return None
+        log.error("version %d could not be saved (%s): taking the change back",
+                  self.doc.version, not_saved)  # fmt: skip
+        self.doc = before
+        pushed = self.push_to_workers()
+        self.publish()
+        await pushed
+        return not_saved
 
     def check_version(self, expected_version: int | None) -> None:
         """If-Match: refuse (409) unless the state is still at the version the caller saw."""

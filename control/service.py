@@ -105,7 +105,7 @@ class Service:
                 self.proxy, self.workers, self.config.text, plane.snapshot, plane.lock,
                 log_level=self.log_level, shared_socket=self.shared_socket,
             )  # fmt: skip
-            plane.after_publish = supervisor.push_state
+            plane.push_to_workers = supervisor.push_state
             plane.refresh_counters = supervisor.refresh
             self.proxy.health.on_change = supervisor.push_health
             await supervisor.start()

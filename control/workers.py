@@ -292,18 +292,21 @@ class Supervisor:
                 if kind == "up":
                     slot.up.set()
                 elif kind in ("ready", "ack"):
+                    # What it runs now: messages come in order, and a version only goes
+                    # down when a change whose save failed is taken back.
                     version = int(message["version"])
-                    slot.version = max(slot.version, version)
+                    slot.version = version
                     if kind == "ready":
                         slot.ready_event.set()
-                    still = []
-                    for wanted, future in slot.acks:
-                        if wanted <= slot.version:
-                            if not future.done():
-                                future.set_result(None)
-                        else:
-                            still.append((wanted, future))
-                    slot.acks = still
+                    # Acks come in the order the states were sent: this one answers the
+                    # first send of this version and every send before it.
+                    for index, (wanted, _) in enumerate(slot.acks):
+                        if wanted == version:
+                            answered, slot.acks = slot.acks[: index + 1], slot.acks[index + 1 :]
+                            for _, future in answered:
+                                if not future.done():
+                                    future.set_result(None)
+                            break
                 elif kind == "ejected":
                     self.eject(slot, str(message["endpoint"]), float(message["for"]))
                 elif kind == "counters":
@@ -368,15 +371,17 @@ class Supervisor:
 
     # -- state ------------------------------------------------------------------------------
 
-    async def push_state(self) -> None:
-        """Send the current state to every live worker; return once each has applied it. A
-        worker that does not acknowledge in time is replaced (and starts with this state)."""
+    def push_state(self) -> Awaitable[None]:
+        """Send the current state to every live worker now. Awaiting the result returns once
+        each has applied it; a worker that does not acknowledge in time is replaced (and
+        starts with the state current then)."""
         state = self.snapshot()
         version = int(state["version"])
         loop = asyncio.get_running_loop()
         waits: list[tuple[WorkerSlot, asyncio.Future[None]]] = []
         for slot in self.slots:
-            if not slot.ready or slot.version >= version:
+            # `!=`, not `<`: a change whose save failed is taken back with the version before.
+            if not slot.ready or slot.version == version:
                 continue
             future: asyncio.Future[None] = loop.create_future()
             slot.acks.append((version, future))
@@ -384,6 +389,11 @@ class Supervisor:
                 waits.append((slot, future))
             else:
                 future.cancel()
+        return self._acknowledged(version, waits)
+
+    async def _acknowledged(
+        self, version: int, waits: list[tuple[WorkerSlot, asyncio.Future[None]]]
+    ) -> None:
         if not waits:
             return
         _, late = await asyncio.wait([f for _, f in waits], timeout=ACK_TIMEOUT)

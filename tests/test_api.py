@@ -658,6 +658,47 @@ async def test_flips_under_concurrent_load_lose_nothing_and_land_on_the_live_poo
 # --- audit log and metrics -----------------------------------------------------------------
 
 
+def break_the_state_file(path: Path) -> None:
+    """Make the next save fail as it renames: the state path becomes a non-empty directory
+    (works as root too, unlike a read-only directory)."""
+    path.unlink(missing_ok=True)
+    path.mkdir()
+    (path / "in-the-way").write_text("x")
+
+
+def mend_the_state_file(path: Path) -> None:
+    """Undo break_the_state_file: the next save can write the file again."""
+    (path / "in-the-way").unlink()
+    path.rmdir()
+
+
+async def test_a_change_that_cannot_be_saved_answers_500_and_is_not_made(
+    start_service: StartService,
+) -> None:
+    rs = await start_service()
+    assert (await rs.call("POST", ROUTE + "/flip", {"to": "blue"})).status == 200
+    before = (await rs.call("GET", ROUTE)).body
+    lines_before = rs.audit_path.read_text() if rs.audit_path.exists() else ""
+    break_the_state_file(rs.state_path)
+
+    answer = await rs.call("POST", ROUTE + "/flip", {"to": "green"})
+    assert answer.status == 500, answer.text
+    assert "could not be saved" in answer.body["error"]
+    assert answer.body["detail"]["code"] == "state_not_saved"
+    assert answer.body["detail"]["current_version"] == before["version"]
+    after = (await rs.call("GET", ROUTE)).body
+    assert after["version"] == before["version"] and after["live"] == "blue"
+    assert set(await rs.backends_of(20)) == {"blue"}
+    assert (rs.audit_path.read_text() if rs.audit_path.exists() else "") == lines_before
+
+    # Once the file can be written again, the same change goes through with the next version.
+    mend_the_state_file(rs.state_path)
+    answer = await rs.call("POST", ROUTE + "/flip", {"to": "green"})
+    assert answer.status == 200, answer.text
+    assert answer.body["version"] == before["version"] + 1
+    assert set(await rs.backends_of(20)) == {"green"}
+
+
 async def test_each_change_appends_one_audit_line(start_service: StartService) -> None:
     rs = await start_service()
     steps: list[tuple[str, str, object]] = [

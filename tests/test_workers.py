@@ -31,7 +31,7 @@ from control.service import Service
 from control.workers import Supervisor, WorkerStartError
 from proxy.config import StateConfig
 from tests.conftest import Backend, BackendFactory, config_for, free_port
-from tests.test_api import TOKEN, admin_port
+from tests.test_api import TOKEN, admin_port, break_the_state_file, mend_the_state_file
 from tests.test_cli import read_response, refuses_connections, run_config, tail, wait_listening
 
 LIMIT = 10.0  # seconds any single exchange or wait may take
@@ -325,6 +325,37 @@ async def test_metrics_count_every_request_of_every_worker_exactly(
     }
     assert set(served) == {"0", "1"} and all(v > 0 for v in served.values()), served
     assert sum(served.values()) == blue_sent + green_sent
+
+
+async def test_a_change_that_cannot_be_saved_is_taken_back_on_every_worker(
+    start_host: StartHost, backend_factory: BackendFactory
+) -> None:
+    blue = await backend_factory("blue", echo("blue"))
+    green = await backend_factory("green", echo("green"))
+    host = await start_host({"blue": [blue], "green": [green]})
+    connections = await pinned_clients(host, 2)
+    try:
+        code, before = await host.call("GET", ROUTE)
+        assert code == 200 and before["live"] == "blue"
+        assert host.service.config.state is not None
+        state_path = Path(host.service.config.state.path)
+        break_the_state_file(state_path)
+        # The workers got the flip while the save was failing: the answer comes after they
+        # have been given the state before it back.
+        code, body = await host.call("POST", ROUTE + "/flip", {"to": "green"})
+        assert code == 500 and body["detail"]["code"] == "state_not_saved", body
+        seen = [await c.get("/after-failed-save") for c in connections]
+        assert {backend for _, backend in seen} == {"blue"}
+        assert len({c.worker for c in connections}) == 2
+        assert all(slot.version == before["version"] for slot in host.supervisor.slots)
+
+        mend_the_state_file(state_path)
+        code, body = await host.call("POST", ROUTE + "/flip", {"to": "green"})
+        assert code == 200 and body["version"] == before["version"] + 1, body
+        seen = [await c.get("/after-save") for c in connections]
+        assert {backend for _, backend in seen} == {"green"}
+    finally:
+        await close_all(connections)
 
 
 async def test_sticky_users_land_on_the_same_pool_whichever_worker_serves_them(
