@@ -40,7 +40,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy control
 
+# The tests start their own etcd (tests/etcd_server.py).
 unit: $(COMPILED)
+	bash scripts/need.sh etcd etcd-server
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(COMPILED)
