@@ -50,10 +50,12 @@ class SyncPoint:
 
 @dataclass(frozen=True, slots=True)
 class Apply:
-    """Apply `doc`; the member is now at `point`."""
+    """Apply `doc`; the member is now at `point`. `state_revision` is the mod revision of the
+    state key that held `doc`: a write compares it, so it lands only on the state it read."""
 
     doc: StateDoc
     point: SyncPoint
+    state_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ def on_full_read(
             f"{prefix}/state has version {doc.version}, older than the version "
             f"{applied.version} this member serves"
         )
-    return Apply(doc, SyncPoint(header.cluster_id, header.revision))
+    return Apply(doc, SyncPoint(header.cluster_id, header.revision), state.mod_revision)
 
 
 def on_watch_batch(prefix: str, point: SyncPoint, batch: WatchBatch) -> Apply | Ignore | Resync:
@@ -169,4 +171,4 @@ def on_watch_batch(prefix: str, point: SyncPoint, batch: WatchBatch) -> Apply | 
     doc = _decode_state(prefix, latest)
     if isinstance(doc, str):
         return Resync(doc)  # the full read reports it and keeps the last good state
-    return Apply(doc, SyncPoint(point.cluster_id, seen))
+    return Apply(doc, SyncPoint(point.cluster_id, seen), latest.mod_revision)

@@ -60,7 +60,7 @@ def batch(revision: int, *events: Event, cluster: int = CLUSTER) -> WatchBatch:
 def test_a_full_read_of_this_fleets_prefix_applies_its_state() -> None:
     kvs = [kv("meta", meta_value(FLEET), 2), state_kv(5, 9)]
     decision = on_full_read(PREFIX, FLEET, header(12), kvs, applied=doc(4))
-    assert decision == Apply(doc(5), SyncPoint(CLUSTER, 12))
+    assert decision == Apply(doc(5), SyncPoint(CLUSTER, 12), state_revision=9)
 
 
 def test_a_full_read_refuses_an_empty_foreign_or_broken_prefix() -> None:
@@ -99,7 +99,7 @@ def test_the_last_write_of_a_batch_wins_and_repeats_are_skipped() -> None:
         Event("put", state_kv(8, 14)),
     )
     assert on_watch_batch(PREFIX, point, batch(14, *events)) == Apply(
-        doc(8), SyncPoint(CLUSTER, 14)
+        doc(8), SyncPoint(CLUSTER, 14), state_revision=14
     )
     only_repeats = batch(14, Event("put", state_kv(6, 9)))
     assert on_watch_batch(PREFIX, point, only_repeats) == Ignore(point)

@@ -1,0 +1,95 @@
+"""The fleet's routing state in etcd: create, read and compare-and-set writes, with the audit
+record in the same transaction. The layout and the read decisions are control/fleet_sync.py's.
+
+A write lands only on the state it was computed from: the transaction compares the state key's
+mod revision with the one this member last applied (and that `meta` is still this fleet's), so
+of two members writing from the same version exactly one wins; the other gets `StateConflict`
+with the state now in etcd, which the API answers as 409 with its version. The audit record
+goes to `P/audit/<version, 20 digits>` in the same transaction, so there is never a change
+without its record, nor a record of a change that did not happen.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from control.etcd import Compare, EtcdClient, EtcdError, Put
+from control.fleet_sync import Apply, Refuse, meta_value, on_full_read
+from control.state import StateDoc, to_json
+
+__all__ = ["EtcdStore", "FleetExists", "StateConflict"]
+
+AUDIT_DIGITS: Final = 20  # zero-padded versions sort as numbers in etcd's byte order
+
+
+class StateConflict(Exception):
+    """Someone else wrote the state first. `current` is what etcd holds now."""
+
+    def __init__(self, current: StateDoc, state_revision: int) -> None:
+        super().__init__(f"the state changed in etcd (now version {current.version})")
+        self.current = current
+        self.state_revision = state_revision
+
+
+class FleetExists(Exception):
+    """`create` found a fleet (or something else) under the prefix already."""
+
+
+class EtcdStore:
+    def __init__(self, client: EtcdClient, prefix: str, fleet: str) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+        self.fleet = fleet
+        self.meta_key = f"{self.prefix}/meta".encode()
+        self.state_key = f"{self.prefix}/state".encode()
+        # The mod revision of the state key this member last applied: what a write compares.
+        self.state_revision = 0
+
+    def audit_key(self, version: int) -> bytes:
+        return f"{self.prefix}/audit/{version:0{AUDIT_DIGITS}d}".encode()
+
+    async def create(self, doc: StateDoc) -> Apply:
+        """Start a fleet with `doc`, only if nothing is under `meta` and `state` yet."""
+        result = await self.client.txn(
+            [Compare(self.meta_key, "CREATE", 0), Compare(self.state_key, "CREATE", 0)],
+            [Put(self.meta_key, meta_value(self.fleet)), Put(self.state_key, to_json(doc))],
+        )
+        if not result.succeeded:
+            raise FleetExists(f"{self.prefix} already holds a fleet's meta or state")
+        read = await self.read(applied=None)
+        if isinstance(read, Refuse):
+            raise EtcdError(f"the fleet just created does not read back: {read.reason}")
+        return read
+
+    async def read(self, applied: StateDoc | None) -> Apply | Refuse:
+        """Everything under the prefix, decided by fleet_sync.on_full_read."""
+        header, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
+        decision = on_full_read(self.prefix, self.fleet, header, kvs, applied)
+        if isinstance(decision, Apply):
+            self.state_revision = decision.state_revision
+        return decision
+
+    def applied(self, decision: Apply) -> None:
+        """The member applied a state from the watch: writes compare against it from now."""
+        self.state_revision = decision.state_revision
+
+    async def save(self, new: StateDoc, audit_record: bytes) -> int:
+        """Write `new` and its audit record if the state is still the one last applied.
+        Returns the new state's mod revision; raises StateConflict if someone wrote first."""
+        result = await self.client.txn(
+            [
+                Compare(self.state_key, "MOD", self.state_revision),
+                Compare(self.meta_key, "VALUE", meta_value(self.fleet)),
+            ],
+            [Put(self.state_key, to_json(new)), Put(self.audit_key(new.version), audit_record)],
+        )
+        if result.succeeded:
+            self.state_revision = result.header.revision
+            return result.header.revision
+        # Why: read what is there now (not adopting it: the member applies states from its
+        # watch only). Another fleet's or no meta is an error; otherwise someone wrote first.
+        header, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
+        now = on_full_read(self.prefix, self.fleet, header, kvs, applied=None)
+        if isinstance(now, Refuse):
+            raise EtcdError(f"not written: {now.reason}")
+        raise StateConflict(now.doc, now.state_revision)
