@@ -1,0 +1,142 @@
+"""A fleet member's sync loop: read the prefix, apply, watch from the next revision; on a broken
+watch resume from the last applied revision after a jittered backoff; read everything again
+on compaction, a changed cluster, a revision gone back or a touched meta/state. The decisions
+are control/fleet_sync.py's; this is the I/O around them.
+
+What it applies goes to `on_apply` (the control plane publishes it to the data plane and keeps
+the local copy). A state it refuses (wiped or foreign etcd, an older version) is reported in
+`last_error` and the member keeps serving what it has, reading again after the backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from control.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, prefix_end
+from control.etcd_store import EtcdStore
+from control.fleet_sync import Apply, Ignore, Refuse, Resync, SyncPoint, on_watch_batch
+from control.state import StateDoc
+
+__all__ = ["FleetSync"]
+
+log = logging.getLogger("pointsman.fleet")
+
+# Backoff between attempts while etcd is unreachable or refuses: doubled per failure in a row,
+# jittered (so a fleet does not reconnect in step after an etcd restart), reset once a read
+# or a watch batch succeeds.
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_MAX: Final = 5.0
+
+
+class FleetSync:
+    def __init__(
+        self,
+        client: EtcdClient,
+        store: EtcdStore,
+        on_apply: Callable[[StateDoc], Awaitable[None]],
+        applied: StateDoc | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.on_apply = on_apply
+        self.applied = applied  # what the member serves (its local copy at start)
+        self.point: SyncPoint | None = None  # None: a full read comes next
+        self.last_sync: float | None = None  # time.time() of the last read or batch
+        self.last_error: str | None = None
+        self.full_reads = 0
+        self.resumes = 0  # watches started again from the point after a break
+        self.synced = asyncio.Event()  # set whenever a read or a batch succeeded
+        self.error_reported = asyncio.Event()  # set whenever a failure is reported
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                if self.point is None:
+                    if not await self._full_read():
+                        await self._pause(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
+                    backoff = BACKOFF_FIRST
+                await self._follow()
+            except Compacted as err:
+                log.warning("fleet: %s; reading the whole state again", err)
+                self.point = None
+            except EtcdUnavailable as err:
+                self._failed(f"etcd unreachable: {err}")
+                await self._pause(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                if self.point is not None:
+                    self.resumes += 1
+            except EtcdError as err:
+                self._failed(f"etcd refused: {err}")
+                self.point = None
+                await self._pause(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _full_read(self) -> bool:
+        decision = await self.store.read(self.applied)
+        self.full_reads += 1
+        if isinstance(decision, Refuse):
+            self._failed(decision.reason)
+            return False
+        await self._apply(decision)
+        return True
+
+    async def _follow(self) -> None:
+        assert self.point is not None
+        # A watch from a revision etcd has not reached waits silently: after an etcd that
+        # came back wiped or restored, or another cluster at the address, no batch would ever
+        # tell. So check where etcd is before watching.
+        header, _ = await self.client.range(self.store.meta_key)
+        if header.cluster_id != self.point.cluster_id or header.revision < self.point.revision:
+            log.warning("fleet: etcd is at revision %d of cluster %d, this member at %d of %d; "
+                        "reading the whole state again", header.revision, header.cluster_id,
+                        self.point.revision, self.point.cluster_id)  # fmt: skip
+            self.point = None
+            return
+        prefix = f"{self.store.prefix}/".encode()
+        async for batch in self.client.watch(prefix, prefix_end(prefix), self.point.revision + 1):
+            decision = on_watch_batch(self.store.prefix, self.point, batch)
+            if isinstance(decision, Resync):
+                log.warning("fleet: %s; reading the whole state again", decision.reason)
+                self.point = None
+                return
+            if isinstance(decision, Apply):
+                await self._apply(decision)
+            elif isinstance(decision, Ignore):
+                self.point = decision.point
+                self._succeeded()
+
+    async def _apply(self, decision: Apply) -> None:
+        if self.applied is None or decision.doc != self.applied:
+            await self.on_apply(decision.doc)
+        self.applied = decision.doc
+        self.point = decision.point
+        self.store.applied(decision)
+        self._succeeded()
+
+    def _succeeded(self) -> None:
+        if self.last_error is not None:
+            log.info("fleet: in sync again at revision %d",
+                     self.point.revision if self.point else 0)  # fmt: skip
+        self.last_error = None
+        self.last_sync = time.time()
+        self.synced.set()
+
+    def _failed(self, reason: str) -> None:
+        if reason != self.last_error:
+            log.error("fleet: %s (serving version %s)",
+                      reason, self.applied.version if self.applied else "none")  # fmt: skip
+        self.last_error = reason
+        self.error_reported.set()
+
+    @staticmethod
+    async def _pause(backoff: float) -> None:
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))

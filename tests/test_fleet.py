@@ -1,0 +1,187 @@
+"""control/fleet.py, a member's sync loop, against a real etcd: it follows writes made through
+another member, resumes after etcd crashes, reads everything again after a compaction, and
+never applies a wiped etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from control.etcd import EtcdClient
+from control.etcd_store import EtcdStore
+from control.fleet import FleetSync
+from control.fleet_sync import Apply
+from control.state import StateDoc, initial_state
+from tests.conftest import config_for
+from tests.etcd_server import EtcdServer
+
+PREFIX = "/pointsman/shop"
+LIMIT = 10.0  # seconds any wait may take
+BASE = initial_state(config_for({"blue": ["127.0.0.1:1"], "green": ["127.0.0.1:2"]}).routes, 0.0)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def bumped(doc: StateDoc) -> StateDoc:
+    name, route = doc.routes[0]
+    (first, weight), *rest = route.weights
+    changed = replace(route, weights=((first, (weight + 7) % 101), *rest))
+    return replace(doc, version=doc.version + 1, routes=((name, changed), *doc.routes[1:]))
+
+
+@dataclass
+class Member:
+    sync: FleetSync
+    task: asyncio.Task[None]
+    applied: list[int] = field(default_factory=list)  # versions, in the order applied
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def reaches(self, version: int) -> None:
+        async with asyncio.timeout(LIMIT):
+            while not self.applied or self.applied[-1] < version:
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+@dataclass
+class Fleet:
+    etcd: EtcdServer
+    writer: EtcdStore  # another member's store: writes through it
+    clients: list[EtcdClient]
+    members: list[Member]
+
+    async def write(self, count: int) -> StateDoc:
+        doc = (await self.writer.read(None)).doc  # type: ignore[union-attr]
+        for _ in range(count):
+            doc = bumped(doc)
+            await self.writer.save(doc, orjson.dumps({"version": doc.version}))
+        return doc
+
+    def member(self, applied: StateDoc | None = None) -> Member:
+        client = EtcdClient([self.etcd.url], timeout=1.0)
+        self.clients.append(client)
+        store = EtcdStore(client, PREFIX, "shop")
+
+        async def on_apply(doc: StateDoc) -> None:
+            member.applied.append(doc.version)
+            member.changed.set()
+
+        sync = FleetSync(client, store, on_apply, applied)
+        member = Member(sync, asyncio.create_task(sync.run()))
+        self.members.append(member)
+        return member
+
+
+async def reported(member: Member, text: str) -> None:
+    """Wait until the member's loop reports a failure containing `text`."""
+    async with asyncio.timeout(LIMIT):
+        while text not in (member.sync.last_error or ""):
+            member.sync.error_reported.clear()
+            await member.sync.error_reported.wait()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path / "etcd")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def fleet(etcd: EtcdServer) -> AsyncIterator[Fleet]:
+    client = EtcdClient([etcd.url], timeout=1.0)
+    writer = EtcdStore(client, PREFIX, "shop")
+    await writer.create(BASE)
+    made = Fleet(etcd, writer, [client], [])
+    yield made
+    for member in made.members:
+        if not member.task.done():
+            await member.stop()
+    for c in made.clients:
+        await c.close()
+
+
+async def test_a_member_applies_every_change_in_order(fleet: Fleet) -> None:
+    member = fleet.member()
+    await member.reaches(1)
+    last = await fleet.write(20)
+    await member.reaches(last.version)
+    assert member.applied == sorted(set(member.applied))  # in order, none twice
+    assert member.applied[0] == 1 and member.applied[-1] == 21
+    assert member.sync.applied == last and member.sync.full_reads == 1
+    assert member.sync.last_error is None and member.sync.last_sync is not None
+
+
+async def test_after_an_etcd_crash_a_member_resumes_without_a_full_read(fleet: Fleet) -> None:
+    member = fleet.member()
+    await member.reaches(1)
+    await fleet.write(3)
+    await member.reaches(4)
+    fleet.etcd.kill()
+    await reported(member, "etcd unreachable")
+    assert member.sync.applied is not None and member.sync.applied.version == 4  # still served
+    fleet.etcd.start()
+    last = await fleet.write(3)
+    await member.reaches(last.version)
+    # Writes close together may arrive in one watch batch: the member applies the newest.
+    assert member.applied == sorted(set(member.applied)) and member.applied[-1] == 7
+    assert member.sync.full_reads == 1 and member.sync.resumes >= 1
+    assert member.sync.last_error is None
+
+
+async def test_a_member_cut_off_during_a_compaction_reads_everything_again(
+    fleet: Fleet,
+) -> None:
+    member = fleet.member()
+    await member.reaches(1)
+    await member.stop()  # cut off: it keeps its point
+    point = member.sync.point
+    assert point is not None
+    last = await fleet.write(5)
+    head = fleet.writer.state_revision
+    await fleet.clients[0].compact(head)
+    member.task = asyncio.create_task(member.sync.run())  # back: its next revision is gone
+    await member.reaches(last.version)
+    assert member.applied == [1, 6]  # the versions in between are compacted away
+    assert member.sync.full_reads == 2
+
+
+async def test_an_etcd_restarted_empty_is_never_applied(
+    fleet: Fleet, tmp_path: Path, etcd: EtcdServer
+) -> None:
+    member = fleet.member()
+    await member.reaches(1)
+    await fleet.write(2)
+    await member.reaches(3)
+    etcd.kill()
+    etcd.data_dir = tmp_path / "etcd-empty"  # same address, nothing in it
+    etcd.start()
+    await reported(member, "etcd has no /pointsman/shop/meta")
+    assert member.applied[-1] == 3 and member.sync.applied is not None  # nothing applied since
+    assert member.sync.applied.version == 3
+
+
+async def test_a_member_starting_with_a_local_copy_does_not_apply_it_again(
+    fleet: Fleet,
+) -> None:
+    current = await fleet.write(2)
+    read = await fleet.writer.read(None)
+    assert isinstance(read, Apply)
+    member = fleet.member(applied=current)
+    async with asyncio.timeout(LIMIT):
+        await member.sync.synced.wait()
+    assert member.applied == []  # what it serves is what etcd has
+    newer = await fleet.write(1)
+    await member.reaches(newer.version)
+    assert member.applied == [newer.version]
