@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from control.errors import ApiError
+from control.fleet import FleetSync
 from control.plane import ControlPlane
 from control.rollout import RolloutError
 from control.rollouts import RolloutCollector, RolloutRunner
@@ -461,10 +463,24 @@ async def healthz(request: web.Request) -> web.Response:
     ctx = proxy.ctx
     draining = ctx is not None and ctx.draining
     status = 503 if draining else 200
-    return web.json_response(
-        {"status": "draining" if draining else "ok", "version": proxy.table.version},
-        status=status,
-    )
+    body: dict[str, object] = {
+        "status": "draining" if draining else "ok",
+        "version": proxy.table.version,
+    }
+    plane = request.app.get(PLANE_KEY)
+    if plane is not None and plane.fleet_sync is not None:
+        # Still 200 with etcd down: this host serves traffic with the state it has.
+        body["store"] = fleet_health(plane.fleet_sync, time.time())
+    return web.json_response(body, status=status)
+
+
+def fleet_health(sync: FleetSync, now: float) -> dict[str, object]:
+    return {
+        "kind": "etcd",
+        "reachable": sync.last_error is None and sync.last_sync is not None,
+        "seconds_since_sync": None if sync.last_sync is None else round(now - sync.last_sync, 3),
+        "error": sync.last_error or sync.refusal,
+    }
 
 
 class ControlCollector(Collector):
@@ -507,6 +523,39 @@ class ControlCollector(Collector):
                         [route.name, pool.name, str(target.address)], 1 if target.healthy else 0
                     )
         yield healthy
+        sync = plane.fleet_sync
+        if sync is not None:
+            up = GaugeMetricFamily(
+                "pointsman_state_store_up",
+                "1 if the last call to the fleet's etcd succeeded and its state was ours.",
+            )
+            up.add_metric([], 1 if sync.last_error is None and sync.last_sync else 0)
+            yield up
+            age = GaugeMetricFamily(
+                "pointsman_state_store_seconds_since_sync",
+                "Seconds since this member last read from etcd (a watch batch, progress"
+                " notice or full read); since start if it never did.",
+            )
+            age.add_metric([], time.time() - (sync.last_sync or sync.started))
+            yield age
+            reads = CounterMetricFamily(
+                "pointsman_state_store_full_reads",
+                "Reads of the whole fleet state (start, compaction, etcd wiped or restored).",
+            )
+            reads.add_metric([], sync.full_reads)
+            yield reads
+            resumes = CounterMetricFamily(
+                "pointsman_state_store_watch_resumes",
+                "Watches of the fleet state resumed from the last applied revision after a break.",
+            )
+            resumes.add_metric([], sync.resumes)
+            yield resumes
+            refused = GaugeMetricFamily(
+                "pointsman_state_store_refusing",
+                "1 while the newest fleet state is not applied (it does not fit this config).",
+            )
+            refused.add_metric([], 1 if sync.refusal else 0)
+            yield refused
 
 
 def build_admin_app(

@@ -61,6 +61,19 @@ class EtcdStore:
             raise EtcdError(f"the fleet just created does not read back: {read.reason}")
         return read
 
+    async def open(self, first: StateDoc) -> Apply | Refuse:
+        """At a member's start: the fleet's state, creating the fleet with `first` if
+        nothing at all is under the prefix (the first member to start makes it). A prefix
+        holding something else (another fleet, a meta without state) is refused, not
+        overwritten."""
+        _, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
+        if not kvs:
+            try:
+                return await self.create(first)
+            except FleetExists:
+                pass  # another member made it meanwhile
+        return await self.read(applied=None)
+
     async def read(self, applied: StateDoc | None) -> Apply | Refuse:
         """Everything under the prefix, decided by fleet_sync.on_full_read."""
         header, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
@@ -70,8 +83,9 @@ class EtcdStore:
         return decision
 
     def applied(self, decision: Apply) -> None:
-        """The member applied a state from the watch: writes compare against it from now."""
-        self.state_revision = decision.state_revision
+        """The member applied a state from the watch: writes compare against it from now
+        (never an older one: a write of this member may have moved it on already)."""
+        self.state_revision = max(self.state_revision, decision.state_revision)
 
     async def save(self, new: StateDoc, audit_record: bytes) -> int:
         """Write `new` and its audit record if the state is still the one last applied.

@@ -4,8 +4,10 @@ on compaction, a changed cluster, a revision gone back or a touched meta/state. 
 are control/fleet_sync.py's; this is the I/O around them.
 
 What it applies goes to `on_apply` (the control plane publishes it to the data plane and keeps
-the local copy). A state it refuses (wiped or foreign etcd, an older version) is reported in
-`last_error` and the member keeps serving what it has, reading again after the backoff.
+the local copy); `on_apply` may refuse a state (it does not fit this member's config), which
+stays reported in `refusal` until a state is applied. A prefix it refuses (wiped or foreign
+etcd, an older version) is reported in `last_error` and the member keeps serving what it has,
+reading again after the backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from control.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, pref
 from control.etcd_store import EtcdStore
 from control.fleet_sync import Apply, Ignore, Refuse, Resync, SyncPoint, on_watch_batch
 from control.state import StateDoc
+from proxy.tasks import cancel_and_wait
 
 __all__ = ["FleetSync"]
 
@@ -31,6 +34,11 @@ log = logging.getLogger("pointsman.fleet")
 # or a watch batch succeeds.
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+# While watching, how often to ask etcd where it is: an idle watch stream says nothing for
+# minutes (etcd's progress notices come every 10 min by default), and one cut off without a
+# reset (a partition) says nothing ever. A range each interval finds both, within
+# interval + the client's timeout, and keeps `last_sync` meaning "etcd answered".
+CHECK_INTERVAL: Final = 5.0
 
 
 class FleetSync:
@@ -38,7 +46,7 @@ class FleetSync:
         self,
         client: EtcdClient,
         store: EtcdStore,
-        on_apply: Callable[[StateDoc], Awaitable[None]],
+        on_apply: Callable[[StateDoc, int], Awaitable[str | None]],
         applied: StateDoc | None = None,
     ) -> None:
         self.client = client
@@ -46,8 +54,11 @@ class FleetSync:
         self.on_apply = on_apply
         self.applied = applied  # what the member serves (its local copy at start)
         self.point: SyncPoint | None = None  # None: a full read comes next
+        self.check_interval = CHECK_INTERVAL
+        self.started = time.time()
         self.last_sync: float | None = None  # time.time() of the last read or batch
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # etcd unreachable, refusing, or not ours
+        self.refusal: str | None = None  # why the newest state read was not applied
         self.full_reads = 0
         self.resumes = 0  # watches started again from the point after a break
         self.synced = asyncio.Event()  # set whenever a read or a batch succeeded
@@ -91,18 +102,38 @@ class FleetSync:
 
     async def _follow(self) -> None:
         assert self.point is not None
-        # A watch from a revision etcd has not reached waits silently: after an etcd that
-        # came back wiped or restored, or another cluster at the address, no batch would ever
-        # tell. So check where etcd is before watching.
+        if not await self._still_there():
+            return
+        watching = asyncio.create_task(self._watch(self.point.revision + 1), name="fleet-watch")
+        try:
+            while True:
+                done, _ = await asyncio.wait([watching], timeout=self.check_interval)
+                if done:
+                    return watching.result()  # the watch ended: its error, or a resync
+                if not await self._still_there():
+                    return
+        finally:
+            await cancel_and_wait([watching])
+
+    async def _still_there(self) -> bool:
+        """Whether etcd is still the cluster and history this member follows. A watch from a
+        revision etcd has not reached waits silently: after an etcd that came back wiped or
+        restored, or another cluster at the address, no batch would ever tell."""
+        assert self.point is not None
         header, _ = await self.client.range(self.store.meta_key)
         if header.cluster_id != self.point.cluster_id or header.revision < self.point.revision:
             log.warning("fleet: etcd is at revision %d of cluster %d, this member at %d of %d; "
                         "reading the whole state again", header.revision, header.cluster_id,
                         self.point.revision, self.point.cluster_id)  # fmt: skip
             self.point = None
-            return
+            return False
+        self._succeeded()
+        return True
+
+    async def _watch(self, start: int) -> None:
         prefix = f"{self.store.prefix}/".encode()
-        async for batch in self.client.watch(prefix, prefix_end(prefix), self.point.revision + 1):
+        async for batch in self.client.watch(prefix, prefix_end(prefix), start):
+            assert self.point is not None
             decision = on_watch_batch(self.store.prefix, self.point, batch)
             if isinstance(decision, Resync):
                 log.warning("fleet: %s; reading the whole state again", decision.reason)
@@ -115,10 +146,17 @@ class FleetSync:
                 self._succeeded()
 
     async def _apply(self, decision: Apply) -> None:
+        self.point = decision.point  # read either way: a refused state is not read again
         if self.applied is None or decision.doc != self.applied:
-            await self.on_apply(decision.doc)
+            refusal = await self.on_apply(decision.doc, decision.state_revision)
+            if refusal is not None:
+                if refusal != self.refusal:
+                    log.error("fleet: %s", refusal)
+                self.refusal = refusal
+                self._succeeded()  # etcd itself answered
+                return
+        self.refusal = None
         self.applied = decision.doc
-        self.point = decision.point
         self.store.applied(decision)
         self._succeeded()
 

@@ -7,6 +7,12 @@ workers, publish the new routing table to this process's data plane -> wait for 
 every worker's ack -> answer. So a change is in effect for new requests before the caller hears
 of it, and survives a crash from the moment it is acknowledged. A save that fails takes the
 change back everywhere before the answer (500).
+
+In a fleet (`state.store: etcd`) the write comes first: one etcd transaction comparing the
+state this member last applied, with the audit record (control/etcd_store.py); only once etcd
+has it does this host apply it (and keep its local copy). A write that loses to another
+member's adopts the state in etcd and is decided again: refused with 409 under If-Match,
+else computed afresh on the current state. etcd unreachable: 503, nothing applied anywhere.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 from control.errors import ApiError
-from control.state import RouteState, StateDoc, StateError
-from control.store import FileStore
+from control.etcd import EtcdError, EtcdUnavailable
+from control.etcd_store import EtcdStore, StateConflict
+from control.fleet import FleetSync
+from control.state import RouteState, StateDoc, StateError, reconcile
+from control.store import FileStore, audit_record
 from proxy.config import Config
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
@@ -29,6 +38,9 @@ log = logging.getLogger("pointsman.api")
 
 # Changes a running rollout owns on its route: made by hand meanwhile, they would fight it.
 MANUAL_TRAFFIC_ACTIONS: Final = frozenset({"weights", "flip", "rollback"})
+# A fleet write that loses to another member's is computed again on the newer state; members
+# writing without If-Match in a tight loop could keep beating it, so give up after this many.
+FLEET_WRITE_ATTEMPTS: Final = 5
 
 
 class ChangeGuard(Protocol):
@@ -40,10 +52,22 @@ class ChangeGuard(Protocol):
 class ControlPlane:
     """The mutable routing state of one process, and the only writer of it."""
 
-    def __init__(self, config: Config, proxy: ProxyServer, store: FileStore, doc: StateDoc) -> None:
+    def __init__(
+        self,
+        config: Config,
+        proxy: ProxyServer,
+        store: FileStore,
+        doc: StateDoc,
+        fleet: EtcdStore | None = None,
+    ) -> None:
         self.config = config
         self.proxy = proxy
-        self.store = store
+        self.store = store  # the state file; in a fleet, the local copy of the applied state
+        self.fleet = fleet  # the fleet's state in etcd, or None (the file store)
+        # False while a member serves a local copy etcd has not confirmed (it started while
+        # etcd was down): the first state read from etcd is applied whatever its version.
+        self.fleet_confirmed = True
+        self.fleet_sync: FleetSync | None = None  # its status goes to /healthz and /metrics
         self.doc = doc
         self.lock = asyncio.Lock()
         self.last_change = doc.updated_at
@@ -90,54 +114,147 @@ class ControlPlane:
         transition: Callable[[StateDoc, float], StateDoc],
     ) -> StateDoc:
         async with self.lock:
-            doc = self.doc
-            if action in MANUAL_TRAFFIC_ACTIONS and self.guard is not None:
-                # The rollout's own steps come as "rollout:<event>" actions and go through.
-                reason = self.guard.blocks_manual_change(route)
-                if reason is not None:
-                    raise ApiError(409, reason, {"code": "rollout_in_progress"})
-            self.check_version(expected_version)
-            before = doc.route(route)
-            now = time.time()
-            try:
-                new = transition(doc, now)
-            except StateError as err:
-                if err.code == "unchanged":
-                    # Asking for what is already in force succeeds without a new version, so
-                    # a deploy script can retry a flip, and the rollback target stays put.
-                    return doc
-                raise ApiError(err.status, err.message, {"code": err.code}) from None
-            after = new.route(route)
-            record = (actor, action, route, route_assignment(before), route_assignment(after))
-            # The save (two fsyncs and the audit line's), the workers' acks and this process's
-            # new table are started together and awaited together: under load each waits
-            # milliseconds for a core, and in a row they made a flip's answer 1.5x slower
-            # (benchmarks/flips.py). Nobody hears of the change before all are done; a crash
-            # before the save ends loses it, the workers' copy with it (they exit with the
-            # master), as an unanswered request may be lost.
-            saved = asyncio.get_running_loop().run_in_executor(None, self._save, new, record, now)
-            self.doc = new
-            pushed = self.push_to_workers()  # sent now; awaiting it waits for the acks
-            self.publish()
-            try:
-                await pushed
-            except BaseException:
-                await self._settle(saved, doc)  # keeps the lock until the save thread is done
-                raise
-            not_saved = await self._settle(saved, doc)
-            if not_saved is not None:
-                raise ApiError(
-                    500,
-                    f"the change could not be saved, so it was not made: {not_saved}",
-                    {"code": "state_not_saved", "current_version": doc.version},
-                )
-            self.last_change = now
-            log.info(
-                "%s %s %s by %s: version %d, weights %s, shadows %s",
-                action, route, "ok", actor, new.version, after.weights_dict(),
-                [s.pool for s in after.shadows or ()],
-            )  # fmt: skip
-            return new
+            for _ in range(FLEET_WRITE_ATTEMPTS):
+                doc = self.doc
+                if action in MANUAL_TRAFFIC_ACTIONS and self.guard is not None:
+                    # The rollout's own steps come as "rollout:<event>" actions and go through.
+                    reason = self.guard.blocks_manual_change(route)
+                    if reason is not None:
+                        raise ApiError(409, reason, {"code": "rollout_in_progress"})
+                self.check_version(expected_version)
+                before = doc.route(route)
+                now = time.time()
+                try:
+                    new = transition(doc, now)
+                except StateError as err:
+                    if err.code == "unchanged":
+                        # Asking for what is already in force succeeds without a new version,
+                        # so a deploy script can retry a flip, and the rollback target stays.
+                        return doc
+                    raise ApiError(err.status, err.message, {"code": err.code}) from None
+                after = new.route(route)
+                record = (actor, action, route, route_assignment(before), route_assignment(after))
+                if self.fleet is None:
+                    await self._commit(doc, new, record, now)
+                elif not await self._commit_to_fleet(self.fleet, new, record, now):
+                    continue  # another member wrote first: decide again on its state
+                self.last_change = now
+                log.info(
+                    "%s %s %s by %s: version %d, weights %s, shadows %s",
+                    action, route, "ok", actor, new.version, after.weights_dict(),
+                    [s.pool for s in after.shadows or ()],
+                )  # fmt: skip
+                return new
+            raise ApiError(
+                409,
+                f"the state kept changing in the fleet ({FLEET_WRITE_ATTEMPTS} writes lost to"
+                " other members' writes); try again",
+                {"code": "version_conflict", "current_version": self.doc.version},
+            )
+
+    async def _commit(
+        self, doc: StateDoc, new: StateDoc, record: tuple[Any, ...], now: float
+    ) -> None:
+        """The file store: save, push and publish at once; a failed save is taken back."""
+        # The save (two fsyncs and the audit line's), the workers' acks and this process's
+        # new table are started together and awaited together: under load each waits
+        # milliseconds for a core, and in a row they made a flip's answer 1.5x slower
+        # (benchmarks/flips.py). Nobody hears of the change before all are done; a crash
+        # before the save ends loses it, the workers' copy with it (they exit with the
+        # master), as an unanswered request may be lost.
+        saved = asyncio.get_running_loop().run_in_executor(None, self._save, new, record, now)
+        self.doc = new
+        pushed = self.push_to_workers()  # sent now; awaiting it waits for the acks
+        self.publish()
+        try:
+            await pushed
+        except BaseException:
+            await self._settle(saved, doc)  # keeps the lock until the save thread is done
+            raise
+        not_saved = await self._settle(saved, doc)
+        if not_saved is not None:
+            raise ApiError(
+                500,
+                f"the change could not be saved, so it was not made: {not_saved}",
+                {"code": "state_not_saved", "current_version": doc.version},
+            )
+
+    async def _commit_to_fleet(
+        self, fleet: EtcdStore, new: StateDoc, record: tuple[Any, ...], now: float
+    ) -> bool:
+        """Write to etcd, then apply here. False: another member wrote first; its state is
+        adopted (so the caller decides again)."""
+        actor, action, route, before, after = record
+        audit = audit_record(actor, action, route, before, after, new.version, now)
+        try:
+            await fleet.save(new, audit)
+        except StateConflict as conflict:
+            problem = await self._apply(conflict.current, conflict.state_revision)
+            if problem is not None:
+                details = {"code": "config_differs", "current_version": self.doc.version}
+                raise ApiError(409, problem, details) from None
+            return False
+        except EtcdUnavailable as err:
+            raise ApiError(
+                503,
+                f"the state store (etcd) is unreachable, so the change is not in effect here:"
+                f" {err}. If etcd got it before the connection broke, it takes effect when"
+                f" this member syncs; a retry with If-Match: {self.doc.version} is safe",
+                {"code": "store_unreachable", "current_version": self.doc.version},
+            ) from None
+        except EtcdError as err:
+            raise ApiError(
+                503,
+                f"the state store (etcd) refused the change, so it was not made: {err}",
+                {"code": "store_refused", "current_version": self.doc.version},
+            ) from None
+        await self._install(new)
+        return True
+
+    async def apply_from_fleet(self, doc: StateDoc, state_revision: int) -> str | None:
+        """A state another member wrote (control/fleet.py). Returns why it was not applied."""
+        async with self.lock:
+            return await self._apply(doc, state_revision)
+
+    async def _apply(self, doc: StateDoc, state_revision: int) -> str | None:
+        """Adopt a state read from etcd, under the lock: newer ones only, and only if it
+        fits this member's config (every member of a fleet runs the same routes and pools;
+        one that does not would drop or invent state if it applied and wrote it)."""
+        assert self.fleet is not None
+        if doc.version <= self.doc.version and self.fleet_confirmed:
+            return None  # ours (its watch event), or older than what a write already adopted
+        fitted, differences = reconcile(doc, self.config.routes)
+        if fitted is not doc:
+            return (
+                f"the fleet's state (version {doc.version}) does not fit this member's config,"
+                f" so it is not applied: {'; '.join(differences)}"
+            )
+        self.fleet.state_revision = max(self.fleet.state_revision, state_revision)
+        self.fleet_confirmed = True
+        await self._install(doc)
+        self.last_change = doc.updated_at
+        log.info("fleet: applied version %d", doc.version)
+        return None
+
+    async def _install(self, new: StateDoc) -> None:
+        """In a fleet: put a state etcd holds in force on this host; keep the local copy."""
+        self.doc = new
+        pushed = self.push_to_workers()
+        self.publish()
+        copied = asyncio.get_running_loop().run_in_executor(None, self._keep_copy, new)
+        try:
+            await pushed
+        finally:
+            await copied
+
+    def _keep_copy(self, doc: StateDoc) -> None:
+        """In a thread: the local copy a member serves if it starts while etcd is down. Not
+        having it costs only that, so a failure is logged, not raised."""
+        try:
+            self.store.save(doc)
+        except Exception:
+            log.exception("fleet: version %d is in force, but its local copy at %s was not"
+                          " written", doc.version, self.store.path)  # fmt: skip
 
     def _save(self, new: StateDoc, record: tuple[Any, ...], now: float) -> tuple[str | None, bool]:
         """In a thread: save the document, then append its audit line. Returns (why the save
@@ -182,6 +299,8 @@ class ControlPlane:
         step): no publish, no audit line."""
         async with self.lock:
             new = transition(self.doc, time.time())
+            # In a fleet too only the local copy: the same version in etcd with other
+            # content would be ignored by every other member.
             await asyncio.to_thread(self.store.save, new)
             self.doc = new
 

@@ -102,6 +102,12 @@ class RolloutRunner:
         return self.counters(route, candidate)
 
     async def start(self, route: str, body: object, actor: str = "rollout") -> dict[str, Any]:
+        if self.plane.fleet is not None:
+            raise machine.RolloutError(
+                "fleet_rollouts_unsupported",
+                "rollouts are not available with state.store: etcd yet (one member must be"
+                " elected to drive each one); ramp the canary with weight changes",
+            )
         async with self._lock(route):
             current = self.rollouts.get(route)
             if current is not None and current.phase in ACTIVE_PHASES:
@@ -251,6 +257,10 @@ class RolloutRunner:
         counters. One whose confirm hook was pending asks the hook again."""
         for route, state in self.plane.doc.routes:
             if state.rollout is None:
+                continue
+            if self.plane.fleet is not None:
+                log.error("rollout of route %s not resumed: rollouts are not driven with"
+                          " state.store: etcd yet", route)  # fmt: skip
                 continue
             try:
                 rollout = machine.from_json_obj(state.rollout, _now(), f"state {route}.rollout")

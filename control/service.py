@@ -6,22 +6,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import time
+from dataclasses import replace
+from typing import Final
 
 from aiohttp import web
 
 from control.api import build_admin_app, is_loopback, load_token
+from control.etcd import EtcdClient, EtcdError
+from control.etcd_store import EtcdStore, StateConflict
+from control.fleet import FleetSync
+from control.fleet_sync import Refuse
 from control.plane import ControlPlane
 from control.rollouts import RolloutRunner
 from control.state import initial_state, reconcile
-from control.store import FileStore
+from control.store import FileStore, audit_record
 from control.workers import Supervisor
-from proxy.config import Config
+from proxy.config import Config, EtcdSettings
 from proxy.server import ProxyServer
 from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("pointsman")
+
+
+# At start, fitting the fleet's state to this config and writing it back can lose to another
+# member starting at the same moment; each loss re-reads what it wrote.
+FITTING_ATTEMPTS: Final = 5
+
+
+def etcd_client(settings: EtcdSettings) -> EtcdClient:
+    """The client for `state.etcd`: password from the environment, TLS files when given."""
+    context = None
+    if settings.ca is not None or settings.cert is not None:
+        context = ssl.create_default_context(cafile=settings.ca)
+        if settings.cert is not None:
+            context.load_cert_chain(settings.cert, settings.key)
+    return EtcdClient(
+        settings.endpoints,
+        timeout=settings.timeout,
+        username=settings.username,
+        password=os.environ.get(settings.password_env),
+        ssl_context=context,
+    )
 
 
 class StartupError(Exception):
@@ -49,6 +78,9 @@ class Service:
         self.supervisor: Supervisor | None = None
         self.plane: ControlPlane | None = None
         self.rollouts: RolloutRunner | None = None
+        self.fleet_sync: FleetSync | None = None  # with state.store: etcd
+        self._fleet_task: asyncio.Task[None] | None = None
+        self._etcd: EtcdClient | None = None
         self._admin_runner: web.AppRunner | None = None
 
     @property
@@ -78,6 +110,61 @@ class Service:
             log.info("state: resumed from %s (version %d)", store.path, doc.version)
         return ControlPlane(self.config, self.proxy, store, doc)
 
+    async def _open_fleet(self, settings: EtcdSettings) -> ControlPlane:
+        """The fleet's state from etcd (the first member creates the fleet), fitted to this
+        config and written back if that changed it. etcd down or refusing: the local copy
+        (or the config's initial state) is served, and the sync loop converges later."""
+        local = FileStore(self.config.state.path)
+        copy = local.load()
+        client = self._etcd = etcd_client(settings)
+        fleet = EtcdStore(client, settings.prefix, settings.fleet)
+        now = time.time()
+        doc = None
+        try:
+            for _ in range(FITTING_ATTEMPTS):
+                read = await fleet.open(copy or initial_state(self.config.routes, now))
+                if isinstance(read, Refuse):
+                    log.error("fleet: %s; serving the local copy", read.reason)
+                    break
+                fitted, warnings = reconcile(read.doc, self.config.routes, now)
+                if fitted is read.doc:
+                    doc = fitted
+                    break
+                for warning in warnings:
+                    log.warning("state: %s", warning)
+                try:
+                    record = audit_record(
+                        "start", "reconcile", "*", None, None, fitted.version, now
+                    )
+                    await fleet.save(fitted, record)
+                except StateConflict:
+                    continue  # another member wrote meanwhile: fit what it wrote
+                doc = fitted
+                break
+        except EtcdError as err:
+            log.warning("fleet: etcd at %s does not answer (%s); serving the local copy",
+                        ", ".join(settings.endpoints), err)  # fmt: skip
+        if doc is not None:
+            log.info("state: fleet %s at %s (version %d)", settings.fleet, settings.prefix,
+                     doc.version)  # fmt: skip
+            local.save(doc)
+            applied = doc
+        else:
+            # Unconfirmed: whatever etcd holds when it answers is applied, even if its
+            # version is not newer (the copy was fitted here, not written there).
+            base = copy or initial_state(self.config.routes, now)
+            fitted, warnings = reconcile(base, self.config.routes, now)
+            for warning in warnings:
+                log.warning("state: %s", warning)
+            doc = replace(fitted, version=base.version)
+            applied = None
+            log.info("state: local copy %s (version %d)", local.path, doc.version)
+        plane = ControlPlane(self.config, self.proxy, local, doc, fleet=fleet)
+        plane.fleet_confirmed = applied is not None
+        self.fleet_sync = FleetSync(client, fleet, plane.apply_from_fleet, applied)
+        plane.fleet_sync = self.fleet_sync
+        return plane
+
     async def start(self) -> None:
         try:
             token = load_token(self.config)
@@ -91,8 +178,9 @@ class Service:
                 " to start with an open control API"
             )
         try:
-            plane = self._load_state()
-        except (OSError, ValueError) as err:
+            etcd = self.config.state.etcd
+            plane = self._load_state() if etcd is None else await self._open_fleet(etcd)
+        except (OSError, ValueError, ssl.SSLError) as err:
             raise StartupError(f"state: {err}") from None
         self.plane = plane
         rollouts = self.rollouts = RolloutRunner(plane)
@@ -110,6 +198,8 @@ class Service:
             self.proxy.health.on_change = supervisor.push_health
             await supervisor.start()
         await rollouts.restore()
+        if self.fleet_sync is not None:
+            self._fleet_task = asyncio.create_task(self.fleet_sync.run(), name="fleet-sync")
         app = build_admin_app(self.proxy, plane, token, rollouts)
         # access_log off: /metrics is scraped every few seconds and would drown the log.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -126,6 +216,12 @@ class Service:
         # answer (healthz says draining) while it drains.
         if self.rollouts is not None:
             await self.rollouts.close()
+        if self._fleet_task is not None:
+            await cancel_and_wait([self._fleet_task])
+            self._fleet_task = None
+        if self._etcd is not None:
+            await self._etcd.close()
+            self._etcd = None
         if self.supervisor is not None:
             ctx = self.proxy.ctx
             if ctx is not None:

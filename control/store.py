@@ -20,12 +20,29 @@ import orjson
 
 from control.state import StateDoc, from_json, to_json
 
-__all__ = ["MAX_STATE_BYTES", "FileStore"]
+__all__ = ["MAX_STATE_BYTES", "FileStore", "audit_record"]
 
 # A state document is well under a KiB per route; anything bigger is not ours, so refuse it
 # rather than read it all into memory.
 MAX_STATE_BYTES: Final = 16 * 1024 * 1024
 TEMP_SUFFIX: Final = ".tmp"
+
+
+def audit_record(
+    actor: str, action: str, route: str, before: object, after: object, version: int, now: float
+) -> bytes:
+    """One audit record, JSON: a line of the file store's log, a value in etcd's."""
+    return orjson.dumps(
+        {
+            "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+            "actor": actor,
+            "action": action,
+            "route": route,
+            "before": before,
+            "after": after,
+            "version": version,
+        }
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -128,16 +145,8 @@ class FileStore:
         One write per line on an O_APPEND descriptor, so concurrent writers never interleave
         within a line; after a crash at most the last line is partial, and readers skip it.
         """
-        record = {
-            "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
-            "actor": actor,
-            "action": action,
-            "route": route,
-            "before": before,
-            "after": after,
-            "version": version,
-        }
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        record = audit_record(actor, action, route, before, after, version, now)
+        line = record + b"\n"
         _make_dirs(self.directory)
         created = not os.path.exists(self.audit_path)
         fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

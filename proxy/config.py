@@ -15,12 +15,16 @@ from proxy.values import parse_duration, parse_size
 __all__ = [
     "ADDRESS_EXPECTED",
     "COMPARE_MEMORY_LIMIT",
+    "DEFAULT_ETCD_PASSWORD_ENV",
+    "DEFAULT_ETCD_TIMEOUT",
+    "DEFAULT_STATE_PATH",
     "MAX_WEIGHT",
     "Address",
     "AdminConfig",
     "Config",
     "ConfigError",
     "EjectionConfig",
+    "EtcdSettings",
     "HealthCheckConfig",
     "Limits",
     "PoolConfig",
@@ -144,9 +148,38 @@ class AdminConfig:
     token_file: str | None = None  # read at start when set; wins over token_env
 
 
+DEFAULT_STATE_PATH: Final = "var/state.json"
+DEFAULT_ETCD_PASSWORD_ENV: Final = "POINTSMAN_ETCD_PASSWORD"
+# Per etcd call and endpoint: long enough for an fsync-bound etcd under load, short enough
+# that a write meets its answer within a deploy script's patience.
+DEFAULT_ETCD_TIMEOUT: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """`state: {store: etcd, ...}`: the fleet's state in etcd (control/etcd_store.py)."""
+
+    endpoints: tuple[str, ...]  # http(s)://host:port, tried in turn
+    prefix: str  # /pointsman/<fleet>; everything of the fleet lives under it
+    fleet: str  # the id `meta` must name; default: the prefix's last part
+    username: str | None = None
+    password_env: str = DEFAULT_ETCD_PASSWORD_ENV  # a secret stays out of the config file
+    ca: str | None = None  # PEM file to verify etcd's certificate (https endpoints)
+    cert: str | None = None  # client certificate and key (etcd's --client-cert-auth)
+    key: str | None = None
+    timeout: float = DEFAULT_ETCD_TIMEOUT
+
+
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    path: str = "var/state.json"
+    # The file store's document; with etcd, the member's local copy of the last state it
+    # applied, served when it starts while etcd is down.
+    path: str = DEFAULT_STATE_PATH
+    etcd: EtcdSettings | None = None  # None: the file store
+
+    @property
+    def store(self) -> str:
+        return "file" if self.etcd is None else "etcd"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,9 @@ import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from proxy.config import (
+    DEFAULT_ETCD_PASSWORD_ENV,
+    DEFAULT_ETCD_TIMEOUT,
+    DEFAULT_STATE_PATH,
     MAX_WEIGHT,
     MAX_WORKERS,
     Address,
@@ -22,6 +25,7 @@ from proxy.config import (
     Config,
     ConfigError,
     EjectionConfig,
+    EtcdSettings,
     HealthCheckConfig,
     Limits,
     PoolConfig,
@@ -54,7 +58,13 @@ _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes")
 _UPSTREAM_KEYS = ("max_idle", "idle_timeout")
-_STATE_KEYS = ("path",)
+_STATE_KEYS = (
+    "store", "path", "endpoints", "prefix", "fleet", "username", "password_env",
+    "ca", "cert", "key", "timeout",
+)  # fmt: skip
+_ETCD_ONLY_KEYS = _STATE_KEYS[2:]
+_ENDPOINT_RE = re.compile(r"https?://[^/\s]+")
+_PREFIX_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
 _ROUTE_KEYS = ("name", "hosts", "path_prefix", "pools", "weights", "sticky", "rules", "shadows")
 _POOL_KEYS = ("endpoints", "health", "ejection")
 _HEALTH_KEYS = ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold")
@@ -180,11 +190,64 @@ class ConfigLoader(NodeReader):
 
     def state(self, node: Node) -> StateConfig:
         section = self.mapping(node, "state", _STATE_KEYS) or {}
+        path = DEFAULT_STATE_PATH
         if "path" in section:
-            path = self.string(section["path"], "state.path", "expected a file path")
-            if path is not None:
-                return StateConfig(path=path)
-        return StateConfig()
+            path = self.string(section["path"], "state.path", "expected a file path") or path
+        store = "file"
+        if "store" in section:
+            store = self.string(section["store"], "state.store", "expected file or etcd",
+                                re.compile("file|etcd")) or "file"  # fmt: skip
+        if store == "file":
+            for key in _ETCD_ONLY_KEYS:
+                if key in section:
+                    self.report(section[key], f"state.{key}", "only with store: etcd")
+            return StateConfig(path=path)
+        return StateConfig(path=path, etcd=self.etcd_settings(node, section))
+
+    def etcd_settings(self, node: Node, section: Fields) -> EtcdSettings | None:
+        endpoints: list[str] = []
+        if "endpoints" not in section:
+            self.report(node, "state.endpoints", "required key missing (with store: etcd)")
+        else:
+            expected = "expected a non-empty list of http(s)://host:port"
+            items = self.sequence(section["endpoints"], "state.endpoints", expected, True) or []
+            for index, item in enumerate(items):
+                url = self.string(item, f"state.endpoints[{index}]",
+                                  "expected http(s)://host:port", _ENDPOINT_RE)  # fmt: skip
+                if url is not None:
+                    endpoints.append(url)
+            if len(endpoints) != len(items):
+                endpoints = []
+        prefix = None
+        if "prefix" not in section:
+            self.report(node, "state.prefix", "required key missing (with store: etcd)")
+        else:
+            expected = "expected a key prefix such as /pointsman/shop"
+            prefix = self.string(section["prefix"], "state.prefix", expected, _PREFIX_RE)
+        fleet = prefix.rsplit("/", 1)[-1] if prefix else None
+        if "fleet" in section:
+            fleet = self.string(section["fleet"], "state.fleet", _NAME_EXPECTED, _NAME_RE)
+        text: dict[str, str | None] = {}
+        for key in ("username", "ca", "cert", "key"):
+            if key in section:
+                text[key] = self.string(section[key], f"state.{key}")
+        password_env = DEFAULT_ETCD_PASSWORD_ENV
+        if "password_env" in section:
+            expected = "expected an environment variable name"
+            env = self.string(section["password_env"], "state.password_env", expected, _ENV_RE)
+            password_env = env or password_env
+        if ("cert" in section) != ("key" in section):
+            self.report(node, "state.cert", "cert and key go together (client TLS)")
+        timeout = DEFAULT_ETCD_TIMEOUT
+        if "timeout" in section:
+            timeout = self.duration(section["timeout"], "state.timeout") or timeout
+        if not endpoints or prefix is None or fleet is None:
+            return None
+        return EtcdSettings(
+            endpoints=tuple(endpoints), prefix=prefix, fleet=fleet,
+            username=text.get("username"), password_env=password_env,
+            ca=text.get("ca"), cert=text.get("cert"), key=text.get("key"), timeout=timeout,
+        )  # fmt: skip
 
     def routes(self, node: Node) -> tuple[RouteConfig, ...] | None:
         items = self.sequence(node, "routes", "expected a non-empty list of routes", True)

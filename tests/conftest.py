@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.config import Address, Config
 from proxy.config_loader import parse_config
 from proxy.server import ProxyServer
+from tests.etcd_server import EtcdServer
 from tests.rawhttp import RawHandler, RawUpstream, RawUpstreamFactory
 
 
@@ -193,3 +194,12 @@ async def raw_upstream_factory() -> AsyncIterator[RawUpstreamFactory]:
     yield make
     for upstream in started:
         await upstream.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real one-member etcd on 127.0.0.1, its data in the test's temporary directory."""
+    server = EtcdServer(tmp_path / "etcd")
+    server.start()
+    yield server
+    server.stop()

@@ -14,6 +14,7 @@ from proxy.config import (
     AdminConfig,
     Config,
     ConfigError,
+    EtcdSettings,
     Limits,
     PoolConfig,
     RouteConfig,
@@ -221,6 +222,39 @@ def test_unknown_pool_in_weights() -> None:
     ]
 
 
+def test_state_in_etcd() -> None:
+    text = """
+listen: 127.0.0.1:8080
+state:
+  store: etcd
+  path: var/copy.json
+  endpoints: [http://10.0.0.1:2379, https://10.0.0.2:2379]
+  prefix: /pointsman/shop
+  username: pointsman
+  ca: etcd-ca.pem
+  timeout: 500ms
+routes:
+  - name: shop
+    pools: {blue: {endpoints: [127.0.0.1:9001]}}
+    weights: {blue: 100}
+"""
+    state = parse_config(text, SRC).state
+    assert state.store == "etcd"
+    assert state == StateConfig(
+        path="var/copy.json",
+        etcd=EtcdSettings(
+            endpoints=("http://10.0.0.1:2379", "https://10.0.0.2:2379"),
+            prefix="/pointsman/shop",
+            fleet="shop",  # the prefix's last part
+            username="pointsman",
+            ca="etcd-ca.pem",
+            timeout=0.5,
+        ),
+    )
+    assert parse_config(text.replace("  timeout: 500ms", "  fleet: eu-shop"), SRC).state.etcd
+    assert parse_config(EXAMPLE, SRC).state.store == "file"
+
+
 def test_bad_duration() -> None:
     assert problems(MINIMAL + "timeouts: {connect: fast}\n") == [
         "config/x.yaml:6: timeouts.connect: expected a duration like '2s' or '500ms', got 'fast'"
@@ -399,6 +433,41 @@ def test_duplicate_keys_are_reported() -> None:
             "listen: 127.0.0.1:8080",
             "listen: 127.0.0.1:8080\nstate: {path: ''}",
             "config/x.yaml:2: state.path: expected a file path, got ''",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\nstate: {store: consul}",
+            "config/x.yaml:2: state.store: expected file or etcd, got 'consul'",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\nstate: {endpoints: ['http://127.0.0.1:2379']}",
+            "config/x.yaml:2: state.endpoints: only with store: etcd",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\nstate: {store: etcd, prefix: /pointsman/shop}",
+            "config/x.yaml:2: state.endpoints: required key missing (with store: etcd)",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\n"
+            "state: {store: etcd, prefix: /p/shop, endpoints: ['127.0.0.1:2379']}",
+            "config/x.yaml:2: state.endpoints[0]: expected http(s)://host:port, got "
+            "'127.0.0.1:2379'",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\n"
+            "state: {store: etcd, prefix: shop, endpoints: ['http://127.0.0.1:2379']}",
+            "config/x.yaml:2: state.prefix: expected a key prefix such as /pointsman/shop, "
+            "got 'shop'",
+        ),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:8080\n"
+            "state: {store: etcd, prefix: /p/shop, endpoints: ['http://e:2379'], cert: c.pem}",
+            "config/x.yaml:2: state.cert: cert and key go together (client TLS)",
         ),
         (
             "  - name: shop",

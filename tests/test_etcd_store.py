@@ -4,9 +4,8 @@ land only on the state they were computed from."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import orjson
 import pytest
@@ -22,14 +21,6 @@ PREFIX = "/pointsman/shop"
 BASE = initial_state(config_for({"blue": ["127.0.0.1:1"], "green": ["127.0.0.1:2"]}).routes, 0.0)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ never applies a wiped etcd."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,7 +72,7 @@ class Fleet:
         self.clients.append(client)
         store = EtcdStore(client, PREFIX, "shop")
 
-        async def on_apply(doc: StateDoc) -> None:
+        async def on_apply(doc: StateDoc, state_revision: int) -> None:
             member.applied.append(doc.version)
             member.changed.set()
 
@@ -88,14 +88,6 @@ async def reported(member: Member, text: str) -> None:
         while text not in (member.sync.last_error or ""):
             member.sync.error_reported.clear()
             await member.sync.error_reported.wait()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -84,6 +84,9 @@ _STATUS: Final[Mapping[str, int]] = {
     "rollout_exists": 409,
     "rollout_finished": 409,
     "bad_command": 409,
+    # With state.store: etcd, until one member is elected to drive each rollout: two members
+    # driving one would move its steps twice.
+    "fleet_rollouts_unsupported": 501,
 }
 
 

@@ -1,0 +1,240 @@
+"""Members of a fleet (`state.store: etcd`), each a whole Service, against a real etcd: a change
+made through one is in force on the others, If-Match keeps its meaning across them, an etcd
+outage never touches traffic (writes answer 503, /healthz reports it), a member starting
+while etcd is down serves its local copy and converges, and a prefix holding another fleet is
+never applied nor written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from control.etcd import EtcdClient
+from control.fleet import FleetSync
+from control.service import Service
+from proxy.config import EtcdSettings, StateConfig
+from tests.conftest import Backend, BackendFactory
+from tests.etcd_server import EtcdServer
+from tests.test_api import LIMIT, ROUTE, TOKEN, Running, assert_json_error, service_config
+
+PREFIX = "/pointsman/shop"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Fleet:
+    etcd: EtcdServer
+    tmp_path: Path
+    blue: Backend
+    green: Backend
+    session: aiohttp.ClientSession
+    members: list[Running]
+
+    async def start(self, name: str) -> Running:
+        """A member with its own state directory and ports, the fleet's routes and etcd."""
+        config = service_config(self.tmp_path / name, self.blue, self.green)
+        settings = EtcdSettings(endpoints=(self.etcd.url,), prefix=PREFIX, fleet="shop",
+                                timeout=1.0)  # fmt: skip
+        config = replace(config, state=StateConfig(path=config.state.path, etcd=settings))
+        service = Service(config)
+        await service.start()
+        assert service._admin_runner is not None
+        member = Running(
+            service=service,
+            config=config,
+            session=self.session,
+            admin=f"http://127.0.0.1:{service._admin_runner.addresses[0][1]}",
+            proxy=f"http://127.0.0.1:{service.proxy.port}",
+            state_path=Path(config.state.path),
+            blue=self.blue,
+            green=self.green,
+        )
+        self.members.append(member)
+        return member
+
+
+@pytest.fixture
+async def fleet(
+    etcd: EtcdServer,
+    tmp_path: Path,
+    backend_factory: BackendFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Fleet]:
+    monkeypatch.setenv("POINTSMAN_TOKEN", TOKEN)
+    blue, green = await backend_factory("blue"), await backend_factory("green")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT)) as session:
+        made = Fleet(etcd, tmp_path, blue, green, session, [])
+        yield made
+        await session.close()
+        for member in made.members:
+            await member.service.stop()
+
+
+def sync_of(member: Running) -> FleetSync:
+    sync = member.service.fleet_sync
+    assert sync is not None
+    return sync
+
+
+async def until(member: Running, check: Callable[[], bool]) -> None:
+    """Wait until `check()` holds, re-checking each time the member's sync loop succeeds or
+    reports a failure."""
+    sync = sync_of(member)
+    async with asyncio.timeout(LIMIT):
+        while not check():
+            sync.synced.clear()
+            sync.error_reported.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (sync.synced, sync.error_reported)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+
+def at_version(member: Running, version: int) -> Callable[[], bool]:
+    return lambda: member.plane.doc.version >= version
+
+
+async def etcd_value(etcd: EtcdServer, key: str) -> object:
+    client = EtcdClient([etcd.url], timeout=LIMIT)
+    try:
+        _, kvs = await client.range(key.encode())
+    finally:
+        await client.close()
+    assert kvs, f"etcd has no {key}"
+    return orjson.loads(kvs[0].value)
+
+
+async def test_a_change_through_one_member_is_in_force_on_the_others(fleet: Fleet) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    assert await second.backend_of_next_request() == "blue"
+    answer = await first.call("POST", ROUTE + "/flip", {"to": "green"})
+    assert answer.status == 200, answer.text
+    version = answer.body["version"]
+    # In force on the member that answered as it answers, on the other once it syncs.
+    assert await first.backend_of_next_request() == "green"
+    await until(second, at_version(second, version))
+    assert await second.backends_of(5) == ["green"] * 5
+    view = await second.call("GET", ROUTE)
+    assert view.body["live"] == "green" and view.body["version"] == version
+    # etcd holds the state and the audit record, written in one transaction.
+    state = await etcd_value(fleet.etcd, f"{PREFIX}/state")
+    assert isinstance(state, dict) and state["version"] == version
+    record = await etcd_value(fleet.etcd, f"{PREFIX}/audit/{version:020d}")
+    assert isinstance(record, dict) and record["action"] == "flip" and record["version"] == version
+    # Each member keeps a local copy of what it applied.
+    for member in (first, second):
+        copy = orjson.loads(member.state_path.read_bytes())
+        assert copy["version"] == version
+
+
+async def test_if_match_keeps_its_meaning_across_the_fleet(fleet: Fleet) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    seen = (await second.call("GET", ROUTE)).body["version"]
+    match = {"If-Match": f'"{seen}"'}
+    flipped = await first.call("POST", ROUTE + "/flip", {"to": "green"}, headers=match)
+    assert flipped.status == 200, flipped.text
+    # Whether or not the second member has synced yet, the version it was shown is stale.
+    stale = await second.call(
+        "PUT", ROUTE + "/weights", {"weights": {"blue": 50, "green": 50}}, headers=match
+    )
+    body = assert_json_error(stale, 409)
+    assert body["detail"]["current_version"] == flipped.body["version"]
+    # Without If-Match the write is made on the newest state, wherever it was written.
+    split = await second.call("PUT", ROUTE + "/weights", {"weights": {"blue": 50, "green": 50}})
+    assert split.status == 200, split.text
+    assert split.body["version"] == flipped.body["version"] + 1
+    assert split.body["flips"] == 1  # the flip made through the first member is kept
+    await until(first, at_version(first, split.body["version"]))
+    assert (await first.call("GET", ROUTE)).body["weights"] == {"blue": 50, "green": 50}
+
+
+async def test_an_etcd_outage_leaves_traffic_alone_and_refuses_writes(fleet: Fleet) -> None:
+    member = await fleet.start("a")
+    before = member.plane.doc.version
+    fleet.etcd.kill()
+    await until(member, lambda: sync_of(member).last_error is not None)
+    assert await member.backends_of(5) == ["blue"] * 5  # traffic does not need etcd
+    answer = await member.call("POST", ROUTE + "/flip", {"to": "green"})
+    body = assert_json_error(answer, 503)
+    assert body["detail"]["code"] == "store_unreachable"
+    assert "etcd" in body["error"] and "not in effect" in body["error"]
+    assert member.plane.doc.version == before  # nothing applied here
+    assert await member.backend_of_next_request() == "blue"
+    health = await member.call("GET", "/healthz")
+    assert health.status == 200, health.text
+    store = health.body["store"]
+    assert store["kind"] == "etcd" and store["reachable"] is False
+    assert "etcd unreachable" in store["error"]
+    metrics = (await member.call("GET", "/metrics")).text
+    assert "pointsman_state_store_up 0.0" in metrics
+    assert "pointsman_state_store_seconds_since_sync " in metrics
+    # etcd back: the member syncs again and writes go through.
+    fleet.etcd.start()
+    await until(member, lambda: sync_of(member).last_error is None)
+    answer = await member.call("POST", ROUTE + "/flip", {"to": "green"})
+    assert answer.status == 200, answer.text
+    assert await member.backend_of_next_request() == "green"
+    health = await member.call("GET", "/healthz")
+    assert health.body["store"]["reachable"] is True and health.body["store"]["error"] is None
+    assert "pointsman_state_store_up 1.0" in (await member.call("GET", "/metrics")).text
+
+
+async def test_a_member_starting_while_etcd_is_down_serves_its_copy_and_converges(
+    fleet: Fleet,
+) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    flipped = await first.call("POST", ROUTE + "/flip", {"to": "green"})
+    assert flipped.status == 200, flipped.text
+    await first.service.stop()
+    fleet.members.remove(first)
+    newer = await second.call("PUT", ROUTE + "/weights", {"weights": {"blue": 30, "green": 70}})
+    assert newer.status == 200, newer.text
+    fleet.etcd.kill()
+    again = await fleet.start("a")  # etcd is down: its local copy is all it has
+    assert again.plane.doc.version == flipped.body["version"]
+    assert await again.backends_of(3) == ["green"] * 3
+    fleet.etcd.start()
+    await until(again, at_version(again, newer.body["version"]))
+    assert (await again.call("GET", ROUTE)).body["weights"] == {"blue": 30, "green": 70}
+
+
+async def test_a_prefix_holding_another_fleet_is_never_applied_nor_written(
+    fleet: Fleet,
+) -> None:
+    client = EtcdClient([fleet.etcd.url], timeout=LIMIT)
+    try:
+        foreign = orjson.dumps({"fleet": "billing", "format": 1})
+        await client.put(f"{PREFIX}/meta".encode(), foreign)
+    finally:
+        await client.close()
+    member = await fleet.start("a")
+    assert await member.backend_of_next_request() == "blue"  # serves the config's state
+    await until(member, lambda: "billing" in (sync_of(member).last_error or ""))
+    health = await member.call("GET", "/healthz")
+    assert health.status == 200 and "belongs to fleet 'billing'" in health.body["store"]["error"]
+    answer = await member.call("POST", ROUTE + "/flip", {"to": "green"})
+    body = assert_json_error(answer, 503)
+    assert body["detail"]["code"] == "store_refused" and "billing" in body["error"]
+    assert await member.backend_of_next_request() == "blue"
+    assert await etcd_value(fleet.etcd, f"{PREFIX}/meta") == {"fleet": "billing", "format": 1}
+
+
+async def test_a_rollout_is_refused_in_a_fleet_rather_than_driven_twice(fleet: Fleet) -> None:
+    member = await fleet.start("a")
+    spec = {"candidate": "green", "stable": "blue", "steps": [20, 100], "step_interval": "1s"}
+    answer = await member.call("POST", ROUTE + "/rollout", spec)
+    body = assert_json_error(answer, 501)
+    assert body["detail"]["code"] == "fleet_rollouts_unsupported"
+    assert (await member.call("GET", ROUTE)).body["weights"] == {"blue": 100, "green": 0}
