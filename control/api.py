@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import orjson
 from aiohttp import web
@@ -22,7 +22,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from control.errors import ApiError
+from control.etcd import EtcdError
 from control.fleet import FleetSync
+from control.members import list_members, member_table, wait_for_version
 from control.plane import ControlPlane
 from control.rollout import RolloutError
 from control.rollouts import RolloutCollector, RolloutRunner
@@ -174,6 +176,84 @@ async def errors_as_json(
     except Exception:
         log.exception("control API error on %s %s", request.method, request.path)
         return json_answer({"error": "internal error", "detail": None}, version, 500)
+
+
+# ?wait=fleet: how long a write waits for every member by default, and at most. The default
+# covers a watch delivery and a member's push to its workers many times over; the cap keeps a
+# client's request from holding the admin API for minutes.
+FLEET_WAIT_DEFAULT: Final = 10.0
+FLEET_WAIT_MAX: Final = 120.0
+
+
+@web.middleware
+async def fleet_wait(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """`?wait=fleet[&wait_timeout=<seconds>]` on a write: answer once every live member of
+    the fleet reports the version this write made (504 naming the laggards on timeout)."""
+    wait = request.query.get("wait")
+    if wait is None or request.method in ("GET", "HEAD"):
+        return await handler(request)
+    if wait != "fleet":
+        raise ApiError(400, f"wait: expected fleet, got {wait!r}", {"code": "bad_query"})
+    plane = request.app.get(PLANE_KEY)
+    if plane is None or plane.fleet is None:
+        raise ApiError(400, "wait=fleet needs state.store: etcd", {"code": "not_a_fleet"})
+    timeout = FLEET_WAIT_DEFAULT
+    if "wait_timeout" in request.query:
+        text = request.query["wait_timeout"]
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= FLEET_WAIT_MAX:
+            raise ApiError(400, f"wait_timeout: expected seconds in (0, {FLEET_WAIT_MAX:g}],"
+                           f" got {text!r}", {"code": "bad_query"})  # fmt: skip
+    response = await handler(request)
+    if response.status >= 300:
+        return response
+    version = int(response.headers["ETag"].strip('"'))
+    fleet = plane.fleet
+    try:
+        behind = await wait_for_version(fleet.client, fleet.prefix, version, timeout)
+    except EtcdError as err:
+        raise ApiError(
+            503,
+            f"version {version} is in force on this member, but the fleet cannot be asked: {err}",
+            {"code": "store_unreachable", "current_version": version},
+        ) from None
+    if behind:
+        names = ", ".join(f"{m.id} (version {m.version})" for m in behind)
+        raise ApiError(
+            504,
+            f"version {version} is in force on this member; after {timeout:g}s not yet on {names}",
+            {"code": "fleet_wait_timeout", "current_version": version,
+             "lagging": member_table(behind, version)},
+        )  # fmt: skip
+    return response
+
+
+async def get_fleet(request: web.Request) -> web.Response:
+    """The members of the fleet with their applied version and how far each lags."""
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    fleet = plane.fleet
+    if fleet is None:
+        raise ApiError(404, "this Pointsman is not in a fleet (state.store: file)",
+                       {"code": "not_a_fleet"})  # fmt: skip
+    try:
+        _, members = await list_members(fleet.client, fleet.prefix)
+    except EtcdError as err:
+        raise ApiError(503, f"the state store (etcd) cannot be asked: {err}",
+                       {"code": "store_unreachable"}) from None  # fmt: skip
+    version = plane.doc.version
+    body = {
+        "fleet": fleet.fleet,
+        "prefix": fleet.prefix,
+        "version": version,
+        "members": member_table(members, version),
+    }
+    return json_answer(body, version)
 
 
 def check_auth(request: web.Request, mutating: bool) -> str:
@@ -566,7 +646,7 @@ def build_admin_app(
 ) -> web.Application:
     """The admin app: /metrics and /healthz, and with a plane the control API (whose rollouts
     the runner drives: the service's own, else a new one)."""
-    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_API_BODY)
+    app = web.Application(middlewares=[errors_as_json, fleet_wait], client_max_size=MAX_API_BODY)
     app[PROXY_KEY] = proxy
     registry = proxy.metrics.registry()
     app[REGISTRY_KEY] = registry
@@ -582,6 +662,7 @@ def build_admin_app(
         app[OPEN_READS_KEY] = is_loopback(plane.config.admin.listen.host)
         registry.register(ControlCollector(plane))
         registry.register(RolloutCollector(rollouts))
+        app.router.add_get("/v1/fleet", get_fleet)
         app.router.add_get("/v1/routes", list_routes)
         app.router.add_get("/v1/routes/{route}", get_route)
         app.router.add_put("/v1/routes/{route}/weights", put_weights)

@@ -114,11 +114,18 @@ class AdminClient:
     """
 
     def __init__(
-        self, base_url: str, token: str | None = None, timeout: float = REQUEST_TIMEOUT
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+        wait_fleet: float | None = None,
     ) -> None:
         self.base_url = parse_admin_url(base_url)
         self.token = _check_token(token)
         self.timeout = timeout
+        # Writes ask for ?wait=fleet: answered once every member of the fleet has the change
+        # (at most this many seconds, then 504 naming the members that lag).
+        self.wait_fleet = wait_fleet
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
     def __repr__(self) -> str:
@@ -131,6 +138,10 @@ class AdminClient:
         """GET /v1/routes, or GET /v1/routes/ROUTE."""
         path = "/v1/routes" if route is None else f"/v1/routes/{_quote(route)}"
         return self._call("GET", path)
+
+    def fleet(self) -> Reply:
+        """GET /v1/fleet: the fleet's members and their applied version (404 on one host)."""
+        return self._call("GET", "/v1/fleet")
 
     def set_weights(
         self, route: str, weights: Mapping[str, int], if_match: int | None = None
@@ -187,12 +198,16 @@ class AdminClient:
             headers["Authorization"] = f"Bearer {self.token}"
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"'
+        timeout = self.timeout
+        if self.wait_fleet is not None and method != "GET":
+            path += f"{'&' if '?' in path else '?'}wait=fleet&wait_timeout={self.wait_fleet:g}"
+            timeout += self.wait_fleet  # the server waits that long before it answers
         request = urllib.request.Request(
             self.base_url + path, data=data, headers=headers, method=method
         )
         try:
             try:
-                response = self._opener.open(request, timeout=self.timeout)
+                response = self._opener.open(request, timeout=timeout)
             except urllib.error.HTTPError as err:
                 # A 4xx/5xx (or an unfollowed 3xx) is an answer, not a failure to reach.
                 response = err

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -328,7 +328,7 @@ class EtcdClient:
 
     async def watch(
         self, key: bytes, range_end: bytes, start_revision: int
-    ) -> AsyncIterator[WatchBatch]:
+    ) -> AsyncGenerator[WatchBatch, None]:
         """Events on [key, range_end) from `start_revision` on, batch by batch, on one stream.
         Ends by raising: EtcdUnavailable when the stream breaks (resume from the revision after
         the last one applied), Compacted when that revision is gone (read everything again).

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Final
 
 from control.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, prefix_end
@@ -132,18 +133,20 @@ class FleetSync:
 
     async def _watch(self, start: int) -> None:
         prefix = f"{self.store.prefix}/".encode()
-        async for batch in self.client.watch(prefix, prefix_end(prefix), start):
-            assert self.point is not None
-            decision = on_watch_batch(self.store.prefix, self.point, batch)
-            if isinstance(decision, Resync):
-                log.warning("fleet: %s; reading the whole state again", decision.reason)
-                self.point = None
-                return
-            if isinstance(decision, Apply):
-                await self._apply(decision)
-            elif isinstance(decision, Ignore):
-                self.point = decision.point
-                self._succeeded()
+        # Closed on the way out (a resync returns mid-stream), not left to the collector.
+        async with aclosing(self.client.watch(prefix, prefix_end(prefix), start)) as batches:
+            async for batch in batches:
+                assert self.point is not None
+                decision = on_watch_batch(self.store.prefix, self.point, batch)
+                if isinstance(decision, Resync):
+                    log.warning("fleet: %s; reading the whole state again", decision.reason)
+                    self.point = None
+                    return
+                if isinstance(decision, Apply):
+                    await self._apply(decision)
+                elif isinstance(decision, Ignore):
+                    self.point = decision.point
+                    self._succeeded()
 
     async def _apply(self, decision: Apply) -> None:
         self.point = decision.point  # read either way: a refused state is not read again

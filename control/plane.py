@@ -68,6 +68,8 @@ class ControlPlane:
         # etcd was down): the first state read from etcd is applied whatever its version.
         self.fleet_confirmed = True
         self.fleet_sync: FleetSync | None = None  # its status goes to /healthz and /metrics
+        # Called once a fleet state is in force here (the member key reports it).
+        self.on_install: Callable[[], None] = _no_news
         self.doc = doc
         self.lock = asyncio.Lock()
         self.last_change = doc.updated_at
@@ -246,6 +248,7 @@ class ControlPlane:
             await pushed
         finally:
             await copied
+        self.on_install()
 
     def _keep_copy(self, doc: StateDoc) -> None:
         """In a thread: the local copy a member serves if it starts while etcd is down. Not
@@ -306,6 +309,10 @@ class ControlPlane:
 
 
 async def _nothing() -> None:
+    return None
+
+
+def _no_news() -> None:
     return None
 
 

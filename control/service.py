@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
 from dataclasses import replace
@@ -20,6 +21,7 @@ from control.etcd import EtcdClient, EtcdError
 from control.etcd_store import EtcdStore, StateConflict
 from control.fleet import FleetSync
 from control.fleet_sync import Refuse
+from control.members import Member, MemberRegistration
 from control.plane import ControlPlane
 from control.rollouts import RolloutRunner
 from control.state import initial_state, reconcile
@@ -80,6 +82,8 @@ class Service:
         self.rollouts: RolloutRunner | None = None
         self.fleet_sync: FleetSync | None = None  # with state.store: etcd
         self._fleet_task: asyncio.Task[None] | None = None
+        self.registration: MemberRegistration | None = None  # this member's key in etcd
+        self._registration_task: asyncio.Task[None] | None = None
         self._etcd: EtcdClient | None = None
         self._admin_runner: web.AppRunner | None = None
 
@@ -209,6 +213,29 @@ class Service:
         await site.start()
         self._admin_runner = runner
         log.info("admin listening on %s", listen)
+        if self.fleet_sync is not None:
+            self._register(plane, int(runner.addresses[0][1]))
+
+    def _register(self, plane: ControlPlane, admin_port: int) -> None:
+        """This member's key under the prefix: what it serves, for `?wait=fleet` and the
+        fleet view. Its id is unique per host and admin port."""
+        assert self._etcd is not None and self.config.state.etcd is not None
+        host = self.config.admin.listen.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        admin = f"{host}:{admin_port}" if ":" not in host else f"[{host}]:{admin_port}"
+        member_id = f"{socket.gethostname()}:{admin_port}"
+        sync = self.fleet_sync
+
+        def info() -> Member:
+            error = None if sync is None else (sync.last_error or sync.refusal)
+            return Member(member_id, admin, plane.doc.version, self.workers, error)
+
+        registration = self.registration = MemberRegistration(
+            self._etcd, self.config.state.etcd.prefix, member_id, info
+        )
+        plane.on_install = registration.changed.set
+        self._registration_task = asyncio.create_task(registration.run(), name="fleet-member")
 
     async def stop(self) -> None:
         # Rollouts first (their time in step is saved; no step may change during the drain),
@@ -216,6 +243,11 @@ class Service:
         # answer (healthz says draining) while it drains.
         if self.rollouts is not None:
             await self.rollouts.close()
+        if self._registration_task is not None:
+            await cancel_and_wait([self._registration_task])
+            self._registration_task = None
+            if self.registration is not None:
+                await self.registration.close()  # leaves the fleet at once, not after the TTL
         if self._fleet_task is not None:
             await cancel_and_wait([self._fleet_task])
             self._fleet_task = None

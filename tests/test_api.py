@@ -774,3 +774,15 @@ async def test_metrics_show_version_and_flips_and_rollbacks_by_route(
     assert samples[("pointsman_state_last_change_timestamp_seconds", ())] == pytest.approx(
         answer.body["changed_at"]
     )
+
+
+async def test_fleet_requests_on_a_single_host_say_it_is_not_a_fleet(
+    start_service: StartService,
+) -> None:
+    rs = await start_service()
+    answer = await rs.call("POST", ROUTE + "/flip?wait=fleet", {"to": "green"})
+    body = assert_json_error(answer, 400)
+    assert body["detail"]["code"] == "not_a_fleet" and "state.store: etcd" in body["error"]
+    assert await rs.backend_of_next_request() == "blue"  # nothing changed
+    body = assert_json_error(await rs.call("GET", "/v1/fleet"), 404)
+    assert body["detail"]["code"] == "not_a_fleet"

@@ -323,14 +323,18 @@ async def test_status_lists_every_route_with_pool_health(api: FakeControlApi) ->
         "api  version 1  live -  weights main=100  (flips 0, rollbacks 0)",
         "  main  1/1 healthy  127.0.0.1:9301 up",
     ]
-    assert [(s.method, s.path) for s in api.seen] == [("GET", "/v1/routes")]
+    # Then the fleet's members, if it is one (this stand-in, like a single host, is not).
+    assert [(s.method, s.path) for s in api.seen] == [("GET", "/v1/routes"), ("GET", "/v1/fleet")]
 
 
 async def test_status_of_one_route(api: FakeControlApi) -> None:
     run = await pointsman("status", "shop", admin=api.url)
     assert (run.code, run.err) == (0, "")
     assert run.out.splitlines() == SHOP_STATUS
-    assert [(s.method, s.path) for s in api.seen] == [("GET", "/v1/routes/shop")]
+    assert [(s.method, s.path) for s in api.seen] == [
+        ("GET", "/v1/routes/shop"),
+        ("GET", "/v1/fleet"),
+    ]
 
 
 async def test_status_json_is_the_answer_body(api: FakeControlApi) -> None:
@@ -345,7 +349,7 @@ async def test_status_json_is_the_answer_body(api: FakeControlApi) -> None:
 async def test_the_token_is_sent_on_every_call(api: FakeControlApi) -> None:
     assert (await pointsman("status", admin=api.url)).code == 0
     assert (await pointsman("flip", "shop", "green", admin=api.url)).code == 0
-    assert [s.headers.get("Authorization") for s in api.seen] == [f"Bearer {TOKEN}"] * 2
+    assert [s.headers.get("Authorization") for s in api.seen] == [f"Bearer {TOKEN}"] * 3
     assert (await pointsman("status", admin=api.url, token=None)).code == 0
     assert "Authorization" not in api.seen[-1].headers
 

@@ -7,6 +7,7 @@ never applied nor written."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from proxy.config import EtcdSettings, StateConfig
 from tests.conftest import Backend, BackendFactory
 from tests.etcd_server import EtcdServer
 from tests.test_api import LIMIT, ROUTE, TOKEN, Running, assert_json_error, service_config
+from tests.test_cli_control import pointsman
 
 PREFIX = "/pointsman/shop"
 
@@ -238,3 +240,118 @@ async def test_a_rollout_is_refused_in_a_fleet_rather_than_driven_twice(fleet: F
     body = assert_json_error(answer, 501)
     assert body["detail"]["code"] == "fleet_rollouts_unsupported"
     assert (await member.call("GET", ROUTE)).body["weights"] == {"blue": 100, "green": 0}
+
+
+async def registered(member: Running) -> None:
+    registration = member.service.registration
+    assert registration is not None
+    async with asyncio.timeout(LIMIT):
+        await registration.registered.wait()
+
+
+async def test_the_fleet_lists_its_members_and_a_stopped_one_leaves(fleet: Fleet) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    await registered(first)
+    await registered(second)
+    listed = await first.call("GET", "/v1/fleet")
+    assert listed.status == 200, listed.text
+    body = listed.body
+    assert body["fleet"] == "shop" and body["prefix"] == PREFIX
+    admins = sorted(m["admin"] for m in body["members"])
+    assert admins == sorted(m.admin.removeprefix("http://") for m in (first, second))
+    assert all(m["version"] == body["version"] and m["lag"] == 0 for m in body["members"])
+    await second.service.stop()  # revokes its lease: gone at once, not after the TTL
+    fleet.members.remove(second)
+    after = (await first.call("GET", "/v1/fleet")).body["members"]
+    assert [m["admin"] for m in after] == [first.admin.removeprefix("http://")]
+
+
+async def test_wait_fleet_answers_once_every_member_has_the_change(fleet: Fleet) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    await registered(first)
+    await registered(second)
+    answer = await first.call("POST", ROUTE + "/flip?wait=fleet", {"to": "green"})
+    assert answer.status == 200, answer.text
+    version = answer.body["version"]
+    # The other member has it in force by the time the answer comes.
+    assert second.plane.doc.version == version
+    assert await second.backend_of_next_request() == "green"
+    members = (await first.call("GET", "/v1/fleet")).body["members"]
+    assert [m["version"] for m in members] == [version, version]
+
+
+async def test_wait_fleet_names_a_member_that_does_not_follow(fleet: Fleet) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    await registered(first)
+    await registered(second)
+    stuck = second.service._fleet_task
+    assert stuck is not None
+    stuck.cancel()  # the member stays registered but applies nothing more
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    second.service._fleet_task = None
+    answer = await first.call("POST", ROUTE + "/flip?wait=fleet&wait_timeout=1", {"to": "green"})
+    body = assert_json_error(answer, 504)
+    assert body["detail"]["code"] == "fleet_wait_timeout"
+    [lagging] = body["detail"]["lagging"]
+    assert lagging["admin"] == second.admin.removeprefix("http://") and lagging["lag"] == 1
+    assert "not yet on" in body["error"]
+    # The change itself is made and in force where it was written.
+    assert await first.backend_of_next_request() == "green"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("wait=all", "wait: expected fleet, got 'all'"),
+        ("wait=fleet&wait_timeout=0", "wait_timeout: expected seconds in (0, 120], got '0'"),
+        ("wait=fleet&wait_timeout=soon", "wait_timeout: expected seconds in (0, 120], got 'soon'"),
+    ],
+)
+async def test_a_bad_wait_is_refused_before_anything_changes(
+    fleet: Fleet, query: str, message: str
+) -> None:
+    member = await fleet.start("a")
+    answer = await member.call("POST", f"{ROUTE}/flip?{query}", {"to": "green"})
+    body = assert_json_error(answer, 400)
+    assert body["error"] == message
+    assert await member.backend_of_next_request() == "blue"
+
+
+async def test_the_cli_waits_for_the_fleet_and_status_shows_the_members(fleet: Fleet) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    await registered(first)
+    await registered(second)
+    run = await pointsman(
+        "flip", "shop", "green", "--wait-fleet", "5", admin=first.admin, token=TOKEN
+    )
+    assert (run.code, run.out.strip()) == (0, "shop: flipped to green (version 2)"), run.err
+    assert second.plane.doc.version == 2  # in force on the other member when the CLI exits
+    run = await pointsman("status", admin=second.admin, token=TOKEN)
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert "fleet shop at /pointsman/shop, version 2: 2 members, all in step" in lines
+    for member in (first, second):
+        admin = member.admin.removeprefix("http://")
+        assert any(f"admin {admin}  version 2" in line for line in lines), lines
+    # A member that stops following is named, and the CLI exits 1 with one line.
+    stuck = second.service._fleet_task
+    assert stuck is not None
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    second.service._fleet_task = None
+    run = await pointsman(
+        "flip", "shop", "blue", "--wait-fleet", "1", admin=first.admin, token=TOKEN
+    )
+    assert run.code == 1
+    [line] = run.err.strip().splitlines()
+    assert line.startswith("pointsman: 504 version 3 is in force on this member; after 1s")
+    assert "(version 2)" in line
+    run = await pointsman("status", "--json", admin=first.admin, token=TOKEN)
+    members = json.loads(run.out)["fleet"]["members"]
+    assert sorted(m["lag"] for m in members) == [0, 1]

@@ -211,7 +211,7 @@ def _admin_client(args: argparse.Namespace) -> AdminClient:
             parser.error(f"POINTSMAN_ADMIN: {err}")
     token = os.environ.get("POINTSMAN_TOKEN")
     try:
-        return AdminClient(url, token)
+        return AdminClient(url, token, wait_fleet=getattr(args, "wait_fleet", None))
     except ValueError as err:
         parser.error(f"POINTSMAN_TOKEN: {err}")
 
@@ -256,6 +256,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def wait_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 120:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 120], got {text!r}")
+    return seconds
+
+
 def _add_control_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -288,6 +298,16 @@ def _add_control_parser(
             type=version_arg,
             default=None,
             help="refuse (409) unless the state is still at this version",
+        )
+        parser.add_argument(
+            "--wait-fleet",
+            metavar="SECONDS",
+            nargs="?",
+            const=10.0,
+            type=wait_seconds,
+            default=None,
+            help="with state.store: etcd, answer once every member of the fleet has the change"
+            " (default 10 s; exit 1 naming the members that lag)",
         )
     parser.set_defaults(func=func, parser=parser)
     return parser

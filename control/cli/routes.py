@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from control.cli.common import (
+    _BadAnswer,
     _control,
     _route_obj,
     _route_version,
@@ -13,14 +14,51 @@ from control.cli.common import (
     status_lines,
 )
 from control.client import (
+    AdminClient,
     Reply,
 )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return _control(
-        args, lambda client: client.status(args.route), lambda reply: status_lines(reply.body)
-    )
+    def call(client: AdminClient) -> Reply:
+        reply = client.status(args.route)
+        if not reply.ok or not isinstance(reply.body, dict):
+            return reply
+        fleet = client.fleet()  # 404 on a single host: nothing to add
+        if fleet.ok and isinstance(fleet.body, dict):
+            return reply._replace(body={**reply.body, "fleet": fleet.body})
+        return reply
+
+    def describe(reply: Reply) -> list[str]:
+        body = reply.body
+        if not isinstance(body, dict) or "fleet" not in body:
+            return status_lines(body)
+        routes = {k: v for k, v in body.items() if k != "fleet"}
+        return status_lines(routes) + fleet_lines(body["fleet"])
+
+    return _control(args, call, describe)
+
+
+def fleet_lines(fleet: object) -> list[str]:
+    """`fleet shop at /pointsman/shop, version 7: 2 members, 1 lagging` and one line each."""
+    if not isinstance(fleet, dict) or not isinstance(fleet.get("members"), list):
+        raise _BadAnswer(f"fleet: expected an object with members, got {_text(fleet)}")
+    members = [m for m in fleet["members"] if isinstance(m, dict)]
+    behind = [m for m in members if m.get("lag")]
+    lines = [
+        f"fleet {_text(fleet.get('fleet'))} at {_text(fleet.get('prefix'))}, version "
+        f"{_text(fleet.get('version'))}: {len(members)} member{'' if len(members) == 1 else 's'}"
+        f"{f', {len(behind)} lagging' if behind else ', all in step'}"
+    ]
+    for m in members:
+        member, admin = _text(m.get("id")), _text(m.get("admin"))
+        line = f"  {member}  admin {admin}  version {_text(m.get('version'))}"
+        if m.get("lag"):
+            line += f"  lags {_text(m.get('lag'))}"
+        if m.get("error"):
+            line += f"  error: {_text(m.get('error'))}"
+        lines.append(line)
+    return lines
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
