@@ -114,7 +114,8 @@ class FleetSync:
                 if not await self._still_there():
                     return
         finally:
-            await cancel_and_wait([watching])
+            if not watching.done():  # else its outcome was taken above
+                await cancel_and_wait([watching])
 
     async def _still_there(self) -> bool:
         """Whether etcd is still the cluster and history this member follows. A watch from a

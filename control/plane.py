@@ -68,6 +68,9 @@ class ControlPlane:
         # etcd was down): the first state read from etcd is applied whatever its version.
         self.fleet_confirmed = True
         self.fleet_sync: FleetSync | None = None  # its status goes to /healthz and /metrics
+        # The version in force on this whole host (every worker acked it): what the member
+        # key reports, so `?wait=fleet` never counts a host whose workers are still behind.
+        self.installed_version = doc.version
         # Called once a fleet state is in force here (the member key reports it).
         self.on_install: Callable[[], None] = _no_news
         self.doc = doc
@@ -248,6 +251,7 @@ class ControlPlane:
             await pushed
         finally:
             await copied
+        self.installed_version = new.version
         self.on_install()
 
     def _keep_copy(self, doc: StateDoc) -> None:

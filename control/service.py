@@ -37,6 +37,8 @@ log = logging.getLogger("pointsman")
 # At start, fitting the fleet's state to this config and writing it back can lose to another
 # member starting at the same moment; each loss re-reads what it wrote.
 FITTING_ATTEMPTS: Final = 5
+# The etcd calls of a member's registration (grant, put): start waits that many call timeouts.
+REGISTER_CALLS: Final = 2
 
 
 def etcd_client(settings: EtcdSettings) -> EtcdClient:
@@ -214,9 +216,18 @@ class Service:
         self._admin_runner = runner
         log.info("admin listening on %s", listen)
         if self.fleet_sync is not None:
-            self._register(plane, int(runner.addresses[0][1]))
+            registration = self._register(plane, int(runner.addresses[0][1]))
+            # Registered before start() returns, so a `?wait=fleet` from now on waits for this
+            # member too; with etcd down it registers when etcd is back.
+            etcd = self.config.state.etcd
+            assert etcd is not None
+            try:
+                async with asyncio.timeout(REGISTER_CALLS * etcd.timeout):
+                    await registration.registered.wait()
+            except TimeoutError:
+                log.warning("fleet: not registered as a member yet (etcd does not answer)")
 
-    def _register(self, plane: ControlPlane, admin_port: int) -> None:
+    def _register(self, plane: ControlPlane, admin_port: int) -> MemberRegistration:
         """This member's key under the prefix: what it serves, for `?wait=fleet` and the
         fleet view. Its id is unique per host and admin port."""
         assert self._etcd is not None and self.config.state.etcd is not None
@@ -229,13 +240,14 @@ class Service:
 
         def info() -> Member:
             error = None if sync is None else (sync.last_error or sync.refusal)
-            return Member(member_id, admin, plane.doc.version, self.workers, error)
+            return Member(member_id, admin, plane.installed_version, self.workers, error)
 
         registration = self.registration = MemberRegistration(
             self._etcd, self.config.state.etcd.prefix, member_id, info
         )
         plane.on_install = registration.changed.set
         self._registration_task = asyncio.create_task(registration.run(), name="fleet-member")
+        return registration
 
     async def stop(self) -> None:
         # Rollouts first (their time in step is saved; no step may change during the drain),

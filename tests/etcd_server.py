@@ -113,11 +113,13 @@ RelayMode = Literal["pass", "blackhole"]
 class Relay:
     """TCP relay 127.0.0.1:port -> target. `mode = "blackhole"`: new and open connections
     stay open but nothing more is forwarded (a partitioned network); `drop()` resets every
-    open connection (a broken network path)."""
+    open connection (a broken network path). `delay`: seconds each chunk is held before it
+    is forwarded (a slow link; order is kept)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.mode: RelayMode = "pass"
+        self.delay = 0.0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -170,6 +172,8 @@ class Relay:
             while data := await source.read(RELAY_CHUNK):
                 if self.mode == "blackhole":
                     continue  # swallowed: the peer waits for an answer that never comes
+                if self.delay:
+                    await asyncio.sleep(self.delay)  # the emulated link's latency
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, OSError):

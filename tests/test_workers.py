@@ -29,8 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control.service import Service
 from control.workers import Supervisor, WorkerStartError
-from proxy.config import StateConfig
+from proxy.config import EtcdSettings, StateConfig
 from tests.conftest import Backend, BackendFactory, config_for, free_port
+from tests.etcd_server import EtcdServer, Relay
 from tests.test_api import TOKEN, admin_port, break_the_state_file, mend_the_state_file
 from tests.test_cli import read_response, refuses_connections, run_config, tail, wait_listening
 
@@ -116,6 +117,7 @@ async def start_host(
         route_extra: str = "",
         weights: dict[str, int] | None = None,
         pool_extra: dict[str, str] | None = None,
+        etcd_url: str | None = None,
     ) -> Host:
         config = config_for(
             {name: [b.address for b in backends] for name, backends in pools.items()},
@@ -123,9 +125,12 @@ async def start_host(
             weights=weights,
             pool_extra=pool_extra,
         )
+        fleet = None
+        if etcd_url is not None:  # a member of fleet "shop"
+            fleet = EtcdSettings(endpoints=(etcd_url,), prefix="/pointsman/shop", fleet="shop")
         config = replace(
             config,
-            state=StateConfig(path=str(tmp_path / f"state-{len(started)}.json")),
+            state=StateConfig(path=str(tmp_path / f"state-{len(started)}.json"), etcd=fleet),
             timeouts=replace(config.timeouts, grace=2.0),
         )
         service = Service(config, workers=workers)
@@ -267,6 +272,53 @@ async def test_flips_under_keep_alive_load_never_reach_the_old_pool_after_the_an
         assert window, f"no request after flip {k}"
         wrong += [(k, s) for s in window if s.backend != target]
     assert wrong == []
+
+
+async def test_a_fleet_change_is_in_force_on_every_worker_of_every_member_when_answered(
+    start_host: StartHost, backend_factory: BackendFactory, etcd: EtcdServer
+) -> None:
+    blue = await backend_factory("blue", echo("blue"))
+    green = await backend_factory("green", echo("green"))
+    pools = {"blue": [blue], "green": [green]}
+    writer = await start_host(pools, workers=2, etcd_url=etcd.url)
+    # The other host hears from etcd over a slow link: a change reaches it 4 x 30 ms after
+    # the writer has it (request and watch event each way), so without ?wait=fleet the
+    # requests sent to it right after an answer would still see the old pool.
+    relay = Relay(etcd.client_port)
+    await relay.start()
+    follower = await start_host(pools, workers=2, etcd_url=relay.url)
+    relay.delay = 0.03
+    load = Load(await pinned_clients(follower, 2))  # traffic on the other host's workers
+    loader = asyncio.create_task(load.run())
+    flips: list[tuple[float, float, str]] = []  # (sent, answered, live pool)
+    try:
+        await load.more(len(load.connections))
+        for i in range(10):
+            target = "green" if i % 2 == 0 else "blue"
+            sent = time.monotonic()
+            code, body = await writer.call("POST", ROUTE + "/flip?wait=fleet", {"to": target})
+            assert code == 200, body
+            flips.append((sent, time.monotonic(), target))
+            await load.more(2 * len(load.connections))
+    finally:
+        load.stop.set()
+        await loader
+        await close_all(load.connections)
+    assert load.failures == []
+    assert {s.status for s in load.sent} == {200}
+    assert len({s.worker for s in load.sent}) == 2
+    wrong = []
+    for k, (_, answered, target) in enumerate(flips):
+        until = flips[k + 1][0] if k + 1 < len(flips) else float("inf")
+        window = [s for s in load.sent if answered < s.started < until]
+        assert window, f"no request after flip {k}"
+        wrong += [(k, s.started - answered, s.worker) for s in window if s.backend != target]
+    assert wrong == []
+    code, fleet = await follower.call("GET", "/v1/fleet")
+    assert code == 200 and [m["workers"] for m in fleet["members"]] == [2, 2]
+    await follower.session.close()
+    await follower.service.stop()
+    await relay.stop()
 
 
 async def test_metrics_count_every_request_of_every_worker_exactly(
