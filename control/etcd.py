@@ -275,16 +275,20 @@ class EtcdClient:
     # -- calls ---------------------------------------------------------------------------
 
     async def range(
-        self, key: bytes, range_end: bytes | None = None
+        self, key: bytes, range_end: bytes | None = None, limit: int = 0
     ) -> tuple[Header, list[KeyValue]]:
+        """Keys in [key, range_end) (just `key` without an end); `limit` > 0: at most that
+        many, in key order."""
         body: dict[str, object] = {"key": _b64(key)}
         if range_end is not None:
             body["range_end"] = _b64(range_end)
+        if limit:
+            body["limit"] = str(limit)
         answer = await self._call("/v3/kv/range", body)
         return decode_header(answer.get("header")), [decode_kv(kv) for kv in answer.get("kvs", ())]
 
-    async def get_prefix(self, prefix: bytes) -> tuple[Header, list[KeyValue]]:
-        return await self.range(prefix, prefix_end(prefix))
+    async def get_prefix(self, prefix: bytes, limit: int = 0) -> tuple[Header, list[KeyValue]]:
+        return await self.range(prefix, prefix_end(prefix), limit)
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> Header:
         body: dict[str, object] = {"key": _b64(key), "value": _b64(value)}

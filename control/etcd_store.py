@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from control.etcd import Compare, EtcdClient, EtcdError, Put
+from control.etcd import Compare, EtcdClient, EtcdError, Header, KeyValue, Put
 from control.fleet_sync import Apply, Refuse, meta_value, on_full_read
 from control.state import StateDoc, to_json
 
@@ -66,7 +66,7 @@ class EtcdStore:
         nothing at all is under the prefix (the first member to start makes it). A prefix
         holding something else (another fleet, a meta without state) is refused, not
         overwritten."""
-        _, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
+        _, kvs = await self.client.get_prefix(f"{self.prefix}/".encode(), limit=1)
         if not kvs:
             try:
                 return await self.create(first)
@@ -74,13 +74,29 @@ class EtcdStore:
                 pass  # another member made it meanwhile
         return await self.read(applied=None)
 
+    async def _read_keys(self) -> tuple[Header, list[KeyValue]]:
+        """`meta` and `state` at one revision: one range from `meta` to just after `state`.
+        It skips `audit/` and `members/` (they sort before `meta`), so a full read stays the
+        size of the state however many changes the fleet has made."""
+        return await self.client.range(self.meta_key, self.state_key + b"\0")
+
     async def read(self, applied: StateDoc | None) -> Apply | Refuse:
-        """Everything under the prefix, decided by fleet_sync.on_full_read."""
-        header, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
+        """The fleet's meta and state, decided by fleet_sync.on_full_read."""
+        header, kvs = await self._read_keys()
         decision = on_full_read(self.prefix, self.fleet, header, kvs, applied)
         if isinstance(decision, Apply):
             self.state_revision = decision.state_revision
         return decision
+
+    async def newer(self) -> Apply | None:
+        """The state in etcd if it is not the one this member last applied (None: it is).
+        For an answer that rests on the state being current without writing (a change
+        that is already in force)."""
+        header, kvs = await self._read_keys()
+        now = on_full_read(self.prefix, self.fleet, header, kvs, applied=None)
+        if isinstance(now, Refuse):
+            raise EtcdError(f"not confirmed: {now.reason}")
+        return None if now.state_revision == self.state_revision else now
 
     def applied(self, decision: Apply) -> None:
         """The member applied a state from the watch: writes compare against it from now
@@ -102,7 +118,7 @@ class EtcdStore:
             return result.header.revision
         # Why: read what is there now (not adopting it: the member applies states from its
         # watch only). Another fleet's or no meta is an error; otherwise someone wrote first.
-        header, kvs = await self.client.get_prefix(f"{self.prefix}/".encode())
+        header, kvs = await self._read_keys()
         now = on_full_read(self.prefix, self.fleet, header, kvs, applied=None)
         if isinstance(now, Refuse):
             raise EtcdError(f"not written: {now.reason}")

@@ -22,7 +22,7 @@ from typing import Final
 
 from control.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, prefix_end
 from control.etcd_store import EtcdStore
-from control.fleet_sync import Apply, Ignore, Refuse, Resync, SyncPoint, on_watch_batch
+from control.fleet_sync import Apply, ApplyEach, Ignore, Refuse, Resync, SyncPoint, on_watch_batch
 from control.state import StateDoc
 from proxy.tasks import cancel_and_wait
 
@@ -145,6 +145,9 @@ class FleetSync:
                     return
                 if isinstance(decision, Apply):
                     await self._apply(decision)
+                elif isinstance(decision, ApplyEach):
+                    for step in decision.steps:
+                        await self._apply(step)
                 elif isinstance(decision, Ignore):
                     self.point = decision.point
                     self._succeeded()

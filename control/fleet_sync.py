@@ -28,6 +28,7 @@ from control.state import StateDoc, from_json
 __all__ = [
     "FORMAT_VERSION",
     "Apply",
+    "ApplyEach",
     "Ignore",
     "Refuse",
     "Resync",
@@ -56,6 +57,18 @@ class Apply:
     doc: StateDoc
     point: SyncPoint
     state_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyEach:
+    """Several writes arrived in one batch: apply each, in order (so a member goes through
+    every version the fleet went through, as its log and audit readers expect)."""
+
+    steps: tuple[Apply, ...]
+
+    @property
+    def point(self) -> SyncPoint:
+        return self.steps[-1].point
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +150,9 @@ def on_full_read(
     return Apply(doc, SyncPoint(header.cluster_id, header.revision), state.mod_revision)
 
 
-def on_watch_batch(prefix: str, point: SyncPoint, batch: WatchBatch) -> Apply | Ignore | Resync:
+def on_watch_batch(
+    prefix: str, point: SyncPoint, batch: WatchBatch
+) -> Apply | ApplyEach | Ignore | Resync:
     """One batch of the watch that started after `point`."""
     if batch.header.cluster_id != point.cluster_id:
         return Resync(
@@ -150,7 +165,7 @@ def on_watch_batch(prefix: str, point: SyncPoint, batch: WatchBatch) -> Apply | 
         )
     meta_key = f"{prefix}/meta".encode()
     state_key = f"{prefix}/state".encode()
-    latest: KeyValue | None = None
+    writes: list[KeyValue] = []
     last_revision = point.revision
     for event in batch.events:
         revision = event.kv.mod_revision
@@ -162,13 +177,18 @@ def on_watch_batch(prefix: str, point: SyncPoint, batch: WatchBatch) -> Apply | 
             # again, and the meta check decides.
             return Resync(f"{event.kv.key.decode(errors='replace')} was {event.kind} in etcd")
         if event.kv.key == state_key:
-            latest = event.kv  # a batch may hold several writes: the last one wins
+            writes.append(event.kv)
     # A progress message (no events) moves the point to its header's revision: everything up
     # to it has been delivered. A batch of events only vouches for its own events.
     seen = last_revision if batch.events else max(point.revision, batch.header.revision)
-    if latest is None:
+    if not writes:
         return Ignore(SyncPoint(point.cluster_id, seen))
-    doc = _decode_state(prefix, latest)
-    if isinstance(doc, str):
-        return Resync(doc)  # the full read reports it and keeps the last good state
-    return Apply(doc, SyncPoint(point.cluster_id, seen), latest.mod_revision)
+    steps = []
+    for index, write in enumerate(writes):
+        doc = _decode_state(prefix, write)
+        if isinstance(doc, str):
+            return Resync(doc)  # the full read reports it and keeps the last good state
+        # Each step's point is its own write, the last one's all the batch vouches for.
+        at = seen if index == len(writes) - 1 else write.mod_revision
+        steps.append(Apply(doc, SyncPoint(point.cluster_id, at), write.mod_revision))
+    return steps[0] if len(steps) == 1 else ApplyEach(tuple(steps))

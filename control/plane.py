@@ -132,11 +132,14 @@ class ControlPlane:
                 try:
                     new = transition(doc, now)
                 except StateError as err:
-                    if err.code == "unchanged":
-                        # Asking for what is already in force succeeds without a new version,
-                        # so a deploy script can retry a flip, and the rollback target stays.
-                        return doc
-                    raise ApiError(err.status, err.message, {"code": err.code}) from None
+                    if err.code != "unchanged":
+                        raise ApiError(err.status, err.message, {"code": err.code}) from None
+                    # Asking for what is already in force succeeds without a new version,
+                    # so a deploy script can retry a flip, and the rollback target stays.
+                    # In a fleet only if this member's state is still the fleet's.
+                    if self.fleet is not None and not await self._confirmed(self.fleet):
+                        continue
+                    return doc
                 after = new.route(route)
                 record = (actor, action, route, route_assignment(before), route_assignment(after))
                 if self.fleet is None:
@@ -215,6 +218,26 @@ class ControlPlane:
             ) from None
         await self._install(new)
         return True
+
+    async def _confirmed(self, fleet: EtcdStore) -> bool:
+        """Whether the state this member serves is still the fleet's; if not, adopt the
+        fleet's (so the caller decides again). 503 when etcd cannot say."""
+        try:
+            newer = await fleet.newer()
+        except EtcdError as err:
+            code = "store_unreachable" if isinstance(err, EtcdUnavailable) else "store_refused"
+            raise ApiError(
+                503,
+                f"the state store (etcd) cannot confirm the state this change rests on: {err}",
+                {"code": code, "current_version": self.doc.version},
+            ) from None
+        if newer is None:
+            return True
+        problem = await self._apply(newer.doc, newer.state_revision)
+        if problem is not None:
+            details = {"code": "config_differs", "current_version": self.doc.version}
+            raise ApiError(409, problem, details)
+        return False
 
     async def apply_from_fleet(self, doc: StateDoc, state_revision: int) -> str | None:
         """A state another member wrote (control/fleet.py). Returns why it was not applied."""

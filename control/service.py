@@ -17,7 +17,7 @@ from typing import Final
 from aiohttp import web
 
 from control.api import build_admin_app, is_loopback, load_token
-from control.etcd import EtcdClient, EtcdError
+from control.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from control.etcd_store import EtcdStore, StateConflict
 from control.fleet import FleetSync
 from control.fleet_sync import Refuse
@@ -37,6 +37,10 @@ log = logging.getLogger("pointsman")
 # At start, fitting the fleet's state to this config and writing it back can lose to another
 # member starting at the same moment; each loss re-reads what it wrote.
 FITTING_ATTEMPTS: Final = 5
+# gRPC codes etcd answers a bad login or missing rights with.
+GRPC_INVALID_ARGUMENT: Final = 3  # "authentication failed, invalid user ID or password"
+GRPC_PERMISSION_DENIED: Final = 7
+GRPC_UNAUTHENTICATED: Final = 16
 # The etcd calls of a member's registration (grant, put): start waits that many call timeouts.
 REGISTER_CALLS: Final = 2
 
@@ -45,9 +49,18 @@ def etcd_client(settings: EtcdSettings) -> EtcdClient:
     """The client for `state.etcd`: password from the environment, TLS files when given."""
     context = None
     if settings.ca is not None or settings.cert is not None:
-        context = ssl.create_default_context(cafile=settings.ca)
+        try:
+            context = ssl.create_default_context(cafile=settings.ca)
+        except (OSError, ssl.SSLError) as err:
+            raise StartupError(f"state.ca: cannot load {settings.ca}: {_reason(err)}") from None
         if settings.cert is not None:
-            context.load_cert_chain(settings.cert, settings.key)
+            try:
+                context.load_cert_chain(settings.cert, settings.key)
+            except (OSError, ssl.SSLError) as err:
+                raise StartupError(
+                    f"state.cert, state.key: cannot load {settings.cert} and {settings.key}:"
+                    f" {_reason(err)}"
+                ) from None
     return EtcdClient(
         settings.endpoints,
         timeout=settings.timeout,
@@ -55,6 +68,10 @@ def etcd_client(settings: EtcdSettings) -> EtcdClient:
         password=os.environ.get(settings.password_env),
         ssl_context=context,
     )
+
+
+def _reason(err: Exception) -> str:
+    return getattr(err, "strerror", None) or getattr(err, "reason", None) or str(err)
 
 
 class StartupError(Exception):
@@ -147,9 +164,20 @@ class Service:
                     continue  # another member wrote meanwhile: fit what it wrote
                 doc = fitted
                 break
-        except EtcdError as err:
+        except EtcdUnavailable as err:
             log.warning("fleet: etcd at %s does not answer (%s); serving the local copy",
                         ", ".join(settings.endpoints), err)  # fmt: skip
+        except EtcdError as err:
+            # etcd answered and refused: wrong credentials or rights, or not an etcd v3
+            # gateway. Settings to fix, not an outage to ride out.
+            await client.close()
+            self._etcd = None
+            hint = ""
+            if err.code in (GRPC_INVALID_ARGUMENT, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED):
+                hint = f" (check state.username and ${settings.password_env})"
+            raise StartupError(
+                f"state: etcd at {', '.join(settings.endpoints)} refused: {err}{hint}"
+            ) from None
         if doc is not None:
             log.info("state: fleet %s at %s (version %d)", settings.fleet, settings.prefix,
                      doc.version)  # fmt: skip

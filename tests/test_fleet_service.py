@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,10 +22,11 @@ from control.etcd import EtcdClient
 from control.fleet import FleetSync
 from control.service import Service
 from proxy.config import EtcdSettings, StateConfig
-from tests.conftest import Backend, BackendFactory
+from tests.conftest import Backend, BackendFactory, free_port
 from tests.etcd_server import EtcdServer
 from tests.test_api import LIMIT, ROUTE, TOKEN, Running, assert_json_error, service_config
 from tests.test_cli_control import pointsman
+from tests.test_service import READY_WITHIN, ROOT, assert_one_line_refusal, process_env
 
 PREFIX = "/pointsman/shop"
 
@@ -355,3 +358,147 @@ async def test_the_cli_waits_for_the_fleet_and_status_shows_the_members(fleet: F
     run = await pointsman("status", "--json", admin=first.admin, token=TOKEN)
     members = json.loads(run.out)["fleet"]["members"]
     assert sorted(m["lag"] for m in members) == [0, 1]
+
+
+async def test_concurrent_if_match_writers_through_two_members_one_wins_each_round(
+    fleet: Fleet,
+) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    watcher = await fleet.start("c")  # writes nothing: records every version it applies
+    applied: list[int] = []
+    notify = watcher.plane.on_install
+
+    def record() -> None:
+        applied.append(watcher.plane.installed_version)
+        notify()
+
+    watcher.plane.on_install = record
+    start = watcher.plane.doc.version
+    for round_ in range(10):
+        version = (await first.call("GET", ROUTE)).body["version"]
+        await until(second, at_version(second, version))
+        match = {"If-Match": f'"{version}"'}
+        # Neither is the state in force (that would be answered without a write).
+        wanted = ({"blue": round_ + 1, "green": 100}, {"blue": 100, "green": round_ + 1})
+        answers = await asyncio.gather(
+            first.call("PUT", ROUTE + "/weights", {"weights": wanted[0]}, headers=match),
+            second.call("PUT", ROUTE + "/weights", {"weights": wanted[1]}, headers=match),
+        )
+        statuses = sorted(a.status for a in answers)
+        assert statuses == [200, 409], [a.text for a in answers]
+        [won] = [i for i, a in enumerate(answers) if a.status == 200]
+        lost = answers[1 - won]
+        assert lost.body["detail"]["current_version"] == version + 1
+        assert answers[won].body["version"] == version + 1
+        await until(watcher, at_version(watcher, version + 1))
+        assert watcher.plane.doc.weights()["shop"] == wanted[won]
+    final = watcher.plane.doc.version
+    assert final == start + 10
+    # Every version, in order, none missed, none twice; and never a full read after start.
+    assert applied == list(range(start + 1, final + 1))
+    assert sync_of(watcher).full_reads == 1
+    state = await etcd_value(fleet.etcd, f"{PREFIX}/state")
+    assert isinstance(state, dict) and state["version"] == final
+
+
+async def test_kill_9_of_etcd_under_load_fails_no_request(fleet: Fleet) -> None:
+    member = await fleet.start("a")
+    outcomes: list[int | str] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            try:
+                async with member.session.get(member.proxy + "/item") as resp:
+                    await resp.read()
+                    outcomes.append(resp.status)
+            except (aiohttp.ClientError, TimeoutError) as err:
+                outcomes.append(repr(err))
+
+    loaders = [asyncio.create_task(load()) for _ in range(4)]
+    try:
+        fleet.etcd.kill()
+        await until(member, lambda: sync_of(member).last_error is not None)
+        refused = await member.call("PUT", ROUTE + "/weights", {"weights": {"blue": 1}})
+        assert refused.status == 503
+        fleet.etcd.start()
+        await until(member, lambda: sync_of(member).last_error is None)
+        made = await member.call("PUT", ROUTE + "/weights", {"weights": {"blue": 1}})
+        assert made.status == 200, made.text
+    finally:
+        stop.set()
+        await asyncio.gather(*loaders)
+    assert outcomes and set(outcomes) == {200}, [o for o in outcomes if o != 200][:5]
+
+
+async def test_a_change_already_in_force_on_a_stale_member_is_checked_against_etcd(
+    fleet: Fleet,
+) -> None:
+    first = await fleet.start("a")
+    second = await fleet.start("b")
+    stuck = second.service._fleet_task
+    assert stuck is not None
+    stuck.cancel()  # the second member hears nothing more from its watch
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    second.service._fleet_task = None
+    flipped = await first.call("POST", ROUTE + "/flip", {"to": "green"})
+    assert flipped.status == 200, flipped.text
+    # Blue is live as far as the second member knows; in the fleet it is not, so the flip
+    # back is a real change, written as one.
+    back = await second.call("POST", ROUTE + "/flip", {"to": "blue"})
+    assert back.status == 200, back.text
+    assert back.body["version"] == flipped.body["version"] + 1 and back.body["live"] == "blue"
+    state = await etcd_value(fleet.etcd, f"{PREFIX}/state")
+    assert isinstance(state, dict) and state["version"] == back.body["version"]
+    await until(first, at_version(first, back.body["version"]))
+    assert await first.backend_of_next_request() == "blue"
+
+
+def fleet_config(tmp_path: Path, etcd_lines: str) -> Path:
+    path = tmp_path / "member.yaml"
+    path.write_text(f"""\
+listen: 127.0.0.1:{free_port()}
+admin: {{listen: "127.0.0.1:{free_port()}"}}
+state:
+  store: etcd
+  path: {tmp_path / "state.json"}
+  prefix: /pointsman/shop
+{etcd_lines}
+routes:
+  - name: shop
+    pools: {{blue: {{endpoints: ["127.0.0.1:{free_port()}"]}}}}
+    weights: {{blue: 100}}
+""")
+    return path
+
+
+def run_member(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "control.cli", "run", "--config", str(config)],
+        cwd=ROOT, env={**process_env(TOKEN), **env}, capture_output=True, text=True,
+        timeout=READY_WITHIN, check=False,
+    )  # fmt: skip
+
+
+async def test_bad_etcd_settings_fail_at_start_with_one_line(tmp_path: Path) -> None:
+    server = EtcdServer(tmp_path / "etcd-auth")
+    server.start()
+    try:
+        admin = EtcdClient([server.url], timeout=LIMIT)
+        await admin._call("/v3/auth/user/add", {"name": "root", "password": "s3cret"})
+        await admin._call("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        await admin._call("/v3/auth/enable", {})
+        await admin.close()
+        login = f"  endpoints: [{server.url}]\n  username: root"
+        config = fleet_config(tmp_path, login)
+        wrong = await asyncio.to_thread(run_member, config, {"POINTSMAN_ETCD_PASSWORD": "nope"})
+        line = assert_one_line_refusal(wrong, "state: etcd at", "refused", "authentication failed")
+        assert "POINTSMAN_ETCD_PASSWORD" in line
+    finally:
+        server.stop()
+    missing_ca = tmp_path / "no-such-ca.pem"
+    config = fleet_config(tmp_path, f"  endpoints: [https://127.0.0.1:1]\n  ca: {missing_ca}")
+    result = await asyncio.to_thread(run_member, config, {})
+    assert_one_line_refusal(result, "state.ca: cannot load", str(missing_ca))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from control.etcd import Event, Header, KeyValue, WatchBatch
 from control.fleet_sync import (
     Apply,
+    ApplyEach,
     Ignore,
     Refuse,
     Resync,
@@ -90,17 +91,23 @@ def test_a_full_read_never_goes_back_to_an_older_version() -> None:
 # --- the watch ----------------------------------------------------------------------------
 
 
-def test_the_last_write_of_a_batch_wins_and_repeats_are_skipped() -> None:
+def test_every_write_of_a_batch_is_applied_in_order_and_repeats_are_skipped() -> None:
     point = SyncPoint(CLUSTER, 10)
     events = (
         Event("put", state_kv(6, 9)),  # before the point: delivered again after a resume
         Event("put", state_kv(7, 11)),
         Event("put", kv("members/a", b"{}", 12)),
         Event("put", state_kv(8, 14)),
+        Event("put", kv("members/b", b"{}", 15)),
     )
-    assert on_watch_batch(PREFIX, point, batch(14, *events)) == Apply(
-        doc(8), SyncPoint(CLUSTER, 14), state_revision=14
+    assert on_watch_batch(PREFIX, point, batch(15, *events)) == ApplyEach(
+        (
+            Apply(doc(7), SyncPoint(CLUSTER, 11), state_revision=11),
+            Apply(doc(8), SyncPoint(CLUSTER, 15), state_revision=14),
+        )
     )
+    one = batch(14, Event("put", state_kv(8, 14)))
+    assert on_watch_batch(PREFIX, point, one) == Apply(doc(8), SyncPoint(CLUSTER, 14), 14)
     only_repeats = batch(14, Event("put", state_kv(6, 9)))
     assert on_watch_batch(PREFIX, point, only_repeats) == Ignore(point)
 
@@ -151,8 +158,14 @@ def histories(draw: st.DrawFn) -> tuple[list[Event], int, list[int], list[bool]]
     return events, version, cuts, resumes
 
 
+def steps_of(decision: Apply | ApplyEach | Ignore) -> tuple[Apply, ...]:
+    if isinstance(decision, ApplyEach):
+        return decision.steps
+    return (decision,) if isinstance(decision, Apply) else ()
+
+
 @given(histories())
-def test_a_member_ends_at_the_last_state_written_never_going_back(
+def test_a_member_applies_every_version_in_order_across_cuts_and_resumes(
     history: tuple[list[Event], int, list[int], list[bool]],
 ) -> None:
     events, last_version, cuts, resumes = history
@@ -181,8 +194,8 @@ def test_a_member_ends_at_the_last_state_written_never_going_back(
             PREFIX, point, WatchBatch(header(chunk[-1].kv.mod_revision), chunk)
         )
         assert not isinstance(decision, Resync)
-        if isinstance(decision, Apply):
-            applied = decision.doc
+        for step in steps_of(decision):
+            applied = step.doc
             versions.append(applied.version)
         assert decision.point.revision >= point.revision
         point = decision.point
@@ -191,10 +204,10 @@ def test_a_member_ends_at_the_last_state_written_never_going_back(
     if rest:
         decision = on_watch_batch(PREFIX, point, WatchBatch(header(rest[-1].kv.mod_revision), rest))
         assert not isinstance(decision, Resync)
-        if isinstance(decision, Apply):
-            applied = decision.doc
+        for step in steps_of(decision):
+            applied = step.doc
             versions.append(applied.version)
         point = decision.point
     assert applied.version == last_version
-    assert versions == sorted(versions)  # never back
+    assert versions == list(range(1, last_version + 1))  # every version, in order, no gap
     assert point.revision == events[-1].kv.mod_revision
