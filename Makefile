@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOT_MODULES := proxy/http1.py proxy/request.py proxy/upstream.py proxy/router.py proxy/metrics.py proxy/stats.py proxy/shadow.py proxy/shadow_records.py proxy/shadow_registry.py
 COMPILED := proxy/.compiled
 
-.PHONY: run test lint typecheck unit bench build clean
+.PHONY: run fleet test lint typecheck unit bench build clean
 
 $(STAMP): pyproject.toml requirements-dev.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ $(COMPILED): $(STAMP) $(HOT_MODULES)
 
 run: $(COMPILED)
 	bash scripts/run-demo.sh
+
+# Two members sharing one routing state in a local etcd (scripts/run-fleet.sh).
+fleet: $(COMPILED)
+	bash scripts/need.sh etcd etcd-server
+	bash scripts/need.sh curl curl
+	bash scripts/run-fleet.sh
 
 test: lint typecheck unit
 
