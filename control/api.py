@@ -26,7 +26,7 @@ from control.etcd import EtcdError
 from control.fleet import FleetSync
 from control.members import list_members, member_table, wait_for_version
 from control.plane import ControlPlane
-from control.rollout import RolloutError
+from control.rollout import RolloutError, counters_obj
 from control.rollouts import RolloutCollector, RolloutRunner
 from control.state import (
     flip,
@@ -231,6 +231,17 @@ async def fleet_wait(
              "lagging": member_table(behind, version)},
         )  # fmt: skip
     return response
+
+
+async def get_counters(request: web.Request) -> web.Response:
+    """This host's cumulative counters for a route's pools (and the candidate's shadow
+    comparisons): what a fleet's rollout driver sums over the members."""
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    candidate = request.query.get("candidate", "")
+    counters = await request.app[ROLLOUTS_KEY].host_counters(name, candidate)
+    return json_answer(counters_obj(counters), plane.doc.version)
 
 
 async def get_fleet(request: web.Request) -> web.Response:
@@ -668,6 +679,7 @@ def build_admin_app(
         app.router.add_put("/v1/routes/{route}/weights", put_weights)
         app.router.add_post("/v1/routes/{route}/flip", post_flip)
         app.router.add_post("/v1/routes/{route}/rollback", post_rollback)
+        app.router.add_get("/v1/routes/{route}/counters", get_counters)
         app.router.add_get("/v1/routes/{route}/shadows", list_shadows)
         app.router.add_get("/v1/routes/{route}/shadows/{pool}", get_shadow)
         app.router.add_put("/v1/routes/{route}/shadows/{pool}", put_shadow)

@@ -11,13 +11,14 @@ without its record, nor a record of a change that did not happen.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from control.etcd import Compare, EtcdClient, EtcdError, Header, KeyValue, Put
 from control.fleet_sync import Apply, Refuse, meta_value, on_full_read
 from control.state import StateDoc, to_json
 
-__all__ = ["EtcdStore", "FleetExists", "StateConflict"]
+__all__ = ["EtcdStore", "Fence", "FenceLost", "FleetExists", "StateConflict"]
 
 AUDIT_DIGITS: Final = 20  # zero-padded versions sort as numbers in etcd's byte order
 
@@ -29,6 +30,19 @@ class StateConflict(Exception):
         super().__init__(f"the state changed in etcd (now version {current.version})")
         self.current = current
         self.state_revision = state_revision
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A write lands only while `key` is still at `revision`: the leader key of the rollout
+    driver that makes the write (control/leadership.py)."""
+
+    key: bytes
+    revision: int
+
+
+class FenceLost(Exception):
+    """The write's fence no longer holds: its writer lost the lease it was elected with."""
 
 
 class FleetExists(Exception):
@@ -103,14 +117,18 @@ class EtcdStore:
         (never an older one: a write of this member may have moved it on already)."""
         self.state_revision = max(self.state_revision, decision.state_revision)
 
-    async def save(self, new: StateDoc, audit_record: bytes) -> int:
-        """Write `new` and its audit record if the state is still the one last applied.
-        Returns the new state's mod revision; raises StateConflict if someone wrote first."""
+    async def save(self, new: StateDoc, audit_record: bytes, fence: Fence | None = None) -> int:
+        """Write `new` and its audit record if the state is still the one last applied (and
+        `fence` holds). Returns the new state's mod revision; raises StateConflict if someone
+        wrote first, FenceLost if the fence broke."""
+        compares = [
+            Compare(self.state_key, "MOD", self.state_revision),
+            Compare(self.meta_key, "VALUE", meta_value(self.fleet)),
+        ]
+        if fence is not None:
+            compares.append(Compare(fence.key, "MOD", fence.revision))
         result = await self.client.txn(
-            [
-                Compare(self.state_key, "MOD", self.state_revision),
-                Compare(self.meta_key, "VALUE", meta_value(self.fleet)),
-            ],
+            compares,
             [Put(self.state_key, to_json(new)), Put(self.audit_key(new.version), audit_record)],
         )
         if result.succeeded:
@@ -122,4 +140,6 @@ class EtcdStore:
         now = on_full_read(self.prefix, self.fleet, header, kvs, applied=None)
         if isinstance(now, Refuse):
             raise EtcdError(f"not written: {now.reason}")
+        if fence is not None and now.state_revision == self.state_revision:
+            raise FenceLost(f"not written: {fence.key.decode(errors='replace')} changed")
         raise StateConflict(now.doc, now.state_revision)

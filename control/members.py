@@ -139,6 +139,7 @@ class MemberRegistration:
         self, client: EtcdClient, prefix: str, member_id: str, info: Callable[[], Member]
     ) -> None:
         self.client = client
+        self.member_id = member_id
         self.key = members_prefix(prefix) + member_id.encode()
         self.info = info  # what the member serves now
         self.changed = asyncio.Event()  # set by the member when what `info` says changed

@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 
 from control.errors import ApiError
 from control.etcd import EtcdError, EtcdUnavailable
-from control.etcd_store import EtcdStore, StateConflict
+from control.etcd_store import EtcdStore, Fence, StateConflict
 from control.fleet import FleetSync
 from control.state import RouteState, StateDoc, StateError, reconcile
 from control.store import FileStore, audit_record
@@ -117,7 +117,10 @@ class ControlPlane:
         route: str,
         expected_version: int | None,
         transition: Callable[[StateDoc, float], StateDoc],
+        fence: Fence | None = None,
     ) -> StateDoc:
+        """One change, as the module docstring says. `fence`: in a fleet, the rollout
+        driver's leader key; the write lands only while it holds (else FenceLost)."""
         async with self.lock:
             for _ in range(FLEET_WRITE_ATTEMPTS):
                 doc = self.doc
@@ -144,7 +147,7 @@ class ControlPlane:
                 record = (actor, action, route, route_assignment(before), route_assignment(after))
                 if self.fleet is None:
                     await self._commit(doc, new, record, now)
-                elif not await self._commit_to_fleet(self.fleet, new, record, now):
+                elif not await self._commit_to_fleet(self.fleet, new, record, now, fence):
                     continue  # another member wrote first: decide again on its state
                 self.last_change = now
                 log.info(
@@ -188,14 +191,19 @@ class ControlPlane:
             )
 
     async def _commit_to_fleet(
-        self, fleet: EtcdStore, new: StateDoc, record: tuple[Any, ...], now: float
+        self,
+        fleet: EtcdStore,
+        new: StateDoc,
+        record: tuple[Any, ...],
+        now: float,
+        fence: Fence | None,
     ) -> bool:
         """Write to etcd, then apply here. False: another member wrote first; its state is
         adopted (so the caller decides again)."""
         actor, action, route, before, after = record
         audit = audit_record(actor, action, route, before, after, new.version, now)
         try:
-            await fleet.save(new, audit)
+            await fleet.save(new, audit, fence)
         except StateConflict as conflict:
             problem = await self._apply(conflict.current, conflict.state_revision)
             if problem is not None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import aiohttp
@@ -22,6 +22,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from control import rollout as machine
+from control.etcd import EtcdError
+from control.etcd_store import FenceLost
+from control.leadership import Leadership
+from control.members import Member
 from control.plane import ControlPlane
 from control.rollout import Counters, Decision, MismatchCounters, PoolCounters, Rollout
 from control.state import StateDoc, rollout_progress, rollout_step
@@ -44,6 +48,31 @@ ACTIVE_PHASES: Final = frozenset({"running", "paused", "awaiting_confirm"})
 # Phases that keep manual weight changes out (a paused or finished rollout lets them through).
 BLOCKING_PHASES: Final = frozenset({"running", "awaiting_confirm"})
 PHASES: Final = ("running", "paused", "awaiting_confirm", "promoted", "failed", "aborted")
+# In a fleet: a member's counters are asked for with this timeout; one that does not answer
+# in time makes that analysis inconclusive (it is not run), never a pass.
+MEMBER_COUNTERS_TIMEOUT: Final = 2.0
+# In a fleet: how long the driver waits after an inconclusive gathering before it tries again.
+GATHER_RETRY: Final = 0.5
+
+
+class Inconclusive(Exception):
+    """The fleet's counters could not all be gathered: no analysis this time."""
+
+
+class FleetRollouts:
+    """What a runner needs in a fleet: the leader keys, the member list, the admin token."""
+
+    def __init__(
+        self,
+        leadership: Leadership,
+        members: Callable[[], Awaitable[list[Member]]],
+        member_id: str,
+        token: str | None,
+    ) -> None:
+        self.leadership = leadership
+        self.members = members
+        self.member_id = member_id
+        self.token = token
 
 
 class RolloutRunner:
@@ -60,6 +89,11 @@ class RolloutRunner:
         self.promotions: dict[str, int] = {}
         self.rollbacks: dict[tuple[str, str], int] = {}  # (route, reason) -> count
         self._session: aiohttp.ClientSession | None = None
+        # In a fleet (set by the service): one member drives each rollout; the others show
+        # it from the state and take it over when its driver's lease runs out.
+        self.fleet: FleetRollouts | None = None
+        self._orphans: asyncio.Task[None] | None = None
+        self._counted: dict[str, frozenset[str]] = {}  # route -> members its baseline sums
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -97,17 +131,76 @@ class RolloutRunner:
     # -- commands --------------------------------------------------------------------------
 
     async def host_counters(self, route: str, candidate: str) -> Counters:
-        """`counters` of the whole host: with workers, their counters are summed first."""
+        """`counters` of the whole host: with workers, their counters are summed first. In a
+        fleet, the driver's analysis takes `fleet_counters` instead."""
         await self.plane.refresh_counters()
         return self.counters(route, candidate)
 
+    async def analysis_counters(self, route: str, candidate: str) -> Counters:
+        """What the analysis judges: this host's counters, or in a fleet every member's
+        summed. When the members summed are not those the window started with (one joined
+        or left), the window restarts at the new sum: its deltas would mean nothing."""
+        if self.fleet is None:
+            return await self.host_counters(route, candidate)
+        counters, members = await self.fleet_counters(self.fleet, route, candidate)
+        if self._counted.get(route, members) != members:
+            rollout = self.rollouts.get(route)
+            if rollout is not None:
+                self.rollouts[route] = machine.rebase(rollout, counters, _now())
+            before = sorted(self._counted[route])
+            log.warning("rollout %s: the fleet's members changed (%s -> %s); analysis window"
+                        " restarted", route, before, sorted(members))  # fmt: skip
+        self._counted[route] = members
+        return counters
+
+    async def fleet_counters(
+        self, fleet: FleetRollouts, route: str, candidate: str
+    ) -> tuple[Counters, frozenset[str]]:
+        """Every live member's counters for `route`, summed; Inconclusive if one of them
+        does not answer (its traffic would be missing from the judgement)."""
+        try:
+            members = await fleet.members()
+        except EtcdError as err:
+            raise Inconclusive(f"the fleet's members cannot be listed: {err}") from None
+        parts: list[Counters] = []
+        for member in members:
+            if member.id == fleet.member_id:
+                parts.append(await self.host_counters(route, candidate))
+                continue
+            parts.append(await self._member_counters(fleet, member, route, candidate))
+        if not any(m.id == fleet.member_id for m in members):
+            parts.append(await self.host_counters(route, candidate))  # not registered yet
+        ids = frozenset(m.id for m in members) | {fleet.member_id}
+        return machine.merge_counters(parts), ids
+
+    async def _member_counters(
+        self, fleet: FleetRollouts, member: Member, route: str, candidate: str
+    ) -> Counters:
+        url = f"http://{member.admin}/v1/routes/{route}/counters"
+        headers = {} if fleet.token is None else {"Authorization": f"Bearer {fleet.token}"}
+        try:
+            async with asyncio.timeout(MEMBER_COUNTERS_TIMEOUT):
+                async with self.session().get(
+                    url, params={"candidate": candidate}, headers=headers
+                ) as resp:
+                    if resp.status != 200:
+                        raise Inconclusive(f"member {member.id} answered {resp.status}")
+                    return machine.counters_from_obj(await resp.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            raise Inconclusive(f"member {member.id} ({member.admin}): {err!r}") from None
+
     async def start(self, route: str, body: object, actor: str = "rollout") -> dict[str, Any]:
-        if self.plane.fleet is not None:
-            raise machine.RolloutError(
-                "fleet_rollouts_unsupported",
-                "rollouts are not available with state.store: etcd yet (one member must be"
-                " elected to drive each one); ramp the canary with weight changes",
-            )
+        fleet = self.fleet
+        if fleet is not None:
+            await self._become_driver(fleet, route)
+        try:
+            return await self._start(route, body, actor)
+        except BaseException:
+            if fleet is not None and route not in self._drivers:
+                await fleet.leadership.release(route)
+            raise
+
+    async def _start(self, route: str, body: object, actor: str) -> dict[str, Any]:
         async with self._lock(route):
             current = self.rollouts.get(route)
             if current is not None and current.phase in ACTIVE_PHASES:
@@ -119,10 +212,15 @@ class RolloutRunner:
             state = self.plane.doc.route(route)
             pools = [name for name, _ in state.weights]
             spec = machine.parse_spec(body, pools)
+            try:
+                counters = await self.analysis_counters(route, spec.candidate)
+            except Inconclusive as err:
+                raise machine.RolloutError(
+                    "fleet_incomplete", f"not started: the fleet's counters are incomplete: {err}"
+                ) from None
             decision = machine.start(
-                spec, state.weights_dict(), pools, await self.host_counters(route, spec.candidate),
-                _now(), time.time(),
-            )  # fmt: skip
+                spec, state.weights_dict(), pools, counters, _now(), time.time()
+            )
             await self._apply(route, decision, actor)
             self._ensure_driver(route)
             return machine.status_obj(decision.rollout, _now())
@@ -132,8 +230,15 @@ class RolloutRunner:
             rollout = self.rollouts.get(route)
             if rollout is None:
                 raise machine.RolloutError("no_rollout", f"route {route!r} has no rollout")
+            if self.fleet is not None and rollout.phase in ACTIVE_PHASES:
+                if self.fleet.leadership.fence(route) is None:
+                    raise await self._not_the_driver(self.fleet, route)
             now, wall = _now(), time.time()
-            counters = await self.host_counters(route, rollout.spec.candidate)
+            try:
+                counters = await self.analysis_counters(route, rollout.spec.candidate)
+            except Inconclusive:
+                counters = await self.host_counters(route, rollout.spec.candidate)
+                rollout = machine.rebase(rollout, counters, now)  # judged afresh from here
             if name == "pause":
                 decision = machine.pause(rollout, now, wall)
             elif name == "resume":
@@ -145,6 +250,104 @@ class RolloutRunner:
             await self._apply(route, decision, actor)
             self._poke(route)
             return machine.status_obj(decision.rollout, _now())
+
+    # -- in a fleet ------------------------------------------------------------------------
+
+    async def _become_driver(self, fleet: FleetRollouts, route: str) -> None:
+        try:
+            if await fleet.leadership.acquire(route):
+                return
+        except EtcdError as err:
+            raise machine.RolloutError(
+                "store_unreachable", f"no rollout without the state store (etcd): {err}"
+            ) from None
+        raise await self._not_the_driver(fleet, route)
+
+    async def _not_the_driver(self, fleet: FleetRollouts, route: str) -> machine.RolloutError:
+        try:
+            holder = await fleet.leadership.holder(route)
+            members = {m.id: m.admin for m in await fleet.members()}
+        except EtcdError:
+            holder, members = None, {}
+        where = "no member (its driver's lease ran out; another takes it over)"
+        if holder is not None:
+            where = f"member {holder}" + (
+                f" (admin {members[holder]})" if holder in members else ""
+            )
+        return machine.RolloutError(
+            "not_the_driver",
+            f"the rollout of route {route!r} is driven by {where}; send commands there",
+        )
+
+    def start_fleet(self, fleet: FleetRollouts) -> None:
+        """In a fleet: follow the rollouts in the state and take over those whose driver is
+        gone (its leader key expired), at the step they are at."""
+        self.fleet = fleet
+        fleet.leadership.on_lost = self._lost
+        self._orphans = asyncio.get_running_loop().create_task(self._adopt_orphans(fleet))
+
+    def _lost(self, route: str) -> None:
+        task = self._drivers.pop(route, None)
+        if task is not None:
+            task.cancel()
+
+    def follow_state(self) -> dict[str, Rollout]:
+        """In a fleet: take the rollouts this member does not drive from the state (what
+        their drivers last wrote), so status and the manual-change guard show them. Returns
+        them by route."""
+        followed: dict[str, Rollout] = {}
+        if self.fleet is None:
+            return followed
+        for route, state in self.plane.doc.routes:
+            if state.rollout is None or self.fleet.leadership.fence(route) is not None:
+                continue
+            try:
+                rollout = machine.from_json_obj(state.rollout, _now(), f"state {route}.rollout")
+            except ValueError as err:
+                log.error("rollout of route %s not followed: %s", route, err)
+                continue
+            self.rollouts[route] = followed[route] = rollout
+        return followed
+
+    async def _adopt_orphans(self, fleet: FleetRollouts) -> None:
+        period = fleet.leadership.ttl / 2
+        while True:
+            for route, rollout in self.follow_state().items():
+                driver = self._drivers.get(route)
+                if rollout.phase not in ACTIVE_PHASES or (driver is not None and not driver.done()):
+                    continue
+                try:
+                    if not await fleet.leadership.acquire(route):
+                        continue
+                except EtcdError as err:
+                    log.warning("rollout %s: cannot ask who drives it: %s", route, err)
+                    continue
+                await self._resume(route, rollout, "taken over")
+            await asyncio.sleep(period)
+
+    async def _resume(self, route: str, rollout: Rollout, how: str) -> None:
+        if rollout.phase in ACTIVE_PHASES:
+            try:
+                counters = await self.analysis_counters(route, rollout.spec.candidate)
+            except Inconclusive:
+                counters = await self.host_counters(route, rollout.spec.candidate)
+            rollout = machine.rebase(rollout, counters, _now())
+            log.info(
+                "rollout %s %s: %s at step %d, %.1fs in step", route, how, rollout.phase,
+                rollout.step_index, machine.time_in_step(rollout, _now()),
+            )  # fmt: skip
+        self.rollouts[route] = rollout
+        if rollout.phase in ACTIVE_PHASES:
+            self._ensure_driver(route)
+            if rollout.phase == "awaiting_confirm" and rollout.spec.webhooks is not None:
+                sender = self._hooks[route] = _HookSender(self, route)
+                detail = (
+                    "asked again after a restart" if how == "resumed" else f"asked again ({how})"
+                )
+                ask = machine.Event(
+                    "confirm", rollout.step_index, rollout.weights, time.time(), detail
+                )
+                sender.put(rollout, ask)
 
     # -- the driver ------------------------------------------------------------------------
 
@@ -171,6 +374,8 @@ class RolloutRunner:
         while True:
             rollout = self.rollouts.get(route)
             if rollout is None or rollout.phase not in ACTIVE_PHASES:
+                if self.fleet is not None:
+                    await self.fleet.leadership.release(route)  # finished: nothing to drive
                 return
             delay = machine.due(rollout, _now()) - _now()
             if math.isinf(delay):
@@ -189,10 +394,19 @@ class RolloutRunner:
                 rollout = self.rollouts[route]
                 if rollout.phase != "running":
                     continue
-                counters = await self.host_counters(route, rollout.spec.candidate)
                 try:
+                    counters = await self.analysis_counters(route, rollout.spec.candidate)
+                    rollout = self.rollouts[route]  # rebased if the members changed
                     decision = machine.tick(rollout, counters, _now(), time.time())
                     await self._apply(route, decision)
+                except Inconclusive as err:
+                    log.warning("rollout %s: analysis inconclusive, not run: %s", route, err)
+                    await asyncio.sleep(GATHER_RETRY)
+                except machine.RolloutError as err:
+                    if err.code == "not_the_driver":
+                        return  # another member drives it now
+                    log.exception("rollout on route %s: tick failed", route)
+                    await asyncio.sleep(1.0)
                 except Exception:
                     # Never leave a ramp half-driven silently: log, wait a moment, try again.
                     log.exception("rollout on route %s: tick failed", route)
@@ -212,10 +426,21 @@ class RolloutRunner:
         if visible:
             action = "rollout:" + (decision.events[-1].event if decision.events else rollout.phase)
             weights = decision.weights
-            await self.plane.change(
-                actor, action, route, None,
-                lambda doc, now: rollout_step(doc, route, weights, obj, now),
-            )  # fmt: skip
+            fence = None if self.fleet is None else self.fleet.leadership.fence(route)
+            if self.fleet is not None and fence is None:
+                raise await self._not_the_driver(self.fleet, route)
+            try:
+                await self.plane.change(
+                    actor, action, route, None,
+                    lambda doc, now: rollout_step(doc, route, weights, obj, now), fence,
+                )  # fmt: skip
+            except FenceLost:
+                assert self.fleet is not None
+                log.error("rollout %s: step not written: this member lost the lease it drove"
+                          " the rollout with", route)  # fmt: skip
+                await self.fleet.leadership.release(route)
+                self._drivers.pop(route, None)
+                raise await self._not_the_driver(self.fleet, route) from None
         else:
             await self._save_progress(route, obj)
         self.rollouts[route] = rollout
@@ -255,33 +480,17 @@ class RolloutRunner:
         """Pick up the rollouts of the persisted state (at start-up): a running one continues
         its step with the time it had; its analysis window restarts with this process's
         counters. One whose confirm hook was pending asks the hook again."""
+        if self.plane.fleet is not None:
+            return  # in a fleet the orphan loop resumes what no live member drives
         for route, state in self.plane.doc.routes:
             if state.rollout is None:
-                continue
-            if self.plane.fleet is not None:
-                log.error("rollout of route %s not resumed: rollouts are not driven with"
-                          " state.store: etcd yet", route)  # fmt: skip
                 continue
             try:
                 rollout = machine.from_json_obj(state.rollout, _now(), f"state {route}.rollout")
             except ValueError as err:
                 log.error("rollout of route %s not resumed: %s", route, err)
                 continue
-            if rollout.phase in ACTIVE_PHASES:
-                counters = await self.host_counters(route, rollout.spec.candidate)
-                rollout = machine.rebase(rollout, counters, _now())
-                log.info(
-                    "rollout %s resumed: %s at step %d, %.1fs in step", route, rollout.phase,
-                    rollout.step_index, machine.time_in_step(rollout, _now()),
-                )  # fmt: skip
-            self.rollouts[route] = rollout
-            if rollout.phase in ACTIVE_PHASES:
-                self._ensure_driver(route)
-                if rollout.phase == "awaiting_confirm" and rollout.spec.webhooks is not None:
-                    sender = self._hooks[route] = _HookSender(self, route)
-                    ask = machine.Event("confirm", rollout.step_index, rollout.weights,
-                                        time.time(), "asked again after a restart")  # fmt: skip
-                    sender.put(rollout, ask)
+            await self._resume(route, rollout, "resumed")
 
     async def close(self) -> None:
         """Save each running rollout's time in step, then stop drivers and webhook senders."""
@@ -291,7 +500,11 @@ class RolloutRunner:
                     await self._save_progress(route, machine.to_json_obj(rollout, _now()))
                 except OSError as err:
                     log.error("rollout %s: progress not saved at shutdown: %s", route, err)
-        await cancel_and_wait([*self._drivers.values(), *(s.task for s in self._hooks.values())])
+        await cancel_and_wait([self._orphans, *self._drivers.values(),
+                               *(s.task for s in self._hooks.values())])  # fmt: skip
+        self._orphans = None
+        if self.fleet is not None:
+            await self.fleet.leadership.close()  # the others take over at once, not after the TTL
         self._drivers.clear()
         self._hooks.clear()
         if self._session is not None:

@@ -21,9 +21,10 @@ from control.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from control.etcd_store import EtcdStore, StateConflict
 from control.fleet import FleetSync
 from control.fleet_sync import Refuse
-from control.members import Member, MemberRegistration
+from control.leadership import Leadership
+from control.members import Member, MemberRegistration, list_members
 from control.plane import ControlPlane
-from control.rollouts import RolloutRunner
+from control.rollouts import FleetRollouts, RolloutRunner
 from control.state import initial_state, reconcile
 from control.store import FileStore, audit_record
 from control.workers import Supervisor
@@ -245,6 +246,7 @@ class Service:
         log.info("admin listening on %s", listen)
         if self.fleet_sync is not None:
             registration = self._register(plane, int(runner.addresses[0][1]))
+            self._drive_rollouts_in_fleet(rollouts, registration, token)
             # Registered before start() returns, so a `?wait=fleet` from now on waits for this
             # member too; with etcd down it registers when etcd is back.
             etcd = self.config.state.etcd
@@ -254,6 +256,29 @@ class Service:
                     await registration.registered.wait()
             except TimeoutError:
                 log.warning("fleet: not registered as a member yet (etcd does not answer)")
+
+    def _drive_rollouts_in_fleet(
+        self, rollouts: RolloutRunner, registration: MemberRegistration, token: str | None
+    ) -> None:
+        """One member drives each rollout (an etcd lease); the runner follows the others'."""
+        assert self._etcd is not None and self.config.state.etcd is not None
+        etcd, settings = self._etcd, self.config.state.etcd
+        member_id = registration.member_id
+
+        async def members() -> list[Member]:
+            _, found = await list_members(etcd, settings.prefix)
+            return found
+
+        leadership = Leadership(etcd, settings.prefix, member_id, settings.leader_ttl)
+        rollouts.start_fleet(FleetRollouts(leadership, members, member_id, token))
+        assert self.plane is not None
+        told = self.plane.on_install
+
+        def installed() -> None:
+            told()
+            rollouts.follow_state()  # the drivers' latest, for status and the manual guard
+
+        self.plane.on_install = installed
 
     def _register(self, plane: ControlPlane, admin_port: int) -> MemberRegistration:
         """This member's key under the prefix: what it serves, for `?wait=fleet` and the

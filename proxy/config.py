@@ -17,6 +17,7 @@ __all__ = [
     "COMPARE_MEMORY_LIMIT",
     "DEFAULT_ETCD_PASSWORD_ENV",
     "DEFAULT_ETCD_TIMEOUT",
+    "DEFAULT_LEADER_TTL",
     "DEFAULT_STATE_PATH",
     "MAX_WEIGHT",
     "Address",
@@ -153,6 +154,9 @@ DEFAULT_ETCD_PASSWORD_ENV: Final = "POINTSMAN_ETCD_PASSWORD"
 # Per etcd call and endpoint: long enough for an fsync-bound etcd under load, short enough
 # that a write meets its answer within a deploy script's patience.
 DEFAULT_ETCD_TIMEOUT: Final = 2.0
+# Longer than an etcd leader election or a loaded event loop's stall, short against a
+# rollout's steps.
+DEFAULT_LEADER_TTL: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,8 @@ class EtcdSettings:
     cert: str | None = None  # client certificate and key (etcd's --client-cert-auth)
     key: str | None = None
     timeout: float = DEFAULT_ETCD_TIMEOUT
+    # Seconds a rollout's driver may be silent before another member takes it over.
+    leader_ttl: int = DEFAULT_LEADER_TTL
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from proxy.config import (
     DEFAULT_ETCD_PASSWORD_ENV,
     DEFAULT_ETCD_TIMEOUT,
+    DEFAULT_LEADER_TTL,
     DEFAULT_STATE_PATH,
     MAX_WEIGHT,
     MAX_WORKERS,
@@ -60,7 +61,7 @@ _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes")
 _UPSTREAM_KEYS = ("max_idle", "idle_timeout")
 _STATE_KEYS = (
     "store", "path", "endpoints", "prefix", "fleet", "username", "password_env",
-    "ca", "cert", "key", "timeout",
+    "ca", "cert", "key", "timeout", "leader_ttl",
 )  # fmt: skip
 _ETCD_ONLY_KEYS = _STATE_KEYS[2:]
 _ENDPOINT_RE = re.compile(r"https?://[^/\s]+")
@@ -241,12 +242,17 @@ class ConfigLoader(NodeReader):
         timeout = DEFAULT_ETCD_TIMEOUT
         if "timeout" in section:
             timeout = self.duration(section["timeout"], "state.timeout") or timeout
+        leader_ttl = DEFAULT_LEADER_TTL
+        if "leader_ttl" in section:
+            ttl = self.integer(section["leader_ttl"], "state.leader_ttl", 2, 300)
+            leader_ttl = ttl or leader_ttl
         if not endpoints or prefix is None or fleet is None:
             return None
         return EtcdSettings(
             endpoints=tuple(endpoints), prefix=prefix, fleet=fleet,
             username=text.get("username"), password_env=password_env,
             ca=text.get("ca"), cert=text.get("cert"), key=text.get("key"), timeout=timeout,
+            leader_ttl=leader_ttl,
         )  # fmt: skip
 
     def routes(self, node: Node) -> tuple[RouteConfig, ...] | None:

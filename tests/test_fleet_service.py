@@ -236,15 +236,6 @@ async def test_a_prefix_holding_another_fleet_is_never_applied_nor_written(
     assert await etcd_value(fleet.etcd, f"{PREFIX}/meta") == {"fleet": "billing", "format": 1}
 
 
-async def test_a_rollout_is_refused_in_a_fleet_rather_than_driven_twice(fleet: Fleet) -> None:
-    member = await fleet.start("a")
-    spec = {"candidate": "green", "stable": "blue", "steps": [20, 100], "step_interval": "1s"}
-    answer = await member.call("POST", ROUTE + "/rollout", spec)
-    body = assert_json_error(answer, 501)
-    assert body["detail"]["code"] == "fleet_rollouts_unsupported"
-    assert (await member.call("GET", ROUTE)).body["weights"] == {"blue": 100, "green": 0}
-
-
 async def registered(member: Running) -> None:
     registration = member.service.registration
     assert registration is not None

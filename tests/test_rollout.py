@@ -28,8 +28,11 @@ from control.rollout import (
     abort,
     analyse,
     confirmed,
+    counters_from_obj,
+    counters_obj,
     due,
     from_json_obj,
+    merge_counters,
     mismatch_window,
     parse_spec,
     pause,
@@ -703,3 +706,66 @@ def test_the_candidate_only_loses_weight_by_rollback_or_abort(
         assert len(run.r.history) <= HISTORY_LIMIT
         if run.r.phase != "running":
             assert due(run.r, run.now) == float("inf")
+
+
+# --- a fleet's counters -----------------------------------------------------------------------
+
+FLEET_BOUNDS = (0.01, 0.1, 1.0)
+
+
+@st.composite
+def host_counters(draw: st.DrawFn) -> Counters:
+    pools = {}
+    for name in draw(st.lists(st.sampled_from(["blue", "green", "dark"]), unique=True)):
+        cumulative = list(itertools.accumulate(draw(st.lists(st.integers(0, 50), min_size=4,
+                                                             max_size=4))))  # fmt: skip
+        errors = draw(st.integers(0, cumulative[-1]))
+        pools[name] = PoolCounters(cumulative[-1], errors, tuple(cumulative))
+    mismatch = None
+    if draw(st.booleans()):
+        compared = draw(st.integers(0, 100))
+        mismatch = MismatchCounters(compared, draw(st.integers(0, compared)))
+    return Counters(pools=pools, bounds=FLEET_BOUNDS, mismatch=mismatch)
+
+
+@given(st.lists(host_counters(), min_size=1, max_size=5))
+def test_a_fleets_counters_are_every_hosts_summed(parts: list[Counters]) -> None:
+    merged = merge_counters(parts)
+    for name in {name for part in parts for name in part.pools}:
+        mine = [part.pools[name] for part in parts if name in part.pools]
+        assert merged.pools[name].requests == sum(p.requests for p in mine)
+        assert merged.pools[name].errors == sum(p.errors for p in mine)
+        for i in range(len(FLEET_BOUNDS) + 1):
+            assert merged.pools[name].buckets[i] == sum(p.buckets[i] for p in mine)
+    shadowed = [p.mismatch for p in parts if p.mismatch is not None]
+    if shadowed:
+        assert merged.mismatch == MismatchCounters(
+            sum(m.compared for m in shadowed), sum(m.mismatched for m in shadowed)
+        )
+    else:
+        assert merged.mismatch is None
+    # In any grouping: the driver may sum members in any order.
+    assert merge_counters([merge_counters(parts[:1]), *parts[1:]]) == merged
+    # And what goes over the admin API comes back the same.
+    for part in parts:
+        assert counters_from_obj(orjson.loads(orjson.dumps(counters_obj(part)))) == part
+
+
+def test_counters_of_different_shapes_or_bad_json_are_refused() -> None:
+    one = Counters(pools={"blue": PoolCounters(1, 0, (1, 1, 1, 1))}, bounds=FLEET_BOUNDS)
+    other = Counters(pools={}, bounds=(0.5,))
+    with pytest.raises(ValueError, match="bounds differ"):
+        merge_counters([one, other])
+    with pytest.raises(ValueError, match="no counters"):
+        merge_counters([])
+    good = counters_obj(one)
+    bad_values: list[object] = [
+        [],
+        {"bounds": [0.1]},
+        {**good, "pools": {"blue": {"requests": -1, "errors": 0, "buckets": [1]}}},
+        {**good, "pools": {"blue": {"requests": True, "errors": 0, "buckets": [1]}}},
+        {**good, "mismatch": {"compared": 1}},
+    ]
+    for bad in bad_values:
+        with pytest.raises(ValueError):
+            counters_from_obj(bad)

@@ -45,6 +45,76 @@ class Counters:
     mismatch: MismatchCounters | None = None
 
 
+def merge_counters(parts: Sequence[Counters]) -> Counters:
+    """The counters of several hosts as one (a fleet's): per pool, requests, errors and each
+    cumulative bucket summed; mismatch counts summed over the hosts that shadow the
+    candidate. Every part must use the same bucket bounds (the same Pointsman)."""
+    if not parts:
+        raise ValueError("no counters to merge")
+    bounds = parts[0].bounds
+    pools: dict[str, PoolCounters] = {}
+    compared = mismatched = 0
+    shadowed = False
+    for part in parts:
+        if part.bounds != bounds:
+            raise ValueError(f"bucket bounds differ: {part.bounds} vs {bounds}")
+        for name, pool in part.pools.items():
+            have = pools.get(name)
+            if have is None:
+                pools[name] = pool
+                continue
+            if len(have.buckets) != len(pool.buckets):
+                raise ValueError(f"pool {name!r}: bucket counts differ")
+            buckets = tuple(a + b for a, b in zip(have.buckets, pool.buckets, strict=True))
+            pools[name] = PoolCounters(have.requests + pool.requests, have.errors + pool.errors,
+                                       buckets)  # fmt: skip
+        if part.mismatch is not None:
+            shadowed = True
+            compared += part.mismatch.compared
+            mismatched += part.mismatch.mismatched
+    mismatch = MismatchCounters(compared, mismatched) if shadowed else None
+    return Counters(pools=pools, bounds=bounds, mismatch=mismatch)
+
+
+def counters_obj(counters: Counters) -> dict[str, object]:
+    """JSON for the admin API (a fleet's driver gathers every member's)."""
+    mismatch = counters.mismatch
+    return {
+        "bounds": list(counters.bounds),
+        "pools": {
+            name: {"requests": p.requests, "errors": p.errors, "buckets": list(p.buckets)}
+            for name, p in counters.pools.items()
+        },
+        "mismatch": None
+        if mismatch is None
+        else {"compared": mismatch.compared, "mismatched": mismatch.mismatched},
+    }
+
+
+def counters_from_obj(obj: object) -> Counters:
+    """`counters_obj`'s output back; ValueError for anything else."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"not a counters object: {type(obj).__name__}")
+    try:
+        bounds = tuple(float(b) for b in obj["bounds"])
+        pools = {}
+        for name, p in obj["pools"].items():
+            buckets = tuple(_count(b) for b in p["buckets"])
+            pools[str(name)] = PoolCounters(_count(p["requests"]), _count(p["errors"]), buckets)
+        m = obj["mismatch"]
+        mismatch = None if m is None else MismatchCounters(_count(m["compared"]),
+                                                          _count(m["mismatched"]))  # fmt: skip
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"not a counters object: {err!r}") from None
+    return Counters(pools=pools, bounds=bounds, mismatch=mismatch)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class PoolWindow:
     """One pool's traffic between two snapshots. Rates are None when there were no requests."""

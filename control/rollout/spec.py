@@ -84,9 +84,11 @@ _STATUS: Final[Mapping[str, int]] = {
     "rollout_exists": 409,
     "rollout_finished": 409,
     "bad_command": 409,
-    # With state.store: etcd, until one member is elected to drive each rollout: two members
-    # driving one would move its steps twice.
-    "fleet_rollouts_unsupported": 501,
+    # In a fleet: the command went to a member that does not drive the rollout.
+    "not_the_driver": 409,
+    # In a fleet: a member's counters could not be gathered, or etcd is unreachable.
+    "fleet_incomplete": 503,
+    "store_unreachable": 503,
 }
 
 
