@@ -437,6 +437,12 @@ class EtcdClient:
                             answer = orjson.loads(await resp.read())
                             return answer if isinstance(answer, dict) else {}
                         refusal = await self._refusal(resp)
+            except aiohttp.ClientSSLError as err:
+                # A certificate etcd or this client does not accept: settings to fix, not an
+                # outage to wait out (a member refuses to start on it).
+                raise EtcdError(
+                    f"TLS with {self.endpoints[self._current]} failed: {self._reason(err)}"
+                ) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 failures.append(f"{self.endpoints[self._current]}: {self._reason(err)}")
                 self._next_endpoint()

@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -37,7 +38,10 @@ def _free_port() -> int:
 class EtcdServer:
     """One etcd member; `start` (again after `kill`) keeps the data directory and ports."""
 
-    def __init__(self, data_dir: Path, *extra_args: str) -> None:
+    def __init__(self, data_dir: Path, *extra_args: str, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the client context to reach it over https (extra_args then carry etcd's
+        --cert-file, --key-file and so on)."""
+        self.tls = tls
         self.data_dir = data_dir
         self.client_port = _free_port()
         self.peer_port = _free_port()
@@ -46,7 +50,8 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     def start(self) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -73,7 +78,9 @@ class EtcdServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode} at start")
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as answer:
+                with urllib.request.urlopen(
+                    self.url + "/health", timeout=1, context=self.tls
+                ) as answer:
                     if b"true" in answer.read():
                         return
             except OSError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -17,10 +18,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+import trustme
 
 from control.etcd import EtcdClient
 from control.fleet import FleetSync
 from control.service import Service
+from control.state import flip
 from proxy.config import EtcdSettings, StateConfig
 from tests.conftest import Backend, BackendFactory, free_port
 from tests.etcd_server import EtcdServer
@@ -108,8 +111,8 @@ def at_version(member: Running, version: int) -> Callable[[], bool]:
     return lambda: member.plane.doc.version >= version
 
 
-async def etcd_value(etcd: EtcdServer, key: str) -> object:
-    client = EtcdClient([etcd.url], timeout=LIMIT)
+async def etcd_value(etcd: EtcdServer, key: str, tls: ssl.SSLContext | None = None) -> object:
+    client = EtcdClient([etcd.url], timeout=LIMIT, ssl_context=tls)
     try:
         _, kvs = await client.range(key.encode())
     finally:
@@ -493,3 +496,58 @@ async def test_bad_etcd_settings_fail_at_start_with_one_line(tmp_path: Path) -> 
     config = fleet_config(tmp_path, f"  endpoints: [https://127.0.0.1:1]\n  ca: {missing_ca}")
     result = await asyncio.to_thread(run_member, config, {})
     assert_one_line_refusal(result, "state.ca: cannot load", str(missing_ca))
+
+
+async def test_a_member_reaches_etcd_over_tls_with_a_client_certificate(
+    tmp_path: Path, backend_factory: BackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("pointsman")
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "server", "server-key",
+                                                          "client", "client-key")}  # fmt: skip
+    ca.cert_pem.write_to_path(files["ca"])
+    server_cert.cert_chain_pems[0].write_to_path(files["server"])
+    server_cert.private_key_pem.write_to_path(files["server-key"])
+    client_cert.cert_chain_pems[0].write_to_path(files["client"])
+    client_cert.private_key_pem.write_to_path(files["client-key"])
+    context = ssl.create_default_context(cafile=str(files["ca"]))
+    context.load_cert_chain(files["client"], files["client-key"])
+    server = EtcdServer(
+        tmp_path / "etcd-tls",
+        f"--cert-file={files['server']}", f"--key-file={files['server-key']}",
+        "--client-cert-auth", f"--trusted-ca-file={files['ca']}",
+        tls=context,
+    )  # fmt: skip
+    server.start()
+    try:
+        monkeypatch.setenv("POINTSMAN_TOKEN", TOKEN)
+        blue, green = await backend_factory("blue"), await backend_factory("green")
+        config = service_config(tmp_path / "member", blue, green)
+        settings = EtcdSettings(
+            endpoints=(server.url,), prefix=PREFIX, fleet="shop", timeout=2.0,
+            ca=str(files["ca"]), cert=str(files["client"]), key=str(files["client-key"]),
+        )  # fmt: skip
+        service = Service(replace(config, state=StateConfig(config.state.path, settings)))
+        await service.start()
+        try:
+            assert service.plane is not None and service.fleet_sync is not None
+            assert service.fleet_sync.last_error is None
+            flipped = await service.plane.change(
+                "test", "flip", "shop", None, lambda d, now: flip(d, "shop", "green", now)
+            )
+            state = await etcd_value(server, f"{PREFIX}/state", context)
+            assert isinstance(state, dict) and state["version"] == flipped.version
+        finally:
+            await service.stop()
+        # A CA that did not sign etcd's certificate: one line, not a start on the local copy.
+        other_ca = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(other_ca)
+        lines = (
+            f"  endpoints: [{server.url}]\n  ca: {other_ca}\n"
+            f"  cert: {files['client']}\n  key: {files['client-key']}"
+        )
+        result = await asyncio.to_thread(run_member, fleet_config(tmp_path, lines), {})
+        assert_one_line_refusal(result, "state: etcd at", "TLS with", "certificate verify failed")
+    finally:
+        server.stop()
