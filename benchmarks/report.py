@@ -3,6 +3,7 @@
 Used by benchmarks/run.sh:
 
     report.py wrk FILE                     one-line summary of a wrk --latency output
+    report.py flips FILE / fleet FILE      one-line summary of flips.py's / fleet.py's output
     report.py render --results DIR --out F  Markdown report from DIR (printed and written)
 
 The results directory holds what run.sh collected:
@@ -13,6 +14,12 @@ The results directory holds what run.sh collected:
     shadow_<phase>_<round>.txt raw wrk output of the shadow-isolation phases (SHADOW_PHASES)
     shadow_<phase>_<round>.cpu Pointsman CPU ticks (utime + stime) during that wrk run
     shadow_<phase>_<round>.json the shadow's counts from the control API after the phase
+    workers_<target>_<round>.*  the workers phase (wrk, .cpu, .before/.mid/.after.prom);
+                               flips.txt, flips_wrk.txt its flips under load
+    fleet_<target>_<round>.txt  the fleet phase's wrk runs, target pm_file or pm_etcd, and
+                               .cpu (ticks of the instance and of etcd, wall-clock start, end)
+    fleet_changes.json         fleet.py's propagation measurements; fleet_load_<a|b>.txt the
+                               wrk runs loading the members meanwhile
 
 <round> is 1, 2, ... (read as a number: round 10 comes after round 9). run.sh runs the
 targets of a round one right after another, odd rounds in the forward order and even rounds
@@ -73,6 +80,12 @@ MAX_WORKERS_P99_RATIO = 1.2
 MAX_WORKERS_CPU_RATIO = 1.10
 MAX_MASTER_CPU_PCT = 3.0
 MAX_FLIP_P99_MS = 20.0
+# Fleet (issue 15): a change through member A is applied on member B within 100 ms at p99 over
+# 200 changes under load; routed req/s with the etcd store within 3 % of the file store (the
+# store is off the request path).
+MIN_FLEET_RPS_RATIO = 0.97
+MAX_FLEET_APPLY_P99_MS = 100.0
+FLEET_TARGET_CHANGES = 200
 # In the order run.sh runs them in odd rounds (even rounds: reversed).
 WORKER_TARGETS: tuple[tuple[str, str], ...] = (
     ("nginx_w2", "nginx proxy, `worker_processes 2`"),
@@ -536,6 +549,12 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
     lines.extend(workers_lines)
     checks.extend(workers_checks)
     summary["workers"] = workers_summary
+
+    # ---- fleet
+    fleet_lines, fleet_checks, fleet_summary_ = fleet_section(results, meta)
+    lines.extend(fleet_lines)
+    checks.extend(fleet_checks)
+    summary["fleet"] = fleet_summary_
 
     # ---- memory
     lines.append("## Memory (RSS of the Pointsman processes: master and worker)")
@@ -1282,6 +1301,336 @@ def workers_section(
     return lines, checks, summary
 
 
+# --------------------------------------------------------------------------- fleet
+
+
+@dataclass
+class FleetRun:
+    """One wrk run of the fleet phase's req/s rounds, with the CPU run.sh read around it."""
+
+    wrk: WrkResult
+    cpu_per_request: float | None = None  # seconds, master + worker
+    etcd_cpu_pct: float | None = None  # etcd's CPU seconds over the wall seconds, % of one core
+
+
+def load_fleet_run(results: Path, key: str, n: int, wrk: WrkResult, clk_tck: int) -> FleetRun:
+    run = FleetRun(wrk)
+    cpu = read_env(results / f"fleet_{key}_{n}.cpu")
+    total, etcd = as_int(cpu, "total_ticks"), as_int(cpu, "etcd_ticks")
+    start, end = as_float(cpu, "wall_start"), as_float(cpu, "wall_end")
+    if total is not None and wrk.requests:
+        run.cpu_per_request = total / clk_tck / wrk.requests
+    if etcd is not None and start is not None and end is not None and end > start:
+        run.etcd_cpu_pct = etcd / clk_tck / (end - start) * 100.0
+    return run
+
+
+@dataclass
+class FleetChange:
+    """One weight change of fleet.py: A's answer, and when B showed the version in etcd."""
+
+    n: int
+    status: int
+    version: int | None
+    answer_ms: float
+    applied_ms: float | None  # None: B did not show it within fleet.py's timeout
+    offset_s: float
+    error: str = ""
+
+
+def parse_fleet_changes(text: str) -> tuple[dict[str, object], list[FleetChange]]:
+    """fleet.py's JSON document: (its top-level fields but the changes, the changes)."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    changes: list[FleetChange] = []
+    for c in doc.get("changes", []):
+        applied = c.get("applied_ms")
+        version = c.get("version")
+        changes.append(
+            FleetChange(
+                n=int(c["n"]),
+                status=int(c["status"]),
+                version=None if version is None else int(version),
+                answer_ms=float(c["answer_ms"]),
+                applied_ms=None if applied is None else float(applied),
+                offset_s=float(c["offset_s"]),
+                error=str(c.get("error") or ""),
+            )
+        )
+    return {k: v for k, v in doc.items() if k != "changes"}, changes
+
+
+def fleet_summary(changes: list[FleetChange]) -> str:
+    applied = [c.applied_ms for c in changes if c.applied_ms is not None]
+    answered = [c.answer_ms for c in changes if 200 <= c.status < 300]
+    if not applied:
+        return f"{len(changes)} changes, {len(answered)} answered 2xx, none seen applied on B"
+    return (
+        f"{len(applied)}/{len(changes)} changes seen applied on B: p50 "
+        f"{fmt_ms(nearest_rank(applied, 50))}, p99 {fmt_ms(nearest_rank(applied, 99))}, max "
+        f"{fmt_ms(max(applied))}; A's answer p50 {fmt_ms(nearest_rank(answered, 50))}, p99 "
+        f"{fmt_ms(nearest_rank(answered, 99))}"
+    )
+
+
+FLEET_TARGETS: tuple[tuple[str, str], ...] = (
+    ("pm_file", "Pointsman, file store (`workers: 1`)"),
+    ("pm_etcd", "Pointsman, etcd store: fleet member A (`workers: 1`)"),
+)
+FLEET_CHECKS: tuple[tuple[str, str], ...] = (
+    ("Fleet: req/s, etcd store vs file store", f"≥ {MIN_FLEET_RPS_RATIO:.2f}x"),
+    (
+        "Fleet: change through member A applied on member B under load, p99",
+        f"≤ {MAX_FLEET_APPLY_P99_MS:.0f} ms",
+    ),
+)
+
+
+def fleet_section(
+    results: Path, meta: dict[str, str]
+) -> tuple[list[str], list[Check], dict[str, object]]:
+    """The fleet phase: req/s of a fleet member (etcd store) against the file store, paired
+    by round; and how long a change through member A takes to be applied on member B."""
+    lines = ["## Fleet (etcd store)", ""]
+    names = [n for n, _ in FLEET_CHECKS]
+    required = [r for _, r in FLEET_CHECKS]
+    if meta.get("skip_fleet", "1") == "1":
+        why = meta.get("fleet_skipped_because") or "not in this run"
+        lines += [f"Skipped ({md_escape(why)}).", ""]
+        return lines, [Check(n, "-", r, "SKIPPED") for n, r in FLEET_CHECKS], {"skipped": why}
+    clk_tck = as_int(meta, "clk_tck") or 100
+    runs: dict[str, dict[int, FleetRun]] = {}
+    for key, _ in FLEET_TARGETS:
+        parsed, _problems = load_rounds(results, f"fleet_{key}")
+        if parsed:
+            runs[key] = {n: load_fleet_run(results, key, n, r, clk_tck) for n, r in parsed.items()}
+    changes_wanted = as_int(meta, "fleet_changes") or 0
+    load = {"a": "member A", "b": "member B", "both": "members A and B"}.get(
+        meta.get("fleet_load", "both"), "?"
+    )
+    lines.append(
+        f"A throwaway one-member etcd {meta.get('etcd_version', '')} on this machine, and "
+        "three Pointsman instances with the same routes and `workers: 1`, each a server of its "
+        "own started once for this phase: one with the file store (`state.store: file`) and "
+        "members A and B of one fleet (`state.store: etcd`, one prefix). Req/s: the same wrk "
+        f"settings as above, {meta.get('rounds', '1')} round(s) of the file-store instance and "
+        "member A (B idle). "
+        + order_note(meta, "file store, etcd store")
+        + " CPU per request as in the workers phase (master + worker); etcd CPU: etcd's CPU "
+        "seconds during the run over its wall seconds (the store is off the request path). "
+        f"Propagation: {changes_wanted} weight changes of route `shop` through A's control "
+        "API (`PUT /v1/routes/shop/weights`, blue/green 80/20 and 90/10 in turn, each on a "
+        "fresh connection, one after another, spread over the run), while wrk (same settings) "
+        f"loads {load}; `benchmarks/fleet.py` times each from sending it to A until B's member "
+        "key (`<prefix>/members/<host>:<admin port>`, which B rewrites once its worker runs a "
+        "new version) shows that version, through an etcd watch; and A's own answer. p50/p99 "
+        "are nearest-rank percentiles (of 200 changes, p99 is the 198th smallest)."
+    )
+    lines.append("")
+    lines.append(
+        "| Target | Requests/s | p50 | p99 | CPU per request | etcd CPU (one core) | Errors |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---|")
+    summary: dict[str, object] = {}
+    medians: dict[str, WrkResult] = {}
+    cpu_medians: dict[str, float] = {}
+    for key, label in FLEET_TARGETS:
+        if key not in runs:
+            lines.append(f"| {label} | - | - | - | - | - | no result |")
+            continue
+        rounds = runs[key]
+        r = combine([x.wrk for x in rounds.values()])
+        medians[key] = r
+        cpu = median_or_none([x.cpu_per_request for x in rounds.values()
+                              if x.cpu_per_request is not None])  # fmt: skip
+        if cpu is not None:
+            cpu_medians[key] = cpu
+        etcd = median_or_none([x.etcd_cpu_pct for x in rounds.values()
+                               if x.etcd_cpu_pct is not None])  # fmt: skip
+        err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
+        lines.append(
+            f"| {label} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} "
+            f"| {fmt_us(cpu)} | {fmt_pct(etcd)} | {err} |"
+        )
+        summary[key] = {
+            "wrk": asdict(r),
+            "cpu_per_request": cpu,
+            "etcd_cpu_pct": etcd,
+            "per_round": [
+                {
+                    "round": n,
+                    **asdict(x.wrk),
+                    "cpu_per_request": x.cpu_per_request,
+                    "etcd_cpu_pct": x.etcd_cpu_pct,
+                }
+                for n, x in rounds.items()
+            ],
+        }
+    lines.append("")
+
+    def per_round(key: str, value: Callable[[FleetRun], float | None]) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for n, x in runs.get(key, {}).items():
+            v = value(x)
+            if v is not None:
+                found[n] = v
+        return found
+
+    def values_text(values: dict[int, float]) -> str:
+        contiguous = list(values) == list(range(1, len(values) + 1))
+        return ", ".join(f"{v:.2f}" if contiguous else f"r{n} {v:.2f}" for n, v in values.items())
+
+    checks: list[Check] = []
+    rows: list[str] = []
+    etcd_m, file_m = medians.get("pm_etcd"), medians.get("pm_file")
+
+    # req/s (the target), p99 and CPU per request: etcd store / file store, paired by round
+    rps_pairs = paired_ratios(
+        per_round("pm_etcd", lambda x: x.wrk.rps), per_round("pm_file", lambda x: x.wrk.rps)
+    )
+    label = "req/s, etcd store (member A) / file store"
+    if etcd_m and file_m and rps_pairs:
+        ratio = statistics.median(rps_pairs.values())
+        of_medians = etcd_m.rps / file_m.rps if file_m.rps > 0 else None
+        detail = f"{etcd_m.rps:,.0f} vs {file_m.rps:,.0f}"
+        errors = etcd_m.errors or file_m.errors
+        verdict = status(ratio >= MIN_FLEET_RPS_RATIO and not errors,
+                         "Pointsman had errors" if errors else "")  # fmt: skip
+        rows.append(
+            f"| {label} | {values_text(rps_pairs)} | **{ratio:.2f}x** ({detail}) "
+            f"| {required[0]} | {verdict} |"
+        )
+        checks.append(Check(names[0], fmt_paired(rps_pairs, of_medians, detail), required[0],
+                            verdict))  # fmt: skip
+        summary["rps_ratios"] = {
+            "median": ratio,
+            "of_medians": of_medians,
+            "per_round": ratio_list(rps_pairs),
+        }
+    else:
+        rows.append(f"| {label} | - | - | {required[0]} | **FAIL** (no result) |")
+        checks.append(Check(names[0], "-", required[0], status(False, "no result")))
+    for what, value, fmt in (
+        ("p99", lambda x: x.wrk.p99_ms, fmt_ms),
+        ("CPU per request", lambda x: x.cpu_per_request, fmt_us_value),
+    ):
+        pairs = paired_ratios(per_round("pm_etcd", value), per_round("pm_file", value))
+        label = f"{what}, etcd store / file store"
+        if not pairs:
+            rows.append(f"| {label} | - | - | (no target) | |")
+            continue
+        a = median_or_none(list(per_round("pm_etcd", value).values()))
+        b = median_or_none(list(per_round("pm_file", value).values()))
+        detail = f" ({fmt(a)} vs {fmt(b)})" if a is not None and b is not None else ""
+        ratio = statistics.median(pairs.values())
+        rows.append(f"| {label} | {values_text(pairs)} | **{ratio:.2f}x**{detail} "
+                    "| (no target) | |")  # fmt: skip
+        key = "p99_ratios" if what == "p99" else "cpu_ratios"
+        summary[key] = {"median": ratio, "per_round": ratio_list(pairs)}
+
+    # propagation: a change through A applied on B
+    label = "change through A, applied on B (from sending it to A)"
+    answer_label = "A's answer to the change (no target)"
+    if changes_wanted <= 0:
+        rows.append(f"| {label} | - | - | {required[1]} | SKIPPED |")
+        checks.append(Check(names[1], "-", required[1], "SKIPPED"))
+    else:
+        try:
+            head, changes = parse_fleet_changes((results / "fleet_changes.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            head, changes = {}, []
+        applied = [c.applied_ms for c in changes if c.applied_ms is not None]
+        answered = [c.answer_ms for c in changes if 200 <= c.status < 300]
+        if not applied:
+            rows.append(f"| {label} | - | - | {required[1]} | **FAIL** (no result) |")
+            checks.append(Check(names[1], "-", required[1], status(False, "no result")))
+        else:
+            problems: list[str] = []
+            remarks: list[str] = []
+            failed = [c for c in changes if not 200 <= c.status < 300]
+            if failed:
+                codes = ", ".join(str(c.status) for c in failed[:5])
+                problems.append(f"{len(failed)} change(s) failed: HTTP {codes}")
+            missed = [c for c in changes if 200 <= c.status < 300 and c.applied_ms is None]
+            if missed:
+                problems.append(f"{len(missed)} change(s) never seen applied on B")
+            if len(changes) < changes_wanted:
+                problems.append(f"only {len(changes)}/{changes_wanted} changes made")
+            first = min(c.offset_s for c in changes)
+            last = max(c.offset_s + (c.applied_ms or c.answer_ms) / 1000 for c in changes)
+            load_notes: list[str] = []
+            for member in ("a", "b"):
+                try:
+                    during = parse_wrk((results / f"fleet_load_{member}.txt").read_text())
+                except (OSError, ParseError):
+                    continue
+                load_notes.append(
+                    f"{member.upper()} {during.rps:,.0f} req/s, p99 {fmt_ms(during.p99_ms)}"
+                )
+                summary[f"load_{member}"] = asdict(during)
+                if during.errors:
+                    detail = ", ".join(f"{k} {v}" for k, v in during.error_detail.items())
+                    problems.append(f"wrk on {member.upper()} saw errors: {detail}")
+                if during.seconds and during.seconds < last:
+                    problems.append(f"the load on {member.upper()} ended before the changes")
+            if not load_notes:
+                problems.append("no wrk result for the load")
+            if changes_wanted != FLEET_TARGET_CHANGES:
+                remarks.append(f"target is defined over {FLEET_TARGET_CHANGES} changes")
+            p50, p99 = nearest_rank(applied, 50), nearest_rank(applied, 99)
+            wrk_note = f"; wrk meanwhile: {', '.join(load_notes)}" if load_notes else ""
+            measured = (
+                f"p99 {fmt_ms(p99)} (nearest rank of {len(applied)}; p50 {fmt_ms(p50)}, "
+                f"max {fmt_ms(max(applied))}{wrk_note})"
+            )
+            verdict = status(p99 <= MAX_FLEET_APPLY_P99_MS and not problems,
+                             "; ".join(problems + remarks))  # fmt: skip
+            rows.append(
+                f"| {label} | {len(changes)} changes, {first:.1f}-{last:.1f} s into the load"
+                f"{wrk_note}; p50 {fmt_ms(p50)}, max {fmt_ms(max(applied))} "
+                f"| **p99 {fmt_ms(p99)}** | {required[1]} | {verdict} |"
+            )
+            checks.append(Check(names[1], measured, required[1], verdict))
+            if answered:
+                rows.append(
+                    f"| {answer_label} | p50 {fmt_ms(nearest_rank(answered, 50))}, max "
+                    f"{fmt_ms(max(answered))} | **p99 {fmt_ms(nearest_rank(answered, 99))}** "
+                    "| (no target) | |"
+                )
+            summary["propagation"] = {
+                "member": head.get("member"),
+                "count": len(changes),
+                "applied": len(applied),
+                "answered_2xx": len(answered),
+                "applied_p50_ms": p50,
+                "applied_p99_ms": p99,
+                "applied_max_ms": max(applied),
+                "answer_p50_ms": nearest_rank(answered, 50) if answered else None,
+                "answer_p99_ms": nearest_rank(answered, 99) if answered else None,
+                "answer_max_ms": max(answered) if answered else None,
+                "applied_ms": [c.applied_ms for c in changes],
+                "answer_ms": [c.answer_ms for c in changes],
+                "statuses": [c.status for c in changes],
+            }
+
+    lines.append(
+        "Comparisons: req/s, p99 and CPU per request paired by round (the ratio of the two "
+        "runs of the same round, then the median of these per-round ratios); the propagation "
+        "over all changes of the one loaded run."
+    )
+    lines.append("")
+    lines.append("| Comparison | Per round | Median | Required | Result |")
+    lines.append("|---|---|---|---|---|")
+    lines.extend(rows)
+    lines.append("")
+    return lines, checks, summary
+
+
+def fmt_us_value(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs"
+
+
 def memory_section(meta: dict[str, str], mem: dict[str, str]) -> tuple[list[str], list[Check]]:
     rows: list[str] = []
     checks: list[Check] = []
@@ -1379,6 +1728,8 @@ def main() -> None:
     p_wrk.add_argument("file", type=Path)
     p_flips = sub.add_parser("flips", help="summarise one flips.py output file")
     p_flips.add_argument("file", type=Path)
+    p_fleet = sub.add_parser("fleet", help="summarise fleet.py's JSON output")
+    p_fleet.add_argument("file", type=Path)
     p_render = sub.add_parser("render", help="render the Markdown report")
     p_render.add_argument("--results", type=Path, required=True)
     p_render.add_argument("--out", type=Path)
@@ -1402,6 +1753,15 @@ def main() -> None:
         except OSError as exc:
             print(f"cannot read {args.file}: {exc}")
             sys.exit(1)
+        return
+
+    if args.cmd == "fleet":
+        try:
+            _head, changes = parse_fleet_changes(args.file.read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"cannot read {args.file}: {exc}")
+            sys.exit(1)
+        print(fleet_summary(changes))
         return
 
     text, summary, failed = render(args.results, args.out)

@@ -20,18 +20,24 @@
 #      p99, CPU per request (master + workers), the master's CPU share, how the requests and
 #      connections spread over the workers; then BENCH_FLIPS flips through the control API
 #      while `workers: 2` is under wrk load (API answer latency)
+#   6. fleet: a throwaway one-member etcd and two Pointsman members (A and B, `workers: 1`,
+#      `state.store: etcd`, one prefix) plus a file-store Pointsman (`workers: 1`): req/s and
+#      CPU per request of member A against the file-store instance; then BENCH_FLEET_CHANGES
+#      weight changes through A's control API while wrk loads the members (fleet.py), each
+#      timed until B's member key in etcd shows the new version
 # and writes a Markdown report (report.py) to stdout and benchmarks/RESULTS.md.
 #
 # Pointsman's CPU time is always that of the master and all its descendants (the workers),
 # utime + stime from /proc/PID/stat; its RSS likewise the sum over master and workers.
 #
-# wrk runs (1, 4 and 5) are repeated in BENCH_ROUNDS rounds. Within a round the targets run one
-# right after another; odd rounds in the forward order (backend, nginx, pointsman; shadow
+# wrk runs (1, 4, 5 and 6) are repeated in BENCH_ROUNDS rounds. Within a round the targets run
+# one right after another; odd rounds in the forward order (backend, nginx, pointsman; shadow
 # phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror; workers phases nginx_w2,
-# pm_w2, pm_w1, pm_w2_shared), even rounds in the reverse order (ABBA), so that a drift in
-# machine speed weighs on both sides of each comparison alike. report.py pairs the runs of
-# each round: ratio per round (Pointsman / nginx, 1 s shadow / no shadow, ...), and the
-# targets are judged on the median of those ratios.
+# pm_w2, pm_w1, pm_w2_shared; fleet phases pm_file, pm_etcd), even rounds in the reverse
+# order (ABBA), so that a drift in machine speed weighs on both sides of each comparison
+# alike. report.py pairs the runs of each round: ratio per round (Pointsman / nginx, 1 s
+# shadow / no shadow, etcd store / file store, ...), and the targets are judged on the median
+# of those ratios.
 # Every process started here (and every descendant, e.g. Pointsman's workers, which run in
 # sessions of their own) is killed on exit, error, Ctrl-C or after BENCH_TIMEOUT.
 #
@@ -50,9 +56,12 @@
 #   BENCH_SKIP_SHADOW=1       BENCH_SHADOW_DELAY [1.0] seconds the slow shadow takes
 #   BENCH_SKIP_WORKERS=1      skip phase 5 (workers; needs wrk, not run with the stand-in)
 #   BENCH_FLIPS [50]          flips under load at the end of phase 5 (0 = none)
+#   BENCH_SKIP_FLEET=1        skip phase 6 (fleet; needs wrk and etcd, not with the stand-in)
+#   BENCH_FLEET_CHANGES [200] weight changes through member A in phase 6 (0 = none)
+#   BENCH_FLEET_LOAD [both]   which members wrk loads during those changes: a, b or both
 #   BENCH_STRICT=1            exit 3 if a target fails
 #   BENCH_START_TIMEOUT [20]  seconds to wait for each server to answer
-#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~15 min)
+#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~17 min)
 #   BENCH_WORKDIR [benchmarks/work]   BENCH_RESULTS_MD [benchmarks/RESULTS.md]
 #   PYTHON [.venv/bin/python]
 #   POINTSMAN_CMD [".venv/bin/pointsman run --config {config}"]
@@ -87,6 +96,9 @@ BENCH_SKIP_SHADOW=${BENCH_SKIP_SHADOW:-0}
 BENCH_SHADOW_DELAY=${BENCH_SHADOW_DELAY:-1.0}
 BENCH_SKIP_WORKERS=${BENCH_SKIP_WORKERS:-0}
 BENCH_FLIPS=${BENCH_FLIPS:-50}
+BENCH_SKIP_FLEET=${BENCH_SKIP_FLEET:-0}
+BENCH_FLEET_CHANGES=${BENCH_FLEET_CHANGES:-200}
+BENCH_FLEET_LOAD=${BENCH_FLEET_LOAD:-both}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-20}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
@@ -104,13 +116,15 @@ die() {
 }
 
 for var in BENCH_SECONDS BENCH_WARMUP BENCH_THREADS BENCH_CONNS BENCH_ROUNDS BENCH_IDLE_CONNS \
-    BENCH_STREAM_TIMEOUT BENCH_START_TIMEOUT BENCH_TIMEOUT BENCH_FLIPS; do
+    BENCH_STREAM_TIMEOUT BENCH_START_TIMEOUT BENCH_TIMEOUT BENCH_FLIPS BENCH_FLEET_CHANGES; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, got '${!var}'"
 done
 [[ $BENCH_IDLE_HOLD =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_IDLE_HOLD must be a number"
 [[ $BENCH_SAMPLE_INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] || die "BENCH_SAMPLE_INTERVAL must be a number"
 [[ $BENCH_UPLOAD_VIA == direct || $BENCH_UPLOAD_VIA == nginx ]] ||
     die "BENCH_UPLOAD_VIA must be 'direct' or 'nginx'"
+[[ $BENCH_FLEET_LOAD == a || $BENCH_FLEET_LOAD == b || $BENCH_FLEET_LOAD == both ]] ||
+    die "BENCH_FLEET_LOAD must be 'a', 'b' or 'both'"
 ((BENCH_SECONDS >= 1 && BENCH_ROUNDS >= 1 && BENCH_CONNS >= BENCH_THREADS)) ||
     die "need BENCH_SECONDS >= 1, BENCH_ROUNDS >= 1 and BENCH_CONNS >= BENCH_THREADS"
 
@@ -118,20 +132,32 @@ done
 # start-up, the log line and the control API calls), 3 targets and 5 shadow phases per round
 # (counted for the stand-in too, which skips them), 4 workers phases per round at ~0.5 s
 # (measured: ~0.35 s with the /metrics scrapes around them) plus ~5 s to start and stop that
-# phase's servers and the flip run (BENCH_SECONDS + 1 s); up to ~90 s for the memory tests,
-# ~10 s to start the servers. At the defaults: 5 x (8 x 12.3 s + 4 x 12.5 s) + 16 s + 100 s,
-# about 15 minutes; each round adds about 150 s.
+# phase's servers and the flip run (BENCH_SECONDS + 1 s); the fleet phase's 2 runs per round
+# at ~0.5 s (measured: ~0.35 s), ~FLEET_SETUP s to start and stop etcd and its three Pointsman
+# instances (measured: 2.7 s) and the propagation run (warm-up + BENCH_SECONDS + ~2 s); up to
+# ~90 s for the memory tests, ~10 s to start the servers. At the defaults:
+# 5 x (8 x 12.3 s + 4 x 12.5 s + 2 x 12.5 s) + 16 s + 18 s + 100 s, about 17 minutes; each
+# round adds about 175 s.
+FLEET_SETUP=4
 wrk_runs=0
 workers_runs=0
+fleet_runs=0
 if [[ $BENCH_SKIP_WRK != 1 ]]; then
     wrk_runs=$((BENCH_SKIP_SHADOW == 1 ? 3 : 8))
     [[ $BENCH_SKIP_WORKERS == 1 ]] || workers_runs=4
+    [[ $BENCH_SKIP_FLEET == 1 ]] || fleet_runs=2
 fi
 expected=$((BENCH_ROUNDS * wrk_runs * (10 * (BENCH_WARMUP + BENCH_SECONDS) + 3) / 10 + 10))
 if ((workers_runs)); then
     per_run=$((10 * (BENCH_WARMUP + BENCH_SECONDS) + 5)) # tenths of a second
     expected=$((expected + BENCH_ROUNDS * workers_runs * per_run / 10 + 5))
     ((BENCH_FLIPS == 0)) || expected=$((expected + BENCH_SECONDS + 1))
+fi
+if ((fleet_runs)); then
+    per_run=$((10 * (BENCH_WARMUP + BENCH_SECONDS) + 5))
+    expected=$((expected + BENCH_ROUNDS * fleet_runs * per_run / 10 + FLEET_SETUP))
+    ((BENCH_FLEET_CHANGES == 0)) ||
+        expected=$((expected + BENCH_WARMUP + BENCH_SECONDS + 2))
 fi
 [[ $BENCH_SKIP_IDLE == 1 && $BENCH_SKIP_STREAM == 1 ]] || expected=$((expected + 90))
 
@@ -149,6 +175,7 @@ find_bin() { # name -> path (also looks in sbin dirs, which are not on PATH for 
 NGINX_BIN=$(find_bin nginx || true)
 WRK_BIN=$(find_bin wrk || true)
 CURL_BIN=$(find_bin curl || true)
+ETCD_BIN=$(find_bin etcd || true)
 missing=()
 [[ -n $NGINX_BIN ]] || missing+=(nginx-light)
 [[ -n $WRK_BIN ]] || missing+=(wrk)
@@ -167,6 +194,14 @@ if ((${#missing[@]})); then
     else
         die "missing: ${missing[*]} (install them, e.g. as root: apt-get install -y ${missing[*]})"
     fi
+fi
+# etcd only for the fleet phase: installed when possible, else that phase is skipped.
+if [[ -z $ETCD_BIN && $BENCH_SKIP_FLEET != 1 && $BENCH_SKIP_WRK != 1 ]] &&
+    command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+    log "installing etcd-server for the fleet phase"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server ||
+        warn "apt-get install etcd-server failed"
+    ETCD_BIN=$(find_bin etcd || true)
 fi
 command -v timeout >/dev/null || die "missing: timeout (coreutils)"
 command -v setsid >/dev/null || die "missing: setsid (util-linux)"
@@ -369,18 +404,19 @@ sample_while() { # target_pid watch_pid : sample target's RSS until watch_pid ex
 RESULTS=$WORK/results
 mkdir -p "$WORK"
 rm -rf "$RESULTS" "$WORK"/backend "$WORK"/nginx-proxy "$WORK"/nginx-mirror "$WORK"/pointsman \
-    "$WORK"/workers
+    "$WORK"/workers "$WORK"/fleet
 mkdir -p "$RESULTS" "$WORK"/{backend,nginx-proxy,nginx-mirror,pointsman}/tmp "$WORK/files" \
-    "$WORK"/workers/{nginx_w2/tmp,pm_w2,pm_w1,pm_w2_shared}
+    "$WORK"/workers/{nginx_w2/tmp,pm_w2,pm_w1,pm_w2_shared} "$WORK"/fleet/{pm_file,pm_a,pm_b}
 # nginx workers may run as an unprivileged user: the served file must be readable for them
 chmod 755 "$WORK" "$WORK/files"
 
 read -r P_BACKEND P_NGINX P_PM P_ADMIN P_SINK P_SLOW P_MIRROR P_NGINX_W2 P_PM_W2 P_ADMIN_W2 \
-    P_PM_W1 P_ADMIN_W1 P_PM_W2S P_ADMIN_W2S < <(
+    P_PM_W1 P_ADMIN_W1 P_PM_W2S P_ADMIN_W2S P_ETCD P_ETCD_PEER P_PM_FF P_ADMIN_FF P_PM_FA \
+    P_ADMIN_FA P_PM_FB P_ADMIN_FB < <(
     "$PYTHON" - <<'EOF'
 import socket
 socks = []
-for _ in range(14):
+for _ in range(22):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -390,7 +426,9 @@ EOF
 log "ports: backend $P_BACKEND, nginx proxy $P_NGINX, pointsman $P_PM (admin $P_ADMIN)," \
     "sink $P_SINK, slow shadow $P_SLOW, nginx mirror $P_MIRROR; workers phase: nginx" \
     "$P_NGINX_W2, pointsman workers:2 $P_PM_W2 (admin $P_ADMIN_W2), workers:1 $P_PM_W1" \
-    "(admin $P_ADMIN_W1), workers:2 shared socket $P_PM_W2S (admin $P_ADMIN_W2S)"
+    "(admin $P_ADMIN_W1), workers:2 shared socket $P_PM_W2S (admin $P_ADMIN_W2S); fleet" \
+    "phase: etcd $P_ETCD (peer $P_ETCD_PEER), file store $P_PM_FF (admin $P_ADMIN_FF)," \
+    "member A $P_PM_FA (admin $P_ADMIN_FA), member B $P_PM_FB (admin $P_ADMIN_FB)"
 
 # Temp paths of every compiled-in module are set explicitly so nothing is created under
 # /var/lib/nginx; modules missing from this nginx build are left out (unknown directive).
@@ -524,13 +562,13 @@ PM_CONFIG=$WORK/pointsman/pointsman.yaml
 # Shadows are added and removed (and flips made) through the control API, which needs a token
 # for changes.
 export POINTSMAN_TOKEN=${POINTSMAN_TOKEN:-bench-$RANDOM$RANDOM}
-pm_config() { # port admin_port workers state_dir
+pm_config() { # port admin_port workers state_dir [store settings, "key: value, " each]
     echo "# generated by benchmarks/run.sh"
     echo "listen: 127.0.0.1:$1"
     echo "admin: {listen: 127.0.0.1:$2}"
     echo "workers: $3                              # data-plane processes beside the master"
     echo "limits: {max_body_bytes: 0}        # 0 = no body limit (needed for the 1 GiB upload)"
-    echo "state: {path: $4/state.json}   # keep run-time state out of the repo"
+    echo "state: {${5:-}path: $4/state.json}   # keep run-time state out of the repo"
     echo "routes:"
     if [[ $BENCH_UPLOAD_VIA == direct ]]; then
         cat <<EOF
@@ -564,6 +602,14 @@ pm_config "$P_PM_W2" "$P_ADMIN_W2" 2 "$WORK/workers/pm_w2" >"$WORK/workers/pm_w2
 pm_config "$P_PM_W1" "$P_ADMIN_W1" 1 "$WORK/workers/pm_w1" >"$WORK/workers/pm_w1/pointsman.yaml"
 pm_config "$P_PM_W2S" "$P_ADMIN_W2S" 2 "$WORK/workers/pm_w2_shared" \
     >"$WORK/workers/pm_w2_shared/pointsman.yaml"
+# The fleet phase: a file-store instance, and members A and B of one fleet in the phase's etcd.
+FLEET_PREFIX=/pointsman/bench
+FLEET_STORE="store: etcd, endpoints: [\"http://127.0.0.1:$P_ETCD\"], prefix: $FLEET_PREFIX, "
+pm_config "$P_PM_FF" "$P_ADMIN_FF" 1 "$WORK/fleet/pm_file" >"$WORK/fleet/pm_file/pointsman.yaml"
+pm_config "$P_PM_FA" "$P_ADMIN_FA" 1 "$WORK/fleet/pm_a" "$FLEET_STORE" \
+    >"$WORK/fleet/pm_a/pointsman.yaml"
+pm_config "$P_PM_FB" "$P_ADMIN_FB" 1 "$WORK/fleet/pm_b" "$FLEET_STORE" \
+    >"$WORK/fleet/pm_b/pointsman.yaml"
 
 PM_CMD=""
 PM_ARGV=()
@@ -660,6 +706,20 @@ elif [[ $BENCH_SKIP_WRK == 1 ]]; then
 elif [[ -n $PM_LABEL ]]; then
     WORKERS_SKIPPED="the $PM_LABEL has no workers"
 fi
+# The fleet phase needs wrk, etcd and Pointsman itself (the stand-in has no etcd store).
+FLEET_SKIPPED=""
+if [[ $BENCH_SKIP_FLEET == 1 ]]; then
+    FLEET_SKIPPED="BENCH_SKIP_FLEET=1"
+elif [[ $BENCH_SKIP_WRK == 1 ]]; then
+    FLEET_SKIPPED="BENCH_SKIP_WRK=1"
+elif [[ -n $PM_LABEL ]]; then
+    FLEET_SKIPPED="the $PM_LABEL has no etcd store"
+elif [[ -z $ETCD_BIN ]]; then
+    FLEET_SKIPPED="etcd is not installed (apt-get install etcd-server)"
+fi
+ETCD_VERSION=""
+[[ -z $ETCD_BIN ]] ||
+    ETCD_VERSION=$("$ETCD_BIN" --version 2>/dev/null | sed -n 's/^etcd Version: //p' || true)
 
 {
     echo "wrk_threads=$BENCH_THREADS"
@@ -686,6 +746,12 @@ fi
     echo "skip_workers=$([[ -n $WORKERS_SKIPPED ]] && echo 1 || echo 0)"
     echo "workers_skipped_because=$WORKERS_SKIPPED"
     echo "flips=$BENCH_FLIPS"
+    echo "skip_fleet=$([[ -n $FLEET_SKIPPED ]] && echo 1 || echo 0)"
+    echo "fleet_skipped_because=$FLEET_SKIPPED"
+    echo "fleet_changes=$BENCH_FLEET_CHANGES"
+    echo "fleet_load=$BENCH_FLEET_LOAD"
+    echo "etcd_bin=$ETCD_BIN"
+    echo "etcd_version=$ETCD_VERSION"
     echo "clk_tck=$(getconf CLK_TCK)"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)"
 } >"$RESULTS/meta.env"
@@ -1014,6 +1080,190 @@ if [[ -z $WORKERS_SKIPPED ]]; then
         stop_pids "${stopping[@]}"
         for pid in "${stopping[@]}"; do forget_pid "$pid"; done
     fi
+fi
+
+# --------------------------------------------------------------------------- fleet
+
+if [[ -z $FLEET_SKIPPED ]]; then
+    # A throwaway one-member etcd (its data under the work dir), members A and B of one fleet in
+    # it and a file-store instance, all `workers: 1` with the harness's routes, each on ports of
+    # its own; started once for this phase and stopped at its end (the members before etcd, so
+    # they leave the fleet at once).
+    F_DIR=$WORK/fleet
+    etcd_client=http://127.0.0.1:$P_ETCD
+    etcd_peer=http://127.0.0.1:$P_ETCD_PEER
+    log "fleet phase: starting etcd $ETCD_VERSION, Pointsman with the file store and fleet" \
+        "members A and B (etcd store), workers: 1 each"
+    start_bg "$F_DIR/etcd.log" "$ETCD_BIN" --name bench --data-dir "$F_DIR/etcd" \
+        --listen-client-urls "$etcd_client" --advertise-client-urls "$etcd_client" \
+        --listen-peer-urls "$etcd_peer" --initial-advertise-peer-urls "$etcd_peer" \
+        --initial-cluster "bench=$etcd_peer" --logger zap --log-level error
+    PID_ETCD=$LAST_PID
+    declare -A F_PID=() F_UP=() F_PORT=() F_ADMIN=() F_LABEL=()
+    F_PORT=([pm_file]=$P_PM_FF [pm_a]=$P_PM_FA [pm_b]=$P_PM_FB)
+    F_ADMIN=([pm_file]=$P_ADMIN_FF [pm_a]=$P_ADMIN_FA [pm_b]=$P_ADMIN_FB)
+    F_LABEL=([pm_file]="file store" [pm_a]="member A" [pm_b]="member B")
+    fleet_start() { # name
+        pm_argv "$F_DIR/$1/pointsman.yaml" "${F_PORT[$1]}" "${F_ADMIN[$1]}" ""
+        echo "fleet_cmd_$1=${PM_CMD//"$ROOT/"/}" >>"$RESULTS/meta.env"
+        start_bg "$F_DIR/$1/pointsman.log" "${PM_ARGV[@]}"
+        F_PID[$1]=$LAST_PID
+    }
+    fleet_up() { # name : wait until it answers; F_UP[name]=1 if it does (else runs are skipped)
+        local logfile=$F_DIR/$1/pointsman.log
+        if wait_http "Pointsman ${F_LABEL[$1]} admin" "http://127.0.0.1:${F_ADMIN[$1]}/healthz" \
+            "${F_PID[$1]}" "$logfile" &&
+            wait_http "Pointsman ${F_LABEL[$1]}" "http://127.0.0.1:${F_PORT[$1]}/" \
+                "${F_PID[$1]}" "$logfile"; then
+            tree_pids "${F_PID[$1]}"
+            log "Pointsman ${F_LABEL[$1]} up: master ${F_PID[$1]}, workers ${TREE_PIDS[*]:1}"
+            F_UP[$1]=1
+            return 0
+        fi
+        warn "Pointsman ${F_LABEL[$1]} did not start; its runs are skipped"
+        echo "fleet_problem_$1=did not start" >>"$RESULTS/meta.env"
+        return 1
+    }
+    fleet_start pm_file
+    if wait_http "etcd" "$etcd_client/health" "$PID_ETCD" "$F_DIR/etcd.log"; then
+        fleet_start pm_a # alone first: it creates the fleet's state in etcd from its config
+        if fleet_up pm_a; then
+            fleet_start pm_b
+            fleet_up pm_b || true
+        fi
+    else
+        warn "etcd did not start; the fleet members' runs are skipped"
+        echo "fleet_problem_etcd=did not start" >>"$RESULTS/meta.env"
+    fi
+    fleet_up pm_file || true
+
+    # req/s: the file-store instance against member A, paired by round (B idles meanwhile). The
+    # CPU of etcd (all its threads) is read around every run too: the store is off the request
+    # path, so it should stay near 0.
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+        round_order "$round" pm_file pm_etcd
+        log "round $round/$BENCH_ROUNDS, fleet: ${ROUND_ORDER[*]}"
+        for phase in "${ROUND_ORDER[@]}"; do
+            name=$phase
+            [[ $phase == pm_etcd ]] && name=pm_a
+            pid=${F_PID[$name]:-}
+            if [[ -z ${F_UP[$name]:-} ]] || ! alive "$pid"; then
+                warn "fleet: $phase is not running; skipped"
+                continue
+            fi
+            url="http://127.0.0.1:${F_PORT[$name]}/"
+            base=$RESULTS/fleet_${phase}_${round}
+            if ((BENCH_WARMUP > 0)); then
+                run_wrk "$BENCH_WARMUP" "$url" "$RESULTS/warmup_fleet_${phase}_${round}.txt" ||
+                    true
+            fi
+            tree_cpu "$PID_ETCD"
+            etcd_ticks=$CPU_TOTAL
+            tree_cpu "$pid"
+            cpu_total=$CPU_TOTAL
+            cpu_master=$CPU_MASTER
+            wall_start=$EPOCHREALTIME
+            log "round $round/$BENCH_ROUNDS: fleet, $phase ${BENCH_SECONDS}s"
+            wrk_ok=1
+            run_wrk "$BENCH_SECONDS" "$url" "$base.txt" || wrk_ok=0
+            wall_end=$EPOCHREALTIME
+            tree_cpu "$pid"
+            {
+                echo "total_ticks=$((CPU_TOTAL - cpu_total))"
+                echo "master_ticks=$((CPU_MASTER - cpu_master))"
+                echo "processes=$CPU_PROCS"
+                echo "wall_start=${wall_start/,/.}"
+                echo "wall_end=${wall_end/,/.}"
+            } >"$base.cpu"
+            tree_cpu "$PID_ETCD"
+            echo "etcd_ticks=$((CPU_TOTAL - etcd_ticks))" >>"$base.cpu"
+            if ((wrk_ok)); then
+                log "  $phase: $("$PYTHON" "$BENCH_DIR/report.py" wrk "$base.txt" || true)"
+            else
+                warn "wrk for $phase failed"
+            fi
+        done
+    done
+
+    # Propagation: BENCH_FLEET_CHANGES weight changes through A, each timed until B's member
+    # key shows it, while wrk loads the member(s) of BENCH_FLEET_LOAD. wrk runs until fleet.py
+    # is done (it prints its results on SIGINT); its own -d is only a bound.
+    loads=()
+    case $BENCH_FLEET_LOAD in
+        a) loads=(pm_a) load_text="member A" ;;
+        b) loads=(pm_b) load_text="member B" ;;
+        both) loads=(pm_a pm_b) load_text="members A and B" ;;
+    esac
+    ready=1
+    for name in pm_a pm_b; do
+        [[ -n ${F_UP[$name]:-} ]] && alive "${F_PID[$name]}" || ready=0
+    done
+    if ((BENCH_FLEET_CHANGES > 0 && ready)); then
+        spread=$((BENCH_SECONDS > 1 ? BENCH_SECONDS - 1 : 0))
+        bound=$((BENCH_SECONDS + 120))
+        log "fleet propagation: $BENCH_FLEET_CHANGES weight changes of route shop through" \
+            "member A, each until member B shows it, while wrk loads $load_text"
+        warm_pids=()
+        if ((BENCH_WARMUP > 0)); then
+            for name in "${loads[@]}"; do
+                start_bg "$RESULTS/warmup_fleet_load_${name#pm_}.txt" timeout -k 5 \
+                    "$((BENCH_WARMUP + 30))" "$WRK_BIN" -t"$BENCH_THREADS" -c"$BENCH_CONNS" \
+                    -d"$BENCH_WARMUP"s --latency -s "$BENCH_DIR/sticky.lua" \
+                    "http://127.0.0.1:${F_PORT[$name]}/"
+                warm_pids+=("$LAST_PID")
+            done
+            for pid in "${warm_pids[@]}"; do
+                wait "$pid" || true
+                forget_pid "$pid"
+            done
+        fi
+        load_pids=()
+        for name in "${loads[@]}"; do
+            start_bg "$RESULTS/fleet_load_${name#pm_}.txt" timeout -k 5 "$((bound + 30))" \
+                "$WRK_BIN" -t"$BENCH_THREADS" -c"$BENCH_CONNS" -d"$bound"s --latency \
+                -s "$BENCH_DIR/sticky.lua" "http://127.0.0.1:${F_PORT[$name]}/"
+            load_pids+=("$LAST_PID")
+        done
+        start_bg "$F_DIR/fleet_py.log" "$PYTHON" "$BENCH_DIR/fleet.py" \
+            --admin "http://127.0.0.1:$P_ADMIN_FA" --etcd "$etcd_client" --prefix "$FLEET_PREFIX" \
+            --member-admin "127.0.0.1:$P_ADMIN_FB" --route shop --pools blue,green \
+            --count "$BENCH_FLEET_CHANGES" --start-delay 0.5 --spread "$spread" \
+            --out "$RESULTS/fleet_changes.json"
+        fleet_py_pid=$LAST_PID
+        fleet_rc=0
+        wait "$fleet_py_pid" || fleet_rc=$?
+        forget_pid "$fleet_py_pid"
+        ((fleet_rc == 0)) || {
+            warn "fleet.py exited with $fleet_rc; last lines of $F_DIR/fleet_py.log:"
+            tail -n 20 "$F_DIR/fleet_py.log" >&2 || true
+        }
+        for pid in "${load_pids[@]}"; do
+            kill -INT -- "-$pid" 2>/dev/null || true
+        done
+        for pid in "${load_pids[@]}"; do
+            wait "$pid" || warn "wrk during the fleet changes failed"
+            forget_pid "$pid"
+        done
+        log "  fleet changes: $("$PYTHON" "$BENCH_DIR/report.py" fleet \
+            "$RESULTS/fleet_changes.json" || true)"
+        for name in "${loads[@]}"; do
+            log "  wrk on ${F_LABEL[$name]} meanwhile: $("$PYTHON" "$BENCH_DIR/report.py" wrk \
+                "$RESULTS/fleet_load_${name#pm_}.txt" || true)"
+        done
+    elif ((BENCH_FLEET_CHANGES > 0)); then
+        warn "fleet propagation skipped: members A and B are not both running"
+    fi
+
+    # The members first (they revoke their leases and leave the fleet), etcd last.
+    stopping=()
+    for name in "${!F_PID[@]}"; do stopping+=("${F_PID[$name]}"); done
+    log "fleet phase: stopping its servers"
+    if ((${#stopping[@]})); then
+        stop_pids "${stopping[@]}"
+        for pid in "${stopping[@]}"; do forget_pid "$pid"; done
+    fi
+    stop_pids "$PID_ETCD"
+    forget_pid "$PID_ETCD"
 fi
 
 # --------------------------------------------------------------------------- memory

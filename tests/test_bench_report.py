@@ -698,3 +698,190 @@ def test_parse_worker_metrics_reads_the_per_worker_series() -> None:
     assert report.max_min({"0": 3}) is None
     assert report.nearest_rank([float(v) for v in range(1, 51)], 99) == 50.0
     assert report.nearest_rank([float(v) for v in range(1, 51)], 50) == 25.0
+
+
+# --------------------------------------------------------------------------- fleet
+
+FLEET_RPS_CHECK = "Fleet: req/s, etcd store vs file store"
+FLEET_APPLY_CHECK = "Fleet: change through member A applied on member B under load, p99"
+
+
+def write_fleet_run(
+    results: Path, target: str, n: int, rps: float, p99_ms: float, *, ticks: int, etcd: int = 0
+) -> None:
+    """fleet_<target>_<n>.txt (wrk) and .cpu (ticks of the instance and of etcd)."""
+    base = results / f"fleet_{target}_{n}"
+    base.with_suffix(".txt").write_text(wrk_text(rps, p99_ms))
+    cpu = {
+        "total_ticks": ticks,
+        "master_ticks": 1,
+        "processes": 2,
+        "wall_start": 1796391000.25,
+        "wall_end": 1796391010.25,
+        "etcd_ticks": etcd,
+    }
+    base.with_suffix(".cpu").write_text("".join(f"{k}={v}\n" for k, v in cpu.items()))
+
+
+def write_fleet_changes(
+    results: Path,
+    applied_ms: list[float | None],
+    *,
+    answer_ms: float = 4.0,
+    statuses: list[int] | None = None,
+) -> None:
+    """What fleet.py writes: one change per entry of `applied_ms` (None: never seen on B)."""
+    changes = []
+    for i, applied in enumerate(applied_ms):
+        status = statuses[i] if statuses else 200
+        changes.append(
+            {
+                "n": i + 1,
+                "weights": {"blue": 80, "green": 20} if i % 2 == 0 else {"blue": 90, "green": 10},
+                "status": status,
+                "version": i + 2 if 200 <= status < 300 else None,
+                "answer_ms": answer_ms,
+                "applied_ms": applied,
+                "offset_s": 0.5 + i * 0.045,
+                "error": "" if applied is not None else "B did not show it in time",
+            }
+        )
+    doc = {"route": "shop", "member": "host:2", "count": len(changes), "changes": changes}
+    (results / "fleet_changes.json").write_text(json.dumps(doc))
+    for member in ("a", "b"):
+        (results / f"fleet_load_{member}.txt").write_text(wrk_text(12000, 9.0))
+
+
+def fleet_meta(changes: int = 200) -> dict[str, str]:
+    return {
+        "skip_fleet": "0",
+        "fleet_skipped_because": "",
+        "fleet_changes": str(changes),
+        "fleet_load": "both",
+        "etcd_version": "3.4.23",
+    }
+
+
+def test_fleet_targets_use_per_round_ratios(tmp_path: Path) -> None:
+    write_results(tmp_path, 3, extra_meta=fleet_meta())
+    write_wrk(tmp_path, "nginx", {n: (30000, 4.0) for n in (1, 2, 3)})
+    write_wrk(tmp_path, "pointsman", {n: (27000, 4.0) for n in (1, 2, 3)})
+    # file store: median 30,000 req/s; etcd store 0.98, 0.90, 0.99 of it (median 0.98: passes;
+    # the ratio of the medians, 27,000 / 30,000 = 0.90, would fail)
+    for n, (file_rps, etcd_rps) in {
+        1: (40000, 39200),
+        2: (30000, 27000),
+        3: (20000, 19800),
+    }.items():
+        write_fleet_run(tmp_path, "pm_file", n, file_rps, 5.0, ticks=round(file_rps * 10 * 3e-3))
+        write_fleet_run(
+            tmp_path, "pm_etcd", n, etcd_rps, 5.5, ticks=round(etcd_rps * 10 * 3e-3), etcd=7
+        )
+    # 200 changes: 197 at 20 ms, then 90, 95, 150 ms: p99 (the 198th) is 90 ms
+    write_fleet_changes(tmp_path, [20.0] * 197 + [90.0, 95.0, 150.0])
+
+    text, summary, failed, checks = render(tmp_path)
+
+    rps = checks[FLEET_RPS_CHECK]
+    assert rps["measured"] == (
+        "0.980x (median of 3 per-round ratios 0.90-0.99; ratio of medians 0.90x: 27,000 vs 30,000)"
+    )
+    assert rps["required"] == "≥ 0.97x"
+    assert rps["result"] == "**PASS**"
+    apply = checks[FLEET_APPLY_CHECK]
+    assert apply["measured"] == (
+        "p99 90.00 ms (nearest rank of 200; p50 20.00 ms, max 150 ms; wrk meanwhile: A 12,000 "
+        "req/s, p99 9.00 ms, B 12,000 req/s, p99 9.00 ms)"
+    )
+    assert apply["required"] == "≤ 100 ms"
+    assert apply["result"] == "**PASS**"
+    assert not failed
+
+    assert "## Fleet (etcd store)" in text
+    assert (
+        "| req/s, etcd store (member A) / file store | 0.98, 0.90, 0.99 | **0.98x** "
+        "(27,000 vs 30,000) | ≥ 0.97x | **PASS** |" in text
+    )
+    assert "| p99, etcd store / file store | 1.10, 1.10, 1.10 | **1.10x** (5.50 ms vs 5.00 ms)" in (
+        text
+    )
+    assert "| CPU per request, etcd store / file store | 1.00, 1.00, 1.00 | **1.00x** " in text
+    assert (
+        "| Pointsman, etcd store: fleet member A (`workers: 1`) | 27,000 | 1.50 ms | 5.50 ms "
+        "| 30.0 µs | 0.70 % | 0 |" in text
+    )
+    assert (
+        "| A's answer to the change (no target) | p50 4.00 ms, max 4.00 ms | **p99 4.00 ms**"
+        in (text)
+    )
+    fleet = summary["fleet"]
+    assert fleet["rps_ratios"]["median"] == pytest.approx(0.98)
+    assert [r["ratio"] for r in fleet["rps_ratios"]["per_round"]] == pytest.approx(
+        [0.98, 0.90, 0.99]
+    )
+    assert fleet["propagation"]["applied_p99_ms"] == pytest.approx(90.0)
+    assert fleet["propagation"]["applied_max_ms"] == pytest.approx(150.0)
+    assert fleet["propagation"]["count"] == 200
+    assert fleet["pm_etcd"]["etcd_cpu_pct"] == pytest.approx(0.7)
+
+
+def test_fleet_targets_fail_on_rps_slow_and_lost_changes(tmp_path: Path) -> None:
+    write_results(tmp_path, 2, extra_meta=fleet_meta(changes=5))
+    for n in (1, 2):
+        write_fleet_run(tmp_path, "pm_file", n, 30000, 5.0, ticks=900)
+        write_fleet_run(tmp_path, "pm_etcd", n, (28500, 28800)[n - 1], 5.0, ticks=900)
+    # one change refused, one never seen on B; of the three applied, p99 is the slowest
+    write_fleet_changes(
+        tmp_path, [30.0, None, None, 40.0, 120.0], statuses=[200, 200, 409, 200, 200]
+    )
+
+    _text, summary, failed, checks = render(tmp_path)
+
+    assert checks[FLEET_RPS_CHECK]["measured"].startswith(
+        "0.955x (median of 2 per-round ratios 0.95-0.96;"
+    )
+    assert checks[FLEET_RPS_CHECK]["result"] == "**FAIL**"
+    assert checks[FLEET_APPLY_CHECK]["measured"].startswith("p99 120 ms (nearest rank of 3;")
+    assert checks[FLEET_APPLY_CHECK]["result"] == (
+        "**FAIL** (1 change(s) failed: HTTP 409; 1 change(s) never seen applied on B; "
+        "target is defined over 200 changes)"
+    )
+    assert summary["fleet"]["propagation"]["statuses"] == [200, 200, 409, 200, 200]
+    assert failed
+
+
+def test_fleet_phase_skipped_and_missing(tmp_path: Path) -> None:
+    write_results(tmp_path, 1)  # an older meta.env: no fleet keys at all
+    write_wrk(tmp_path, "nginx", {1: (30000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (27000, 4.0)})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    assert "## Fleet (etcd store)\n\nSkipped (not in this run)." in text
+    assert checks[FLEET_RPS_CHECK]["result"] == "SKIPPED"
+    assert checks[FLEET_APPLY_CHECK]["result"] == "SKIPPED"
+    assert summary["fleet"] == {"skipped": "not in this run"}
+    assert not failed
+
+    # the phase ran, but left nothing: both targets fail
+    write_results(tmp_path, 1, extra_meta=fleet_meta())
+    _text, _summary, failed, checks = render(tmp_path)
+    assert checks[FLEET_RPS_CHECK]["result"] == "**FAIL** (no result)"
+    assert checks[FLEET_APPLY_CHECK]["result"] == "**FAIL** (no result)"
+    assert failed
+
+
+def test_report_fleet_summarises_fleet_py_output(tmp_path: Path) -> None:
+    write_fleet_changes(tmp_path, [10.0, 12.0, 30.0], answer_ms=8.0)
+
+    out = subprocess.run(
+        [sys.executable, str(REPORT_PY), "fleet", str(tmp_path / "fleet_changes.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert out.stdout.strip() == (
+        "3/3 changes seen applied on B: p50 12.00 ms, p99 30.00 ms, max 30.00 ms; "
+        "A's answer p50 8.00 ms, p99 8.00 ms"
+    )
