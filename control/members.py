@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -37,9 +38,7 @@ log = logging.getLogger("pointsman.fleet")
 # etcd leader election (about a second) and a stalled event loop, short enough that
 # `?wait=fleet` stops waiting for a dead host within a deploy script's patience.
 MEMBER_TTL: Final = 10
-# Renew (and rewrite what changed) this often: three renewals fit in one TTL, so one lost
-# call does not drop the member.
-REFRESH: Final = MEMBER_TTL / 3
+# Renewed every TTL/3 (three renewals fit in one TTL, so one lost call does not drop it).
 RETRY_MAX: Final = 5.0  # seconds between attempts to register again while etcd refuses
 
 
@@ -136,9 +135,15 @@ class MemberRegistration:
     """Keeps this member's key under `<prefix>/members/` while it runs."""
 
     def __init__(
-        self, client: EtcdClient, prefix: str, member_id: str, info: Callable[[], Member]
+        self,
+        client: EtcdClient,
+        prefix: str,
+        member_id: str,
+        info: Callable[[], Member],
+        ttl: int = MEMBER_TTL,
     ) -> None:
         self.client = client
+        self.ttl = ttl
         self.member_id = member_id
         self.key = members_prefix(prefix) + member_id.encode()
         self.info = info  # what the member serves now
@@ -147,8 +152,8 @@ class MemberRegistration:
         self.registered = asyncio.Event()  # set once the key is written (for tests, logs)
 
     async def run(self) -> None:
-        """Until cancelled: register, renew every REFRESH, rewrite when `info` changes."""
-        retry = REFRESH / 4
+        """Until cancelled: register, renew every TTL/3, rewrite when `info` changes."""
+        retry = self.ttl / 12
         while True:
             try:
                 await self._registered_loop()
@@ -160,17 +165,26 @@ class MemberRegistration:
                 retry = min(retry * 2, RETRY_MAX)
 
     async def _registered_loop(self) -> None:
-        self.lease = await self.client.grant(MEMBER_TTL)
+        self.lease = await self.client.grant(self.ttl)
+        renewed = time.monotonic()
         written = self.info()
         await self.client.put(self.key, member_value(written), self.lease)
         self.registered.set()
+        refresh = self.ttl / 3
         while True:
-            try:
-                async with asyncio.timeout(REFRESH):
-                    await self.changed.wait()
-            except TimeoutError:
+            # Renewal is due by the clock, not by a quiet moment: a member applying a change
+            # every few milliseconds never waits a whole refresh for one (and lost its key).
+            wait = refresh - (time.monotonic() - renewed)
+            if wait > 0:
+                try:
+                    async with asyncio.timeout(wait):
+                        await self.changed.wait()
+                except TimeoutError:
+                    pass
+            if time.monotonic() - renewed >= refresh:
                 if await self.client.keep_alive(self.lease) <= 0:
-                    raise EtcdError("the lease ran out") from None
+                    raise EtcdError("the lease ran out")
+                renewed = time.monotonic()
             self.changed.clear()
             now = self.info()
             if now != written:

@@ -16,6 +16,8 @@ from control.etcd import EtcdClient
 from control.etcd_store import EtcdStore
 from control.fleet import FleetSync
 from control.fleet_sync import Apply
+from control.members import Member as MemberRecord
+from control.members import MemberRegistration, list_members
 from control.state import StateDoc, initial_state
 from tests.conftest import config_for
 from tests.etcd_server import EtcdServer
@@ -175,3 +177,43 @@ async def test_a_member_starting_with_a_local_copy_does_not_apply_it_again(
     newer = await fleet.write(1)
     await member.reaches(newer.version)
     assert member.applied == [newer.version]
+
+
+async def test_a_member_changing_all_the_time_keeps_its_key(etcd: EtcdServer) -> None:
+    """Renewal is due by the clock: changes every few milliseconds (a busy fleet) must not
+    starve it until the lease runs out (the bench found a member key gone after 10 s)."""
+    client = EtcdClient([etcd.url], timeout=1.0)
+    version = 0
+
+    def info() -> MemberRecord:
+        return MemberRecord("m", "127.0.0.1:1", version, 1, None)
+
+    renewals: list[float] = []
+    keep_alive = client.keep_alive
+
+    async def counted(lease: int) -> int:
+        renewals.append(asyncio.get_running_loop().time())
+        return await keep_alive(lease)
+
+    client.keep_alive = counted  # type: ignore[method-assign]
+    registration = MemberRegistration(client, PREFIX, "m", info, ttl=2)
+    task = asyncio.create_task(registration.run())
+    try:
+        async with asyncio.timeout(LIMIT):
+            await registration.registered.wait()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3.0  # longer than the TTL: without renewals the key would go
+        while loop.time() < end:
+            version += 1
+            registration.changed.set()
+            await asyncio.sleep(0.02)  # the pace of changes is the point here
+        _, members = await list_members(client, PREFIX)
+        assert [(m.id, m.version) for m in members] == [("m", version)]
+        # Renewed every TTL/3 all along (3 s at 2/3 s: 4 at least), not only when quiet.
+        assert len(renewals) >= 4, renewals
+        assert await keep_alive(registration.lease) > 0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.close()
