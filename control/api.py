@@ -568,9 +568,9 @@ async def healthz(request: web.Request) -> web.Response:
 def fleet_health(sync: FleetSync, now: float) -> dict[str, object]:
     return {
         "kind": "etcd",
-        "reachable": sync.last_error is None and sync.last_sync is not None,
+        "reachable": sync.reachable,
         "seconds_since_sync": None if sync.last_sync is None else round(now - sync.last_sync, 3),
-        "error": sync.last_error or sync.refusal,
+        "error": sync.problem,
     }
 
 
@@ -620,7 +620,7 @@ class ControlCollector(Collector):
                 "pointsman_state_store_up",
                 "1 if the last call to the fleet's etcd succeeded and its state was ours.",
             )
-            up.add_metric([], 1 if sync.last_error is None and sync.last_sync else 0)
+            up.add_metric([], 1 if sync.reachable else 0)
             yield up
             age = GaugeMetricFamily(
                 "pointsman_state_store_seconds_since_sync",

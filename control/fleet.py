@@ -65,6 +65,16 @@ class FleetSync:
         self.synced = asyncio.Event()  # set whenever a read or a batch succeeded
         self.error_reported = asyncio.Event()  # set whenever a failure is reported
 
+    @property
+    def reachable(self) -> bool:
+        """etcd answered the last call, and the prefix is this fleet's."""
+        return self.last_error is None and self.last_sync is not None
+
+    @property
+    def problem(self) -> str | None:
+        """What to report: the last error, else why the newest state was not applied."""
+        return self.last_error or self.refusal
+
     async def run(self) -> None:
         """Until cancelled."""
         backoff = BACKOFF_FIRST

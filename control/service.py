@@ -292,7 +292,7 @@ class Service:
         sync = self.fleet_sync
 
         def info() -> Member:
-            error = None if sync is None else (sync.last_error or sync.refusal)
+            error = None if sync is None else sync.problem
             return Member(member_id, admin, plane.installed_version, self.workers, error)
 
         registration = self.registration = MemberRegistration(

@@ -237,6 +237,36 @@ async def close_all(connections: list[Connection]) -> None:
 # --- state pushed to every worker ----------------------------------------------------------
 
 
+async def flip_under_load(host: Host, load: Load, count: int, path: str) -> Flips:
+    """`count` flips through `host` (green, blue, ...) while `load` runs, each followed by
+    twice as many requests as there are connections."""
+    flips: Flips = []
+    await load.more(len(load.connections))
+    for i in range(count):
+        target = "green" if i % 2 == 0 else "blue"
+        sent = time.monotonic()
+        code, body = await host.call("POST", path, {"to": target})
+        assert code == 200, body
+        flips.append((sent, time.monotonic(), target))
+        await load.more(2 * len(load.connections))
+    return flips
+
+
+def old_pool_after_answers(flips: Flips, load: Load) -> list[tuple[int, Sent]]:
+    """Requests sent after a flip's answer (and before the next flip was asked for) that did
+    not reach the pool that flip made live."""
+    wrong = []
+    for k, (_, answered, target) in enumerate(flips):
+        until = flips[k + 1][0] if k + 1 < len(flips) else float("inf")
+        window = [s for s in load.sent if answered < s.started < until]
+        assert window, f"no request after flip {k}"
+        wrong += [(k, s) for s in window if s.backend != target]
+    return wrong
+
+
+Flips = list[tuple[float, float, str]]  # (sent, answered, live pool)
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 async def test_flips_under_keep_alive_load_never_reach_the_old_pool_after_the_answer(
     start_host: StartHost, backend_factory: BackendFactory, workers: int
@@ -246,16 +276,8 @@ async def test_flips_under_keep_alive_load_never_reach_the_old_pool_after_the_an
     host = await start_host({"blue": [blue], "green": [green]}, workers=workers)
     load = Load(await pinned_clients(host, workers))
     loader = asyncio.create_task(load.run())
-    flips: list[tuple[float, float, str]] = []  # (sent, answered, live pool)
     try:
-        await load.more(len(load.connections))
-        for i in range(20):
-            target = "green" if i % 2 == 0 else "blue"
-            sent = time.monotonic()
-            code, body = await host.call("POST", ROUTE + "/flip", {"to": target})
-            assert code == 200, body
-            flips.append((sent, time.monotonic(), target))
-            await load.more(2 * len(load.connections))
+        flips = await flip_under_load(host, load, 20, ROUTE + "/flip")
     finally:
         load.stop.set()
         await loader
@@ -265,13 +287,7 @@ async def test_flips_under_keep_alive_load_never_reach_the_old_pool_after_the_an
     assert len({s.worker for s in load.sent}) == workers
     # A request sent after a flip's answer (and before the next flip was asked for) reaches
     # the pool that flip made live, whichever worker serves it.
-    wrong = []
-    for k, (_, answered, target) in enumerate(flips):
-        until = flips[k + 1][0] if k + 1 < len(flips) else float("inf")
-        window = [s for s in load.sent if answered < s.started < until]
-        assert window, f"no request after flip {k}"
-        wrong += [(k, s) for s in window if s.backend != target]
-    assert wrong == []
+    assert old_pool_after_answers(flips, load) == []
 
 
 async def test_a_fleet_change_is_in_force_on_every_worker_of_every_member_when_answered(
@@ -290,16 +306,8 @@ async def test_a_fleet_change_is_in_force_on_every_worker_of_every_member_when_a
     relay.delay = 0.03
     load = Load(await pinned_clients(follower, 2))  # traffic on the other host's workers
     loader = asyncio.create_task(load.run())
-    flips: list[tuple[float, float, str]] = []  # (sent, answered, live pool)
     try:
-        await load.more(len(load.connections))
-        for i in range(10):
-            target = "green" if i % 2 == 0 else "blue"
-            sent = time.monotonic()
-            code, body = await writer.call("POST", ROUTE + "/flip?wait=fleet", {"to": target})
-            assert code == 200, body
-            flips.append((sent, time.monotonic(), target))
-            await load.more(2 * len(load.connections))
+        flips = await flip_under_load(writer, load, 10, ROUTE + "/flip?wait=fleet")
     finally:
         load.stop.set()
         await loader
@@ -307,13 +315,7 @@ async def test_a_fleet_change_is_in_force_on_every_worker_of_every_member_when_a
     assert load.failures == []
     assert {s.status for s in load.sent} == {200}
     assert len({s.worker for s in load.sent}) == 2
-    wrong = []
-    for k, (_, answered, target) in enumerate(flips):
-        until = flips[k + 1][0] if k + 1 < len(flips) else float("inf")
-        window = [s for s in load.sent if answered < s.started < until]
-        assert window, f"no request after flip {k}"
-        wrong += [(k, s.started - answered, s.worker) for s in window if s.backend != target]
-    assert wrong == []
+    assert old_pool_after_answers(flips, load) == []
     code, fleet = await follower.call("GET", "/v1/fleet")
     assert code == 200 and [m["workers"] for m in fleet["members"]] == [2, 2]
     await follower.session.close()
