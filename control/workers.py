@@ -100,7 +100,7 @@ class WorkerSlot:
         self.ready_at = 0.0
         self.last_seen = 0.0  # loop time of its last message
         self.counts: Counts = {}  # cumulative counters it last sent
-        self.gauges: dict[str, int] = {}
+        self.gauges: dict[str, Any] = {}
         self.acks: list[tuple[int, asyncio.Future[None]]] = []
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.ready_event = asyncio.Event()
@@ -179,6 +179,7 @@ class Supervisor:
         self.proxy.metrics.idle_upstream_connections = lambda: self._gauge_sum(
             "idle_upstream_connections"
         )
+        self.proxy.metrics.endpoints_in_flight = self.endpoints_in_flight
         self.proxy.metrics.collectors.append(WorkerCollector(self))
         log.info(
             "%d workers serving %s (%s)", self.count, listen,
@@ -506,6 +507,15 @@ class Supervisor:
 
     def open_connections(self) -> int:
         return self._gauge_sum("open_connections")
+
+    def endpoints_in_flight(self) -> dict[str, int]:
+        """Requests under way per endpoint on the whole host, as the workers last said."""
+        total: dict[str, int] = {}
+        for slot in self.slots:
+            if slot.ready:
+                for endpoint, count in slot.gauges.get("endpoints_in_flight", {}).items():
+                    total[endpoint] = total.get(endpoint, 0) + int(count)
+        return total
 
     # -- stop -------------------------------------------------------------------------------
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from proxy.shadow_config import ShadowConfig
 from proxy.values import Expected as _Expected
@@ -35,9 +35,12 @@ __all__ = [
     "StickyConfig",
     "Timeouts",
     "UpstreamSettings",
+    "address_text",
     "parse_address",
     "parse_duration",
     "parse_size",
+    "routes_with_pools",
+    "with_pools",
 ]
 
 # Weights are relative shares and sticky buckets resolve 1/10,000 anyway; a larger value from an
@@ -115,6 +118,9 @@ class PoolConfig:
     weight: int  # from the route's `weights` mapping; pools not named there get 0
     health: HealthCheckConfig | None = None  # None: no active checks
     ejection: EjectionConfig = field(default_factory=EjectionConfig)
+    # Endpoints being drained (control API): no new requests, in-flight ones finish. Never
+    # in `endpoints`; set only in the routes the control plane builds from its state.
+    draining: tuple[Address, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +269,58 @@ def parse_address(value: object) -> Address:
     if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
         raise _Expected("expected a port in 1..65535", value)
     return Address(host, int(port))
+
+
+def address_text(address: Address) -> str:
+    """`address` as `parse_address` reads it back: an IPv6 host in brackets."""
+    if ":" in address.host:
+        return f"[{address.host}]:{address.port}"
+    return f"{address.host}:{address.port}"
+
+
+# One pool as the control plane's state has it: name, endpoints taking requests, draining ones.
+PoolEndpoints = tuple[str, tuple[Address, ...], tuple[Address, ...]]
+
+
+def with_pools(route: RouteConfig, pools: Sequence[PoolEndpoints]) -> RouteConfig:
+    """`route` with its pools as the control plane's state has them (pools and endpoints are
+    routing state, like weights). A pool the config has keeps its health and ejection
+    settings; a pool created at run time takes those of the route's first configured pool
+    (a route's pools are versions of one service). Weights come from the state separately."""
+    configured = {pool.name: pool for pool in route.pools}
+    model = route.pools[0] if route.pools else None
+    built = []
+    for name, endpoints, draining in pools:
+        base = configured.get(name)
+        if base is not None:
+            built.append(replace(base, endpoints=endpoints, draining=draining))
+        elif model is not None:
+            built.append(PoolConfig(name, endpoints, 0, model.health, model.ejection, draining))
+        else:
+            built.append(PoolConfig(name, endpoints, 0, draining=draining))
+    return replace(route, pools=tuple(built))
+
+
+def routes_with_pools(
+    routes: Sequence[RouteConfig], pools: Mapping[str, Sequence[Sequence[Any]]]
+) -> tuple[RouteConfig, ...]:
+    """The config's routes with the pools of a state snapshot (the control plane's, or the
+    one a worker is sent): route -> [[pool, [endpoint, ...], [draining endpoint, ...]], ...],
+    endpoints as `address_text` writes them. A route the snapshot does not name keeps the
+    config's pools."""
+    out = []
+    for route in routes:
+        given = pools.get(route.name)
+        if given is None:
+            out.append(route)
+            continue
+        parsed = [
+            (
+                str(name),
+                tuple(parse_address(a) for a in endpoints),
+                tuple(parse_address(a) for a in draining),
+            )
+            for name, endpoints, draining in given
+        ]
+        out.append(with_pools(route, parsed))
+    return tuple(out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 
 from proxy.config import HealthCheckConfig
 from proxy.tasks import cancel_and_wait
@@ -51,14 +51,27 @@ class HealthChecker:
 
     def __init__(self) -> None:
         self._tasks: dict[EndpointPool, asyncio.Task[None]] = {}
+        # Loops of endpoints no longer checked, cancelled and not yet finished: kept so that
+        # `stop` waits for them too.
+        self._stopping: set[asyncio.Task[None]] = set()
         # Called after an endpoint goes out or comes back (the master pushes it to workers).
         self.on_change: Callable[[], None] | None = None
 
-    def start(self, checks: Iterable[tuple[EndpointPool, HealthCheckConfig]]) -> None:
+    def start(self, checks: Mapping[EndpointPool, HealthCheckConfig]) -> None:
         loop = asyncio.get_running_loop()
-        for target, config in checks:
+        for target, config in checks.items():
             if target not in self._tasks:
                 self._tasks[target] = loop.create_task(self._run(target, config))
+
+    def update(self, checks: Mapping[EndpointPool, HealthCheckConfig]) -> None:
+        """Check exactly these endpoints from now on (pools and endpoints change at run
+        time): new ones start checked, removed ones stop."""
+        for target in [t for t in self._tasks if t not in checks]:
+            task = self._tasks.pop(target)
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        self.start(checks)
 
     async def _run(self, target: EndpointPool, config: HealthCheckConfig) -> None:
         passes = failures = 0
@@ -81,6 +94,6 @@ class HealthChecker:
             await asyncio.sleep(config.interval)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._stopping]
         self._tasks.clear()
         await cancel_and_wait(tasks)

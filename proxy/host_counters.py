@@ -125,6 +125,7 @@ def worker_counters(metrics: Metrics, shadows: Shadows, cursor: SampleCursor) ->
         "gauges": {
             "open_connections": metrics.open_connections(),
             "idle_upstream_connections": metrics.idle_upstream_connections(),
+            "endpoints_in_flight": metrics.endpoints_in_flight(),
         },
         "samples": samples,
     }

@@ -30,6 +30,9 @@ class Metrics:
         self.table: RoutingTable | None = None
         self.open_connections: Callable[[], int] = lambda: 0
         self.idle_upstream_connections: Callable[[], int] = lambda: 0
+        # Requests under way per endpoint (address_text), the non-zero ones: what a drain
+        # waits for. Set by the server (one process) or the master (summed over workers).
+        self.endpoints_in_flight: Callable[[], dict[str, int]] = dict
         self.collectors: list[Collector] = []  # more families (shadows), exported alongside
 
     def bind(self, table: RoutingTable) -> None:

@@ -44,7 +44,17 @@ def sticky_bucket(salt: bytes, user: bytes) -> int:
 class Pool:
     """A version pool of one route: its endpoints and the round-robin cursor over them."""
 
-    __slots__ = ("endpoints", "index", "name", "route_name", "rr", "stats", "targets", "weight")
+    __slots__ = (
+        "draining",
+        "endpoints",
+        "index",
+        "name",
+        "route_name",
+        "rr",
+        "stats",
+        "targets",
+        "weight",
+    )
 
     def __init__(
         self, route_name: str, name: str, endpoints: Sequence[Address], weight: int, index: int
@@ -60,6 +70,8 @@ class Pool:
         # The endpoints' connection pools, in endpoint order; bound by the server that uses
         # this table (the router itself does no I/O).
         self.targets: tuple[EndpointPool, ...] = ()
+        # Endpoints being drained: never chosen, shown by the control API until removed.
+        self.draining: tuple[Address, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Pool {self.route_name}/{self.name} weight={self.weight} n={len(self.endpoints)}>"
@@ -106,7 +118,9 @@ class Route:
         pools: list[Pool] = []
         for i, pc in enumerate(config.pools):
             weight = pc.weight if weights is None else weights.get(pc.name, 0)
-            pools.append(Pool(config.name, pc.name, pc.endpoints, weight, i))
+            pool = Pool(config.name, pc.name, pc.endpoints, weight, i)
+            pool.draining = pc.draining
+            pools.append(pool)
         self.pools: tuple[Pool, ...] = tuple(pools)
         self.pools_by_name = {p.name: p for p in pools}
         self.total_weight = sum(p.weight for p in pools)
@@ -195,7 +209,15 @@ def parse_cookies(header: bytes | None) -> dict[str, str]:
 class RoutingTable:
     """Immutable after construction; replaced whole when weights change."""
 
-    __slots__ = ("by_host", "routes", "routes_by_raw_host", "version", "wanted_headers", "wildcard")
+    __slots__ = (
+        "by_host",
+        "configs",
+        "routes",
+        "routes_by_raw_host",
+        "version",
+        "wanted_headers",
+        "wildcard",
+    )
 
     def __init__(
         self,
@@ -205,6 +227,9 @@ class RoutingTable:
         shadows: Mapping[str, Sequence[ShadowConfig]] | None = None,
     ) -> None:
         self.version = version
+        # What the table was built from: the server derives health checks and ejection
+        # settings of the endpoints in use from it.
+        self.configs = tuple(routes)
         built = [
             Route(
                 rc,

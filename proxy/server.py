@@ -7,7 +7,7 @@ import logging
 import socket
 from typing import cast
 
-from proxy.config import Address, Config
+from proxy.config import Address, Config, HealthCheckConfig
 from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
@@ -36,6 +36,10 @@ class ProxyServer:
         self.metrics.collectors.append(ShadowCollector(self.shadows))
         self.ctx: ProxyContext | None = None
         self._server: asyncio.Server | None = None
+        # The active checks the current table asks for, and whether this process runs them
+        # (a worker does not: the master's results reach it as messages).
+        self._checks: dict[EndpointPool, HealthCheckConfig] = {}
+        self._checks_on = False
 
     @property
     def table(self) -> RoutingTable:
@@ -48,9 +52,34 @@ class ProxyServer:
         if self.upstreams is not None:
             self._bind_targets(table, self.upstreams)
             self._bind_shadows(table, self.upstreams)
+            self._configure_endpoints(table, self.upstreams)
         self._table = table
         if self.ctx is not None:
             self.ctx.use_table(table)
+
+    def _configure_endpoints(self, table: RoutingTable, upstreams: Upstreams) -> None:
+        """The endpoints `table` routes to: their ejection settings and health checks; the
+        ones it no longer routes to (removed or draining) are retired, their connections
+        closing once idle. Health is kept per address: an endpoint in several pools takes
+        its settings from the first pool (in the table's order) that lists it."""
+        checks: dict[EndpointPool, HealthCheckConfig] = {}
+        configured: set[EndpointPool] = set()
+        in_use: set[Address] = set()
+        for route in table.configs:
+            for pool in route.pools:
+                for address in pool.endpoints:
+                    in_use.add(address)
+                    target = upstreams.pool(address)
+                    if target in configured:
+                        continue
+                    configured.add(target)
+                    target.ejection = pool.ejection
+                    if pool.health is not None:
+                        checks[target] = pool.health
+        upstreams.retire_unused(in_use)
+        self._checks = checks
+        if self._checks_on:
+            self.health.update(checks)
 
     @staticmethod
     def _bind_targets(table: RoutingTable, upstreams: Upstreams) -> None:
@@ -88,22 +117,10 @@ class ProxyServer:
         self.upstreams.start()
         self._bind_targets(self._table, self.upstreams)
         self._bind_shadows(self._table, self.upstreams)
-        # Health is kept per address: an endpoint in several pools takes its health and
-        # ejection settings from the first pool (in config order) that lists it.
-        checks = []
-        configured: set[EndpointPool] = set()
-        for route in self.config.routes:
-            for pool in route.pools:
-                for address in pool.endpoints:
-                    target = self.upstreams.pool(address)
-                    if target in configured:
-                        continue
-                    configured.add(target)
-                    target.ejection = pool.ejection
-                    if pool.health is not None:
-                        checks.append((target, pool.health))
+        self._configure_endpoints(self._table, self.upstreams)
+        self._checks_on = health_checks
         if health_checks:
-            self.health.start(checks)
+            self.health.start(self._checks)
         ctx = ProxyContext(
             loop, self._table, self.metrics, self.upstreams, self.config.timeouts,
             self.config.limits,
@@ -113,6 +130,7 @@ class ProxyServer:
         self.metrics.open_connections = lambda: len(ctx.connections)
         upstreams = self.upstreams
         self.metrics.idle_upstream_connections = upstreams.idle_count
+        self.metrics.endpoints_in_flight = upstreams.in_flight
         if not accept:
             return
         if sock is not None:

@@ -14,7 +14,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
-from proxy.config import Address, EjectionConfig, UpstreamSettings
+from proxy.config import Address, EjectionConfig, UpstreamSettings, address_text
 from proxy.tasks import cancel_and_wait
 
 # Upstream write buffer high-water mark: above it the client's request body stops being read.
@@ -279,6 +279,7 @@ class UpstreamConnection:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH)
+        self.endpoint.connections += 1
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -337,6 +338,7 @@ class UpstreamConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.endpoint.connections -= 1
         client = self.client
         if client is not None:
             self.client = None
@@ -473,6 +475,8 @@ class EndpointPool:
     __slots__ = (
         "address",
         "checks_ok",
+        "connecting",
+        "connections",
         "ejected_until",
         "ejection",
         "failures",
@@ -480,6 +484,7 @@ class EndpointPool:
         "idle",
         "loop",
         "max_idle",
+        "retired",
         "settings",
     )
 
@@ -495,9 +500,31 @@ class EndpointPool:
         self.ejection = EjectionConfig()
         self.idle: deque[UpstreamConnection] = deque()
         self.loop = asyncio.get_running_loop()
+        self.connections = 0  # open, idle or busy (counted per connection, not per request)
+        self.connecting = 0  # connections being opened, each for a request
+        self.retired = False  # no table routes here (`retire`)
 
     def __repr__(self) -> str:
-        return f"<EndpointPool {self.address} idle={len(self.idle)}>"
+        state = " retired" if self.retired else ""
+        return f"<EndpointPool {self.address} idle={len(self.idle)} open={self.connections}{state}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way to this endpoint: one per connection that is not idle, and
+        one per connection being opened."""
+        return self.connections - len(self.idle) + self.connecting
+
+    def retire(self) -> None:
+        """No table routes here any more (removed or draining): idle connections close now,
+        busy ones after their exchange (`finish` keeps none when max_idle is 0), so the
+        endpoint drains without a check on the request path."""
+        self.retired = True
+        self.max_idle = 0
+        self.close_all()
+
+    def reinstate(self) -> None:
+        self.retired = False
+        self.max_idle = self.settings.max_idle
 
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -579,13 +606,34 @@ class Upstreams:
         """Open a new connection to the target's endpoint; raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
         address = target.address
-        async with asyncio.timeout(self.connect_timeout):
-            _, protocol = await loop.create_connection(
-                lambda: cast(asyncio.Protocol, UpstreamConnection(target)),
-                address.host,
-                address.port,
-            )
+        target.connecting += 1  # a drain waits for these too: each carries a request
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: cast(asyncio.Protocol, UpstreamConnection(target)),
+                    address.host,
+                    address.port,
+                )
+        finally:
+            target.connecting -= 1
         return cast(UpstreamConnection, protocol)
+
+    def retire_unused(self, in_use: set[Address]) -> None:
+        """Retire the endpoints no table routes to; take back those routed to again."""
+        for address, pool in self.pools.items():
+            if address in in_use:
+                if pool.retired:
+                    pool.reinstate()
+            elif not pool.retired:
+                pool.retire()
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests under way per endpoint (`address_text`), the endpoints that have any."""
+        return {
+            address_text(address): pool.in_flight
+            for address, pool in self.pools.items()
+            if pool.in_flight
+        }
 
     def idle_count(self) -> int:
         return sum(len(p.idle) for p in self.pools.values()) + sum(
@@ -601,7 +649,10 @@ class Upstreams:
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
             now = loop.time()
-            for pool in self.pools.values():
+            for address, pool in list(self.pools.items()):
+                if pool.retired and pool.connections == 0 and pool.connecting == 0:
+                    del self.pools[address]  # drained: a later table gets a fresh one
+                    continue
                 pool.sweep(now)
             for pool in self.shadow_pools.values():
                 pool.sweep(now)

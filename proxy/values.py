@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from fractions import Fraction
+from typing import cast
 
 import orjson
 
@@ -285,6 +286,15 @@ class PlainReader:
         if not isinstance(value, list):
             raise self.fail(key, f"expected an array, got {kind(value)}")
         return value
+
+    def strings(self, key: str) -> list[str]:
+        """An array of non-empty strings."""
+        items = self.array(key)
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                got = self.render(item) if isinstance(item, str) else kind(item)
+                raise self.fail_item(key, index, f"expected a non-empty string, got {got}")
+        return cast(list[str], items)
 
     def time(self, key: str) -> float:
         """Any finite number (clock readings in the persisted document)."""

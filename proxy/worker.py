@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import uvloop
 
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, routes_with_pools
 from proxy.config_loader import parse_config
 from proxy.host_counters import SampleCursor, worker_counters
 from proxy.ipc import ChannelClosed, encode, read_message
@@ -45,14 +45,17 @@ EXIT_BAD_HELLO: Final = 3
 
 
 def table_from(config: Config, state: Mapping[str, Any]) -> RoutingTable:
-    """The routing table for a state message: {"version", "weights", "shadows"} as the
-    master's StateDoc has them (shadows as `shadow_to_obj` values)."""
+    """The routing table for a state message: {"version", "weights", "shadows", "pools"} as
+    the master's StateDoc has them (control/plane.py `snapshot`)."""
     shadows: dict[str, tuple[ShadowConfig, ...]] = {
         route: tuple(parse_shadow(item) for item in items)
         for route, items in state.get("shadows", {}).items()
     }
     return RoutingTable(
-        config.routes, weights=state["weights"], version=int(state["version"]), shadows=shadows
+        routes_with_pools(config.routes, state.get("pools", {})),
+        weights=state["weights"],
+        version=int(state["version"]),
+        shadows=shadows,
     )
 
 
