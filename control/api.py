@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, cast
 
 import orjson
@@ -26,16 +26,25 @@ from control.etcd import EtcdError
 from control.fleet import FleetSync
 from control.members import list_members, member_table, wait_for_version
 from control.plane import ControlPlane
+from control.pool_state import (
+    add_endpoints,
+    delete_pool,
+    drain_endpoint,
+    remove_endpoint,
+    set_endpoints,
+)
 from control.rollout import RolloutError, counters_obj
 from control.rollouts import RolloutCollector, RolloutRunner
 from control.state import (
+    StateDoc,
     flip,
     remove_shadow,
     rollback,
     set_shadow,
     set_weights,
 )
-from proxy.config import Config
+from proxy.config import Config, RouteConfig, address_text
+from proxy.router import Pool
 from proxy.server import ProxyServer
 from proxy.shadow import Shadow
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
@@ -73,17 +82,9 @@ def load_token(config: Config) -> str | None:
 def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
     doc = plane.doc
     state = doc.route(name)
-    table = plane.proxy.table
-    route = table.routes[name]
-    pools: dict[str, object] = {}
-    for pool in route.pools:
-        endpoints = []
-        for index, address in enumerate(pool.endpoints):
-            target = pool.targets[index] if index < len(pool.targets) else None
-            endpoints.append(
-                {"address": str(address), "healthy": True if target is None else target.healthy}
-            )
-        pools[pool.name] = {"endpoints": endpoints}
+    route = plane.proxy.table.routes[name]
+    in_flight = plane.proxy.metrics.endpoints_in_flight()
+    pools = {pool.name: pool_view(pool, in_flight) for pool in route.pools}
     previous = None
     if state.previous is not None:
         previous = {"weights": dict(state.previous), "live": state.previous_live}
@@ -99,6 +100,36 @@ def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
         "pools": pools,
         "shadows": [s.pool for s in route.shadows],
     }
+
+
+def pool_view(pool: Pool, in_flight: Mapping[str, int]) -> dict[str, object]:
+    """A pool as the API shows it: weight and endpoints, each `up` (takes requests), `down`
+    (failed its checks or ejected) or `draining`, with its requests under way (as of the
+    last counters round when there are workers)."""
+    endpoints: list[dict[str, object]] = []
+    for index, address in enumerate(pool.endpoints):
+        target = pool.targets[index] if index < len(pool.targets) else None
+        healthy = True if target is None else target.healthy
+        text = address_text(address)
+        endpoints.append(
+            {
+                "address": text,
+                "state": "up" if healthy else "down",
+                "healthy": healthy,
+                "in_flight": in_flight.get(text, 0),
+            }
+        )
+    for address in pool.draining:
+        text = address_text(address)
+        endpoints.append(
+            {
+                "address": text,
+                "state": "draining",
+                "healthy": None,
+                "in_flight": in_flight.get(text, 0),
+            }
+        )
+    return {"weight": pool.weight, "endpoints": endpoints}
 
 
 def _rate(count: int, total: int) -> float:
@@ -337,6 +368,7 @@ async def get_route(request: web.Request) -> web.Response:
     check_auth(request, mutating=False)
     plane = request.app[PLANE_KEY]
     name = route_name(request, plane)
+    await plane.refresh_counters()  # the endpoints' requests under way
     return json_answer(route_view(plane, name), plane.doc.version)
 
 
@@ -391,6 +423,95 @@ async def post_rollback(request: web.Request) -> web.Response:
     doc = await plane.change(
         actor, "rollback", name, version, lambda d, now: rollback(d, name, now)
     )
+    return json_answer(route_view(plane, name), doc.version)
+
+
+# --- pools and endpoints ----------------------------------------------------------------------
+
+
+def route_config(plane: ControlPlane, name: str) -> RouteConfig:
+    return next(rc for rc in plane.config.routes if rc.name == name)
+
+
+def table_pool(plane: ControlPlane, route: str, pool: str) -> Pool:
+    found = plane.proxy.table.routes[route].pools_by_name.get(pool)
+    if found is None:
+        known = list(plane.proxy.table.routes[route].pools_by_name)
+        raise ApiError(404, f"route '{route}' has no pool '{pool}'", {"pools": known})
+    return found
+
+
+async def get_pool(request: web.Request) -> web.Response:
+    check_auth(request, mutating=False)
+    plane = request.app[PLANE_KEY]
+    name = route_name(request, plane)
+    pool = table_pool(plane, name, request.match_info["pool"])
+    await plane.refresh_counters()
+    view = pool_view(pool, plane.proxy.metrics.endpoints_in_flight())
+    return json_answer({"route": name, "pool": pool.name, **view}, plane.doc.version)
+
+
+async def _write_endpoints(request: web.Request, create: bool) -> web.Response:
+    actor, plane, name, version, body = await write_request(request)
+    pool = request.match_info["pool"]
+    r = PlainReader(body, "", bad_body)
+    r.only(("endpoints",))
+    endpoints = r.strings("endpoints")
+    config = route_config(plane, name)
+    existed = pool in plane.doc.route(name).weights_dict()
+    if create:
+        change = add_endpoints
+        action = "endpoints_add" if existed else "pool_add"
+    else:
+        change, action = set_endpoints, "endpoints_set"
+    doc = await plane.change(
+        actor, action, name, version,
+        lambda d, now: change(d, config, name, pool, endpoints, now),
+    )  # fmt: skip
+    view = pool_view(table_pool(plane, name, pool), plane.proxy.metrics.endpoints_in_flight())
+    body_out = {"route": name, "pool": pool, **view}
+    return json_answer(body_out, doc.version, 201 if create and not existed else 200)
+
+
+async def post_endpoints(request: web.Request) -> web.Response:
+    return await _write_endpoints(request, create=True)
+
+
+async def put_endpoints(request: web.Request) -> web.Response:
+    return await _write_endpoints(request, create=False)
+
+
+async def _endpoint_change(
+    request: web.Request, action: str, change: Callable[..., StateDoc]
+) -> web.Response:
+    actor, plane, name, version, _ = await write_request(request)
+    pool = request.match_info["pool"]
+    endpoint = request.match_info["endpoint"]
+    config = route_config(plane, name)
+    doc = await plane.change(
+        actor, action, name, version,
+        lambda d, now: change(d, config, name, pool, endpoint, now),
+    )  # fmt: skip
+    view = pool_view(table_pool(plane, name, pool), plane.proxy.metrics.endpoints_in_flight())
+    return json_answer({"route": name, "pool": pool, **view}, doc.version)
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    return await _endpoint_change(request, "endpoint_remove", remove_endpoint)
+
+
+async def post_drain(request: web.Request) -> web.Response:
+    return await _endpoint_change(request, "endpoint_drain", drain_endpoint)
+
+
+async def delete_pool_handler(request: web.Request) -> web.Response:
+    actor, plane, name, version, _ = await write_request(request)
+    pool = request.match_info["pool"]
+    config = route_config(plane, name)
+    doc = await plane.change(
+        actor, "pool_delete", name, version,
+        lambda d, now: delete_pool(d, config, name, pool, now),
+    )  # fmt: skip
     return json_answer(route_view(plane, name), doc.version)
 
 
@@ -680,6 +801,13 @@ def build_admin_app(
         app.router.add_post("/v1/routes/{route}/flip", post_flip)
         app.router.add_post("/v1/routes/{route}/rollback", post_rollback)
         app.router.add_get("/v1/routes/{route}/counters", get_counters)
+        pool_path = "/v1/routes/{route}/pools/{pool}"
+        app.router.add_get(pool_path, get_pool)
+        app.router.add_delete(pool_path, delete_pool_handler)
+        app.router.add_post(pool_path + "/endpoints", post_endpoints)
+        app.router.add_put(pool_path + "/endpoints", put_endpoints)
+        app.router.add_delete(pool_path + "/endpoints/{endpoint}", delete_endpoint)
+        app.router.add_post(pool_path + "/endpoints/{endpoint}/drain", post_drain)
         app.router.add_get("/v1/routes/{route}/shadows", list_shadows)
         app.router.add_get("/v1/routes/{route}/shadows/{pool}", get_shadow)
         app.router.add_put("/v1/routes/{route}/shadows/{pool}", put_shadow)

@@ -16,7 +16,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 __all__ = [
@@ -158,6 +158,41 @@ class AdminClient:
     def rollback(self, route: str, if_match: int | None = None) -> Reply:
         """POST /v1/routes/ROUTE/rollback with {}."""
         return self._call("POST", f"/v1/routes/{_quote(route)}/rollback", {}, if_match)
+
+    def pool(self, route: str, pool: str) -> Reply:
+        """GET /v1/routes/ROUTE/pools/POOL: weight and endpoints (state, requests in flight)."""
+        return self._call("GET", f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}")
+
+    def add_endpoints(
+        self, route: str, pool: str, endpoints: Sequence[str], if_match: int | None = None
+    ) -> Reply:
+        """POST /v1/routes/ROUTE/pools/POOL/endpoints: add endpoints, creating the pool (201)."""
+        path = f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}/endpoints"
+        return self._call("POST", path, {"endpoints": list(endpoints)}, if_match)
+
+    def set_endpoints(
+        self, route: str, pool: str, endpoints: Sequence[str], if_match: int | None = None
+    ) -> Reply:
+        """PUT /v1/routes/ROUTE/pools/POOL/endpoints: replace the pool's endpoints."""
+        path = f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}/endpoints"
+        return self._call("PUT", path, {"endpoints": list(endpoints)}, if_match)
+
+    def remove_endpoint(
+        self, route: str, pool: str, endpoint: str, if_match: int | None = None
+    ) -> Reply:
+        """DELETE /v1/routes/ROUTE/pools/POOL/endpoints/ENDPOINT."""
+        path = f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}/endpoints/{_quote(endpoint)}"
+        return self._call("DELETE", path, None, if_match)
+
+    def drain(self, route: str, pool: str, endpoint: str, if_match: int | None = None) -> Reply:
+        """POST /v1/routes/ROUTE/pools/POOL/endpoints/ENDPOINT/drain."""
+        path = f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}/endpoints/{_quote(endpoint)}"
+        return self._call("POST", path + "/drain", {}, if_match)
+
+    def delete_pool(self, route: str, pool: str, if_match: int | None = None) -> Reply:
+        """DELETE /v1/routes/ROUTE/pools/POOL (weight 0, in no rule, shadow or rollout)."""
+        path = f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}"
+        return self._call("DELETE", path, None, if_match)
 
     def diffs(self, route: str, pool: str, limit: int | None = None) -> Reply:
         """GET /v1/routes/ROUTE/shadows/POOL/diffs[?limit=N]: newest mismatches + summary."""

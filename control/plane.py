@@ -29,7 +29,7 @@ from control.etcd_store import EtcdStore, Fence, StateConflict
 from control.fleet import FleetSync
 from control.state import RouteState, StateDoc, StateError, reconcile
 from control.store import FileStore, audit_record
-from proxy.config import Config
+from proxy.config import Config, routes_with_pools
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 from proxy.shadow_config import shadow_to_obj
@@ -96,6 +96,7 @@ class ControlPlane:
                 route: [shadow_to_obj(s) for s in shadows]
                 for route, shadows in doc.shadows().items()
             },
+            "pools": doc.pools(),
         }
 
     def publish(self) -> None:
@@ -103,7 +104,7 @@ class ControlPlane:
         doc = self.doc
         self.proxy.set_table(
             RoutingTable(
-                self.config.routes,
+                routes_with_pools(self.config.routes, doc.pools()),
                 weights=doc.weights(),
                 version=doc.version,
                 shadows=doc.shadows(),
@@ -356,4 +357,8 @@ def route_assignment(state: RouteState) -> dict[str, object]:
         "weights": state.weights_dict(),
         "live": state.live,
         "shadows": {s.pool: s.percent for s in state.shadows or ()},
+        "endpoints": {
+            p.name: [f"{e} (draining)" if e in p.draining else e for e in p.endpoints]
+            for p in state.pools or ()
+        },
     }

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from control.errors import CodedError
-from proxy.config import MAX_WEIGHT, RouteConfig
+from proxy.config import MAX_WEIGHT, PoolConfig, RouteConfig, address_text, parse_address
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow, shadow_to_obj
 from proxy.values import PlainReader, kind, show
 
@@ -24,9 +24,11 @@ __all__ = [
     "FLIP_WEIGHT",
     "FORMAT",
     "MAX_WEIGHT",
+    "PoolState",
     "RouteState",
     "StateDoc",
     "StateError",
+    "commit",
     "flip",
     "from_json",
     "initial_state",
@@ -41,8 +43,9 @@ __all__ = [
 ]
 
 # On-disk layout version: bump when the layout changes, so an old binary refuses a newer file
-# instead of misreading it.
-FORMAT: Final = 1
+# instead of misreading it. 2: routes carry their pools and endpoints (1 is still read).
+FORMAT: Final = 2
+READABLE_FORMATS: Final = (1, 2)
 # A flip is all-or-nothing; 100 reads as "100 %" in status output and in the audit log.
 FLIP_WEIGHT: Final = 100
 
@@ -56,6 +59,12 @@ _STATUS: Final[Mapping[str, int]] = {
     "unchanged": 409,
     "no_shadow": 404,
     "shadow_conflict": 409,
+    "bad_pool": 400,
+    "bad_endpoint": 400,
+    "duplicate_endpoint": 409,
+    "unknown_endpoint": 404,
+    "pool_in_use": 409,
+    "no_endpoints": 409,
 }
 
 
@@ -63,6 +72,20 @@ class StateError(CodedError):
     """A refused transition. `code` is one of the keys of the status map; str() is for humans."""
 
     STATUS = _STATUS
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """One pool's endpoints as routing state (control/pool_state.py changes them)."""
+
+    name: str
+    endpoints: tuple[str, ...]  # address_text form, in the order requests rotate over them
+    draining: tuple[str, ...] = ()  # of `endpoints`: no new requests, in-flight ones finish
+    added: bool = False  # created through the control API; not in the config
+
+    def routed(self) -> tuple[str, ...]:
+        """The endpoints that take new requests."""
+        return tuple(e for e in self.endpoints if e not in self.draining)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +105,20 @@ class RouteState:
     # The route's canary rollout in its persisted form (control/rollout.to_json_obj), current or
     # last finished; validated by control/rollout.from_json_obj when the service starts.
     rollout: Mapping[str, Any] | None = None
+    # The route's pools in `weights` order, with their endpoints; None only in a document
+    # from a file that predates them, until `reconcile` fills in the config's.
+    pools: tuple[PoolState, ...] | None = None
+    # Pools of the config deleted through the control API: they stay deleted across restarts.
+    removed_pools: tuple[str, ...] = ()
 
     def weights_dict(self) -> dict[str, int]:
         return dict(self.weights)
+
+    def pool(self, route: str, name: str) -> PoolState:
+        for pool in self.pools or ():
+            if pool.name == name:
+                return pool
+        raise _unknown_pool(route, name, self.weights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +144,15 @@ class StateDoc:
         """Per-route shadows, as `RoutingTable(shadows=...)` takes them (None: the config's)."""
         return {name: state.shadows for name, state in self.routes if state.shadows is not None}
 
+    def pools(self) -> dict[str, list[list[Any]]]:
+        """Per-route pools as `proxy.config.routes_with_pools` takes them:
+        [[pool, [routed endpoint, ...], [draining endpoint, ...]], ...]."""
+        return {
+            name: [[p.name, list(p.routed()), list(p.draining)] for p in state.pools]
+            for name, state in self.routes
+            if state.pools is not None
+        }
+
 
 # --- transitions -------------------------------------------------------------------------------
 
@@ -129,7 +172,7 @@ def _unknown_pool(route: str, pool: object, weights: Weights) -> StateError:
     return StateError("unknown_pool", f"route {route!r} has no pool {pool!r} (pools: {known})")
 
 
-def _commit(doc: StateDoc, route: str, new: RouteState, now: float) -> StateDoc:
+def commit(doc: StateDoc, route: str, new: RouteState, now: float) -> StateDoc:
     """`doc` with `route` replaced by `new`, version + 1."""
     routes = tuple((name, new if name == route else state) for name, state in doc.routes)
     return StateDoc(version=doc.version + 1, routes=routes, updated_at=now)
@@ -145,8 +188,16 @@ def _change(
     flips: int = 0,
     rollbacks: int = 0,
 ) -> StateDoc:
-    """Move `route` to a new assignment, remembering the current one for rollback."""
+    """Move `route` to a new assignment, remembering the current one for rollback. A pool
+    given weight must have an endpoint that takes requests: else its share gets 503s."""
     old = doc.route(route)
+    for pool in old.pools or ():
+        if dict(weights).get(pool.name, 0) > 0 and not pool.routed():
+            raise StateError(
+                "no_endpoints",
+                f"pool {pool.name!r} of route {route!r} has no endpoint that takes requests;"
+                " add one before giving it traffic",
+            )
     new = replace(
         old,
         weights=weights,
@@ -157,7 +208,7 @@ def _change(
         rollbacks=old.rollbacks + rollbacks,
         changed_at=now,
     )
-    return _commit(doc, route, new, now)
+    return commit(doc, route, new, now)
 
 
 def set_weights(doc: StateDoc, route: str, weights: Mapping[str, int], now: float) -> StateDoc:
@@ -234,7 +285,7 @@ def set_shadow(doc: StateDoc, route: str, shadow: ShadowConfig, now: float) -> S
         new_shadows = tuple(shadow if s.pool == shadow.pool else s for s in shadows)
     else:
         new_shadows = (*shadows, shadow)
-    return _commit(doc, route, replace(current, shadows=new_shadows, changed_at=now), now)
+    return commit(doc, route, replace(current, shadows=new_shadows, changed_at=now), now)
 
 
 def rollout_step(
@@ -253,7 +304,7 @@ def rollout_step(
         if new_weights != current.weights:
             doc = _change(doc, route, new_weights, _sole_pool(new_weights), now)
             current = doc.route(route)
-    return _commit(doc, route, replace(current, rollout=dict(rollout), changed_at=now), now)
+    return commit(doc, route, replace(current, rollout=dict(rollout), changed_at=now), now)
 
 
 def rollout_progress(doc: StateDoc, route: str, rollout: Mapping[str, Any], now: float) -> StateDoc:
@@ -274,7 +325,7 @@ def remove_shadow(doc: StateDoc, route: str, pool: str, now: float) -> StateDoc:
         known = ", ".join(s.pool for s in shadows) or "none"
         raise StateError("no_shadow", f"route {route!r} has no shadow {pool!r} (shadows: {known})")
     kept = tuple(s for s in shadows if s.pool != pool)
-    return _commit(doc, route, replace(current, shadows=kept, changed_at=now), now)
+    return commit(doc, route, replace(current, shadows=kept, changed_at=now), now)
 
 
 # --- from config -------------------------------------------------------------------------------
@@ -282,6 +333,10 @@ def remove_shadow(doc: StateDoc, route: str, pool: str, now: float) -> StateDoc:
 
 def _config_weights(route: RouteConfig) -> Weights:
     return tuple((pool.name, pool.weight) for pool in route.pools)
+
+
+def _config_pool(pool: PoolConfig) -> PoolState:
+    return PoolState(pool.name, tuple(address_text(a) for a in pool.endpoints))
 
 
 def _fresh(route: RouteConfig, now: float) -> RouteState:
@@ -293,6 +348,7 @@ def _fresh(route: RouteConfig, now: float) -> RouteState:
         previous_live=None,
         changed_at=now,
         shadows=route.shadows,
+        pools=tuple(_config_pool(p) for p in route.pools),
     )
 
 
@@ -310,10 +366,41 @@ def _keep_known(weights: Weights, pools: Sequence[str]) -> tuple[Weights, list[s
     return tuple((name, given.get(name, 0)) for name in pools), dropped
 
 
+def _reconcile_pools(
+    name: str, state: RouteState, rc: RouteConfig, warnings: list[str]
+) -> tuple[tuple[PoolState, ...], tuple[str, ...]]:
+    """The route's pools: the config's (minus those deleted through the API) with the
+    state's endpoints where it has them, then the pools created through the API. Returns
+    them and the deletions that still name a configured pool."""
+    configured = {pool.name: pool for pool in rc.pools}
+    removed = tuple(p for p in state.removed_pools if p in configured)
+    if state.pools is None:  # a file from before pools were persisted
+        return tuple(_config_pool(p) for p in rc.pools if p.name not in removed), removed
+    persisted = {pool.name: pool for pool in state.pools}
+    out: list[PoolState] = []
+    for pc in rc.pools:
+        if pc.name in removed:
+            continue
+        kept = persisted.get(pc.name)
+        if kept is None:
+            out.append(_config_pool(pc))
+            continue
+        written = [address_text(a) for a in pc.endpoints]
+        if sorted(kept.endpoints) != sorted(written):
+            warnings.append(
+                f"route {name!r}: pool {pc.name!r} has endpoints {', '.join(kept.endpoints)}"
+                f" in the state and {', '.join(written)} in the config; the state's are used"
+            )
+        out.append(replace(kept, added=False) if kept.added else kept)
+    out.extend(p for p in state.pools if p.added and p.name not in configured)
+    return tuple(out), removed
+
+
 def _reconcile_route(
     name: str, state: RouteState, rc: RouteConfig, warnings: list[str]
 ) -> RouteState:
-    pools = [pool.name for pool in rc.pools]
+    pool_states, removed = _reconcile_pools(name, state, rc, warnings)
+    pools = [pool.name for pool in pool_states]
     weights, dropped = _keep_known(state.weights, pools)
     for pool in dropped:
         warnings.append(
@@ -324,13 +411,14 @@ def _reconcile_route(
     if any(weight > 0 for _, weight in weights):
         known = {pool for pool, _ in state.weights}
         for pc in rc.pools:
-            if pc.name not in known:
+            if pc.name not in known and pc.name in pools:
                 warnings.append(
                     f"route {name!r}: pool {pc.name!r} is new in the config; added with "
                     f"weight 0 (the persisted weights win over the config's {pc.weight})"
                 )
     else:
-        weights = _config_weights(rc)
+        configured = {pc.name: pc.weight for pc in rc.pools}
+        weights = tuple((pool, configured.get(pool, 0)) for pool in pools)
         live = _sole_pool(weights)
         warnings.append(
             f"route {name!r}: no remaining pool has a weight > 0; "
@@ -358,6 +446,8 @@ def _reconcile_route(
         previous=previous,
         previous_live=previous_live,
         shadows=_reconcile_shadows(name, state.shadows, rc, weights, warnings),
+        pools=pool_states,
+        removed_pools=removed,
     )
 
 
@@ -445,6 +535,17 @@ def _route_json(name: str, state: RouteState) -> dict[str, Any]:
         "changed_at": state.changed_at,
         "shadows": None if state.shadows is None else [shadow_to_obj(s) for s in state.shadows],
         "rollout": None if state.rollout is None else dict(state.rollout),
+        "pools": None if state.pools is None else [_pool_json(p) for p in state.pools],
+        "removed_pools": list(state.removed_pools),
+    }
+
+
+def _pool_json(pool: PoolState) -> dict[str, Any]:
+    return {
+        "name": pool.name,
+        "endpoints": list(pool.endpoints),
+        "draining": list(pool.draining),
+        "added": pool.added,
     }
 
 
@@ -513,8 +614,33 @@ def _route_from(obj: object, where: str) -> tuple[str, RouteState]:
         changed_at=r.time("changed_at"),
         shadows=_shadows_from(r.obj.get("shadows"), r.path),
         rollout=_rollout_from(r.obj.get("rollout"), r.path),
+        pools=_pools_from(r, weights),
+        removed_pools=tuple(r.strings("removed_pools")) if "removed_pools" in r.obj else (),
     )
     return name, state
+
+
+def _pools_from(route: _StateReader, weights: Weights) -> tuple[PoolState, ...] | None:
+    if route.obj.get("pools") is None:
+        return None  # absent: written before pools were persisted
+    pools = []
+    for index, item in enumerate(route.array("pools")):
+        r = _StateReader(item, f"{route.path}.pools[{index}]")
+        endpoints = tuple(r.strings("endpoints"))
+        draining = tuple(r.strings("draining"))
+        for endpoint in endpoints:
+            try:
+                parse_address(endpoint)
+            except ValueError as err:
+                raise r.fail("endpoints", str(err)) from None
+        if len(set(endpoints)) != len(endpoints):
+            raise r.fail("endpoints", "expected each endpoint once")
+        if any(e not in endpoints for e in draining):
+            raise r.fail("draining", "expected endpoints of the pool")
+        pools.append(PoolState(r.string("name"), endpoints, draining, r.boolean("added")))
+    if [p.name for p in pools] != [name for name, _ in weights]:
+        raise route.fail("pools", "expected the pools of weights, in order")
+    return tuple(pools)
 
 
 def _rollout_from(value: object, where: str) -> Mapping[str, Any] | None:
@@ -551,8 +677,8 @@ def from_json(data: bytes) -> StateDoc:
         raise ValueError(f"not valid JSON: {err}") from None
     r = _StateReader(obj, "state")
     fmt = r.get("format")
-    if isinstance(fmt, bool) or fmt != FORMAT:  # True == 1 in Python
-        raise r.fail("format", f"expected {FORMAT}, got {show(fmt)}")
+    if isinstance(fmt, bool) or fmt not in READABLE_FORMATS:  # True == 1 in Python
+        raise r.fail("format", f"expected one of {READABLE_FORMATS}, got {show(fmt)}")
     version = r.count("version")
     updated_at = r.time("updated_at")
     items = r.array("routes")

@@ -240,9 +240,10 @@ async def test_get_one_route_has_the_documented_shape(start_service: StartServic
     assert body["previous"] is None
     assert (body["flips"], body["rollbacks"]) == (0, 0)
     assert isinstance(body["changed_at"], int | float) and body["changed_at"] > 0
+    up = {"state": "up", "healthy": True, "in_flight": 0}
     assert body["pools"] == {
-        "blue": {"endpoints": [{"address": rs.blue.address, "healthy": True}]},
-        "green": {"endpoints": [{"address": rs.green.address, "healthy": True}]},
+        "blue": {"weight": 100, "endpoints": [{"address": rs.blue.address, **up}]},
+        "green": {"weight": 0, "endpoints": [{"address": rs.green.address, **up}]},
     }
 
 
@@ -727,9 +728,12 @@ async def test_each_change_appends_one_audit_line(start_service: StartService) -
         assert TOKEN not in json.dumps(record)
     assert [r["action"] for r in records] == ["weights", "flip", "rollback"]
     assert [r["version"] for r in records] == versions == [2, 3, 4]
+    endpoints = {"blue": [rs.blue.address], "green": [rs.green.address]}
     initial = {"weights": {"blue": 100, "green": 0}, "live": "blue", "shadows": {}}
     split = {"weights": {"blue": 75, "green": 25}, "live": None, "shadows": {}}
     flipped = {"weights": {"blue": 0, "green": 100}, "live": "green", "shadows": {}}
+    for assignment in (initial, split, flipped):
+        assignment["endpoints"] = endpoints
     assert [(r["before"], r["after"]) for r in records] == [
         (initial, split),
         (split, flipped),

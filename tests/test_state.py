@@ -335,7 +335,8 @@ def test_reconcile_follows_config_order(doc: StateDoc) -> None:
     result, warnings = reconcile(doc, config)
     assert [name for name, _ in result.routes] == ["api", "shop"]
     assert result.route("api").weights == (("canary", 10), ("stable", 90))
-    assert warnings == []
+    # Only the endpoints are reported: the state's are kept, in the new pool order.
+    assert len(warnings) == 2 and all("the state's are used" in w for w in warnings), warnings
     assert result.version == doc.version + 1
 
 
@@ -404,7 +405,10 @@ def test_set_weights_then_rollback_restores(data: st.DataObject) -> None:
         name="r",
         hosts=("*",),
         path_prefix="/",
-        pools=tuple(PoolConfig(p, (), w) for p, w in start.items()),
+        pools=tuple(
+            PoolConfig(p, (Address("127.0.0.1", 9000 + i),), w)
+            for i, (p, w) in enumerate(start.items())
+        ),
     )
     doc = initial_state((config,), T0)
     # Any valid map naming a subset of the pools (the rest get 0).
@@ -449,7 +453,7 @@ R0: list[str | int] = ["routes", 0]
         (b"{", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
         (b"[]", "state: expected an object"),
-        (_mutate(["format"], 2), "state.format"),
+        (_mutate(["format"], 3), "state.format"),
         (_mutate(["format"], True), "state.format"),
         (_mutate(["format"], _DELETE), "state.format: missing"),
         (_mutate(["version"], _DELETE), "state.version: missing"),

@@ -1,7 +1,8 @@
 """The `pointsman` command: `run` and `check`, the deploy-script commands `status`, `weights`,
-`flip` and `rollback`, `diffs` for reading a shadow's comparison, and `canary` and `rollout` for
-automated canary rollouts (start one and optionally follow it to its end; show, pause, resume,
-promote or abort one); all but the first two call the control API (control/client.py)."""
+`flip`, `rollback` and `pool` (pools and endpoints at run time), `diffs` for reading a shadow's
+comparison, and `canary` and `rollout` for automated canary rollouts (start one and optionally
+follow it to its end; show, pause, resume, promote or abort one); all but the first two call
+the control API (control/client.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from control.cli.common import (
 from control.cli.diffs import (
     cmd_diffs,
 )
+from control.cli.pools import add_pool_parsers
 from control.cli.routes import (
     cmd_flip,
     cmd_rollback,
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=5, help="mismatches to show (default 5)"
     )
     _add_canary_parsers(sub)
+    add_pool_parsers(sub)
     return parser
 
 

@@ -123,9 +123,13 @@ def _route_obj(route: object) -> dict[str, Any]:
 
 
 def _endpoint_text(endpoint: object) -> tuple[str, bool]:
-    """`127.0.0.1:9001 up` and whether it is known to be healthy."""
+    """`127.0.0.1:9001 up` (or `down`, or `draining, 2 in flight`) and whether it takes
+    requests."""
     if not isinstance(endpoint, dict):
         return _text(endpoint), False
+    if endpoint.get("state") == "draining":
+        in_flight = _text(endpoint.get("in_flight", 0))
+        return f"{_text(endpoint.get('address'))} draining, {in_flight} in flight", False
     healthy = endpoint.get("healthy")
     state = "?" if not isinstance(healthy, bool) else "up" if healthy else "down"
     return f"{_text(endpoint.get('address'))} {state}", healthy is True
