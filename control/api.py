@@ -43,7 +43,7 @@ from control.state import (
     set_shadow,
     set_weights,
 )
-from proxy.config import Config, RouteConfig, address_text
+from proxy.config import Config, ConfigError, RouteConfig, address_text
 from proxy.router import Pool
 from proxy.server import ProxyServer
 from proxy.shadow import Shadow
@@ -172,7 +172,11 @@ def shadow_view(plane: ControlPlane, route: str, shadow: Shadow) -> dict[str, ob
     }
 
 
+# Reads the config file again and serves it (control/service.py `Service.reload`).
+Reload = Callable[[str], Awaitable[dict[str, object]]]
+
 PLANE_KEY = web.AppKey("control_plane", ControlPlane)
+RELOAD_KEY: web.AppKey[Reload] = web.AppKey("reload")
 ROLLOUTS_KEY = web.AppKey("rollouts", RolloutRunner)
 PROXY_KEY = web.AppKey("proxy", ProxyServer)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
@@ -424,6 +428,23 @@ async def post_rollback(request: web.Request) -> web.Response:
         actor, "rollback", name, version, lambda d, now: rollback(d, name, now)
     )
     return json_answer(route_view(plane, name), doc.version)
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    """Read the config file again: 200 with what changed, or 400 with every problem (the old
+    config keeps serving)."""
+    actor = check_auth(request, mutating=True)
+    plane = request.app[PLANE_KEY]
+    await read_body(request)  # none is expected; a body over the limit is still refused
+    try:
+        outcome = await request.app[RELOAD_KEY](actor)
+    except ConfigError as err:
+        raise ApiError(
+            400,
+            f"{plane.config.source} has problems; nothing changed",
+            {"code": "bad_config", "problems": err.problems},
+        ) from None
+    return json_answer(outcome, plane.doc.version)
 
 
 # --- pools and endpoints ----------------------------------------------------------------------
@@ -775,9 +796,11 @@ def build_admin_app(
     plane: ControlPlane | None = None,
     token: str | None = None,
     rollouts: RolloutRunner | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     """The admin app: /metrics and /healthz, and with a plane the control API (whose rollouts
-    the runner drives: the service's own, else a new one)."""
+    the runner drives: the service's own, else a new one); `POST /v1/reload` with `reload`
+    (the service's, which reads the config file again)."""
     app = web.Application(middlewares=[errors_as_json, fleet_wait], client_max_size=MAX_API_BODY)
     app[PROXY_KEY] = proxy
     registry = proxy.metrics.registry()
@@ -795,6 +818,9 @@ def build_admin_app(
         registry.register(ControlCollector(plane))
         registry.register(RolloutCollector(rollouts))
         app.router.add_get("/v1/fleet", get_fleet)
+        if reload is not None:
+            app[RELOAD_KEY] = reload
+            app.router.add_post("/v1/reload", post_reload)
         app.router.add_get("/v1/routes", list_routes)
         app.router.add_get("/v1/routes/{route}", get_route)
         app.router.add_put("/v1/routes/{route}/weights", put_weights)

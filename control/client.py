@@ -159,6 +159,10 @@ class AdminClient:
         """POST /v1/routes/ROUTE/rollback with {}."""
         return self._call("POST", f"/v1/routes/{_quote(route)}/rollback", {}, if_match)
 
+    def reload(self) -> Reply:
+        """POST /v1/reload: read the config file again (400 with its problems, if any)."""
+        return self._call("POST", "/v1/reload", {})
+
     def pool(self, route: str, pool: str) -> Reply:
         """GET /v1/routes/ROUTE/pools/POOL: weight and endpoints (state, requests in flight)."""
         return self._call("GET", f"/v1/routes/{_quote(route)}/pools/{_quote(pool)}")

@@ -85,6 +85,9 @@ class ControlPlane:
         self.push_to_workers: Callable[[], Awaitable[None]] = _nothing
         # With workers: sums the workers' counters into this process's before they are read.
         self.refresh_counters: Callable[[], Awaitable[None]] = _nothing
+        # With workers: sends a reloaded config (and the current state) to every worker;
+        # awaiting what it returns waits until all run it.
+        self.push_config_to_workers: Callable[[Config], Awaitable[None]] = _no_config
 
     def snapshot(self) -> dict[str, object]:
         """The routing state as a worker takes it (proxy/worker.py `table_from`)."""
@@ -164,6 +167,80 @@ class ControlPlane:
                 {"code": "version_conflict", "current_version": self.doc.version},
             )
 
+    async def reload(self, config: Config, actor: str) -> tuple[StateDoc, list[str]]:
+        """Serve `config` (already checked, its restart-only settings as before) from now on:
+        the state is fitted to it as at start, and the fitted state is saved (in a fleet:
+        written to etcd first, like any change) before config and state reach the data
+        plane together. Returns the state in force and what fitting it adjusted."""
+        async with self.lock:
+            for _ in range(FLEET_WRITE_ATTEMPTS):
+                now = time.time()
+                fitted, warnings = reconcile(self.doc, config.routes, now)
+                record = (actor, "reload", "*", None, None)
+                if fitted is self.doc or self.fleet is None:
+                    break
+                try:
+                    audit = audit_record(*record, fitted.version, now)
+                    await self.fleet.save(fitted, audit)
+                    break
+                except StateConflict as conflict:
+                    problem = await self._apply(conflict.current, conflict.state_revision)
+                    if problem is not None:
+                        details = {"code": "config_differs", "current_version": self.doc.version}
+                        raise ApiError(409, problem, details) from None
+                except EtcdError as err:
+                    code = (
+                        "store_unreachable" if isinstance(err, EtcdUnavailable) else "store_refused"
+                    )
+                    raise ApiError(
+                        503,
+                        f"the state store (etcd) did not take the fitted state, so the config"
+                        f" was not reloaded: {err}",
+                        {"code": code, "current_version": self.doc.version},
+                    ) from None
+            else:
+                raise ApiError(
+                    409,
+                    "the state kept changing in the fleet during the reload; try again",
+                    {"code": "version_conflict", "current_version": self.doc.version},
+                )
+            before, old_config = self.doc, self.config
+            saved = None
+            if fitted is not before and self.fleet is None:
+                loop = asyncio.get_running_loop()
+                saved = loop.run_in_executor(None, self._save, fitted, record, now)
+            self.config, self.doc = config, fitted
+            self.proxy.use_config(config)
+            pushed = self.push_config_to_workers(config)
+            self.publish()
+            try:
+                await pushed
+            finally:
+                not_saved = None if saved is None else (await saved)[0]
+            if not_saved is not None:
+                log.error("reload: version %d could not be saved (%s): the old config stays",
+                          fitted.version, not_saved)  # fmt: skip
+                self.config, self.doc = old_config, before
+                self.proxy.use_config(old_config)
+                pushed = self.push_config_to_workers(old_config)
+                self.publish()
+                await pushed
+                raise ApiError(
+                    500,
+                    f"the fitted state could not be saved, so the config was not reloaded:"
+                    f" {not_saved}",
+                    {"code": "state_not_saved", "current_version": before.version},
+                )
+            if self.fleet is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._keep_copy, fitted)
+                self.installed_version = fitted.version
+                self.on_install()
+            if fitted is not before:
+                self.last_change = fitted.updated_at
+            log.info("reload by %s: %s in force, state version %d", actor, config.source,
+                     fitted.version)  # fmt: skip
+            return fitted, warnings
+
     async def _commit(
         self, doc: StateDoc, new: StateDoc, record: tuple[Any, ...], now: float
     ) -> None:
@@ -234,11 +311,10 @@ class ControlPlane:
         try:
             newer = await fleet.newer()
         except EtcdError as err:
-            code = "store_unreachable" if isinstance(err, EtcdUnavailable) else "store_refused"
             raise ApiError(
                 503,
                 f"the state store (etcd) cannot confirm the state this change rests on: {err}",
-                {"code": code, "current_version": self.doc.version},
+                {"code": _store_code(err), "current_version": self.doc.version},
             ) from None
         if newer is None:
             return True
@@ -344,7 +420,15 @@ class ControlPlane:
             self.doc = new
 
 
+def _store_code(err: EtcdError) -> str:
+    return "store_unreachable" if isinstance(err, EtcdUnavailable) else "store_refused"
+
+
 async def _nothing() -> None:
+    return None
+
+
+async def _no_config(config: Config) -> None:
     return None
 
 

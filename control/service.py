@@ -17,6 +17,7 @@ from typing import Final
 from aiohttp import web
 
 from control.api import build_admin_app, is_loopback, load_token
+from control.errors import ApiError
 from control.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from control.etcd_store import EtcdStore, StateConflict
 from control.fleet import FleetSync
@@ -28,7 +29,8 @@ from control.rollouts import FleetRollouts, RolloutRunner
 from control.state import initial_state, reconcile
 from control.store import FileStore, audit_record
 from control.workers import Supervisor
-from proxy.config import Config, EtcdSettings
+from proxy.config import Config, ConfigError, EtcdSettings
+from proxy.config_loader import load_config
 from proxy.server import ProxyServer
 from proxy.tasks import cancel_and_wait
 
@@ -44,6 +46,9 @@ GRPC_PERMISSION_DENIED: Final = 7
 GRPC_UNAUTHENTICATED: Final = 16
 # The etcd calls of a member's registration (grant, put): start waits that many call timeouts.
 REGISTER_CALLS: Final = 2
+# Settings a reload cannot change: the listeners are bound, the workers started and the
+# state store opened with them. A reload keeps them and says which differ.
+RESTART_ONLY: Final = ("listen", "admin", "workers", "state")
 
 
 def etcd_client(settings: EtcdSettings) -> EtcdClient:
@@ -106,6 +111,8 @@ class Service:
         self._registration_task: asyncio.Task[None] | None = None
         self._etcd: EtcdClient | None = None
         self._admin_runner: web.AppRunner | None = None
+        self._reloads: set[asyncio.Task[None]] = set()  # started by SIGHUP
+        self._started = asyncio.Event()  # a SIGHUP during start waits for it
 
     @property
     def data_port(self) -> int:
@@ -229,13 +236,14 @@ class Service:
                 log_level=self.log_level, shared_socket=self.shared_socket,
             )  # fmt: skip
             plane.push_to_workers = supervisor.push_state
+            plane.push_config_to_workers = supervisor.push_config
             plane.refresh_counters = supervisor.refresh
             self.proxy.health.on_change = supervisor.push_health
             await supervisor.start()
         await rollouts.restore()
         if self.fleet_sync is not None:
             self._fleet_task = asyncio.create_task(self.fleet_sync.run(), name="fleet-sync")
-        app = build_admin_app(self.proxy, plane, token, rollouts)
+        app = build_admin_app(self.proxy, plane, token, rollouts, reload=self.reload)
         # access_log off: /metrics is scraped every few seconds and would drown the log.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -256,6 +264,7 @@ class Service:
                     await registration.registered.wait()
             except TimeoutError:
                 log.warning("fleet: not registered as a member yet (etcd does not answer)")
+        self._started.set()
 
     def _drive_rollouts_in_fleet(
         self, rollouts: RolloutRunner, registration: MemberRegistration, token: str | None
@@ -302,7 +311,52 @@ class Service:
         self._registration_task = asyncio.create_task(registration.run(), name="fleet-member")
         return registration
 
+    async def reload(self, actor: str) -> dict[str, object]:
+        """Read the config file again and serve it: routes, pools, rules, sticky settings,
+        shadows, limits and timeouts for new requests on every worker, no connection
+        closed; the state fitted to it as at start. Raises ConfigError (nothing changed)
+        when the file has problems; ApiError when the fitted state cannot be stored."""
+        plane = self.plane
+        assert plane is not None, "reload before start"
+        started = time.monotonic()
+        config = await asyncio.to_thread(load_config, self.config.source)
+        old = self.config
+        restart = [key for key in RESTART_ONLY if getattr(config, key) != getattr(old, key)]
+        config = replace(
+            config, listen=old.listen, admin=old.admin, workers=old.workers, state=old.state
+        )
+        doc, warnings = await plane.reload(config, actor)
+        self.config = config
+        for warning in warnings:
+            log.warning("state: %s", warning)
+        for key in restart:
+            log.warning("reload: %s changed in %s; it takes effect at the next start",
+                        key, config.source)  # fmt: skip
+        return {
+            "config": config.source,
+            "version": doc.version,
+            "warnings": warnings,
+            "restart_needed": restart,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+
+    def _reload_on_signal(self) -> None:
+        async def reload() -> None:
+            await self._started.wait()
+            try:
+                await self.reload("SIGHUP")
+            except ConfigError as err:
+                log.error("reload (SIGHUP): %s has problems; nothing changed:\n%s",
+                          self.config.source, err)  # fmt: skip
+            except ApiError as err:
+                log.error("reload (SIGHUP): %s", err.error)
+
+        task = asyncio.get_running_loop().create_task(reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
     async def stop(self) -> None:
+        await cancel_and_wait(list(self._reloads))
         # Rollouts first (their time in step is saved; no step may change during the drain),
         # then the data plane (drains in-flight requests), admin last so /metrics and /healthz
         # answer (healthz says draining) while it drains.
@@ -337,6 +391,8 @@ class Service:
             loop.add_signal_handler(sig, stop.set)
         code = 0
         try:
+            # Before start: a SIGHUP's default action would end the process.
+            loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
             await self.start()
             waits = [loop.create_task(stop.wait())]
             if self.supervisor is not None:
@@ -351,7 +407,7 @@ class Service:
             else:
                 log.info("signal received: draining (grace %.1fs)", self.config.timeouts.grace)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.stop()
         log.info("stopped")

@@ -23,7 +23,7 @@ from typing import Any, Final
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.config import Address
+from proxy.config import Address, Config
 from proxy.host_counters import Counts, add_counts, add_samples, apply, retired
 from proxy.ipc import ChannelClosed, encode, read_message
 from proxy.server import LISTEN_BACKLOG, ProxyServer
@@ -371,6 +371,27 @@ class Supervisor:
                     slot.send({"type": "ping"})
 
     # -- state ------------------------------------------------------------------------------
+
+    def push_config(self, config: Config) -> Awaitable[None]:
+        """A reloaded config and the current state to every live worker (and to the workers
+        started from now on). Awaiting the result returns once each has applied both."""
+        self.config = config
+        self.config_text = config.text
+        state = self.snapshot()
+        version = int(state["version"])
+        loop = asyncio.get_running_loop()
+        waits: list[tuple[WorkerSlot, asyncio.Future[None]]] = []
+        message = {"type": "config", "config": config.text, "source": config.source}
+        for slot in self.slots:
+            if not slot.ready:
+                continue  # it gets the new config in its hello
+            future: asyncio.Future[None] = loop.create_future()
+            slot.acks.append((version, future))
+            if slot.send({**message, "state": state}):
+                waits.append((slot, future))
+            else:
+                future.cancel()
+        return self._acknowledged(version, waits)
 
     def push_state(self) -> Awaitable[None]:
         """Send the current state to every live worker now. Awaiting the result returns once

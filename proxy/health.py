@@ -51,6 +51,7 @@ class HealthChecker:
 
     def __init__(self) -> None:
         self._tasks: dict[EndpointPool, asyncio.Task[None]] = {}
+        self._configs: dict[EndpointPool, HealthCheckConfig] = {}  # what each task checks with
         # Loops of endpoints no longer checked, cancelled and not yet finished: kept so that
         # `stop` waits for them too.
         self._stopping: set[asyncio.Task[None]] = set()
@@ -62,11 +63,14 @@ class HealthChecker:
         for target, config in checks.items():
             if target not in self._tasks:
                 self._tasks[target] = loop.create_task(self._run(target, config))
+                self._configs[target] = config
 
     def update(self, checks: Mapping[EndpointPool, HealthCheckConfig]) -> None:
         """Check exactly these endpoints from now on (pools and endpoints change at run
-        time): new ones start checked, removed ones stop."""
-        for target in [t for t in self._tasks if t not in checks]:
+        time, settings at a reload): new ones start checked, removed ones stop, and one whose
+        settings changed starts again with them (keeping its current verdict)."""
+        for target in [t for t in self._tasks if checks.get(t) != self._configs.get(t)]:
+            del self._configs[target]
             task = self._tasks.pop(target)
             task.cancel()
             self._stopping.add(task)
@@ -96,4 +100,5 @@ class HealthChecker:
     async def stop(self) -> None:
         tasks = [*self._tasks.values(), *self._stopping]
         self._tasks.clear()
+        self._configs.clear()
         await cancel_and_wait(tasks)

@@ -1208,6 +1208,16 @@ class ProxyContext:
         self._id_counter = 0
         self.writes: WriteBatch = upstreams.writes
 
+    def use_settings(self, timeouts: Timeouts, limits: Limits) -> None:
+        """Timeouts and limits of a reloaded config, for the requests that start from now."""
+        self.timeouts = timeouts
+        self.limits = limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.header_read_timeout = timeouts.header_read
+        self.upstream_timeout = timeouts.upstream
+        self.idle_timeout = timeouts.idle
+
     def use_table(self, table: RoutingTable) -> None:
         """Route the requests whose heads complete from now on by `table`."""
         self.wanted_headers = table.wanted_headers

@@ -45,6 +45,17 @@ class ProxyServer:
     def table(self) -> RoutingTable:
         return self._table
 
+    def use_config(self, config: Config) -> None:
+        """A reloaded config's timeouts, limits and upstream settings, for what starts from
+        now. The listener stays (a new listen address needs a restart); the routes come with
+        the next `set_table`."""
+        self.config = config
+        if self.ctx is not None:
+            self.ctx.use_settings(config.timeouts, config.limits)
+        if self.upstreams is not None:
+            self.upstreams.use_settings(config.upstream, config.timeouts.connect)
+        self.shadows.memory.limit = config.limits.compare_memory_bytes
+
     def set_table(self, table: RoutingTable) -> None:
         """Publish a new routing table: each request is routed by the old one or the new one
         whole, since a request reads `ctx.table` once when its head completes."""

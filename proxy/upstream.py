@@ -618,6 +618,16 @@ class Upstreams:
             target.connecting -= 1
         return cast(UpstreamConnection, protocol)
 
+    def use_settings(self, settings: UpstreamSettings, connect_timeout: float) -> None:
+        """The upstream settings of a reloaded config: new connections and every endpoint's
+        idle pool follow them from now on."""
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        for pool in self.pools.values():
+            pool.settings = settings
+            if not pool.retired:
+                pool.max_idle = settings.max_idle
+
     def retire_unused(self, in_use: set[Address]) -> None:
         """Retire the endpoints no table routes to; take back those routed to again."""
         for address, pool in self.pools.items():

@@ -98,8 +98,10 @@ class Worker:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
-        # Ctrl-C in a terminal reaches the master, which drains the workers itself.
+        # Ctrl-C in a terminal reaches the master, which drains the workers itself; a
+        # reload (SIGHUP) is the master's too, which sends the new config.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
         channel = socket.socket(fileno=self.control_fd)
         reader, writer = await asyncio.open_connection(sock=channel)
         writer.write(encode({"type": "up", "pid": os.getpid()}))
@@ -142,6 +144,22 @@ class Worker:
                 kind = message["type"]
                 if kind == "state":
                     table = table_from(config, message)
+                    server.set_table(table)
+                    writer.write(encode({"type": "ack", "version": table.version}))
+                elif kind == "config":
+                    # A reload: the master has checked the text; settings first, so the
+                    # new table's endpoints take the new upstream settings.
+                    try:
+                        reloaded = parse_config(message["config"], message["source"])
+                    except ConfigError as err:
+                        # No ack: the master replaces this worker, and the new one starts
+                        # from the master's config.
+                        log.error("worker %d: the reloaded config does not parse here: %s",
+                                  self.slot, err)  # fmt: skip
+                        continue
+                    config = reloaded
+                    server.use_config(config)
+                    table = table_from(config, message["state"])
                     server.set_table(table)
                     writer.write(encode({"type": "ack", "version": table.version}))
                 elif kind == "health":

@@ -1,8 +1,8 @@
 """The `pointsman` command: `run` and `check`, the deploy-script commands `status`, `weights`,
-`flip`, `rollback` and `pool` (pools and endpoints at run time), `diffs` for reading a shadow's
-comparison, and `canary` and `rollout` for automated canary rollouts (start one and optionally
-follow it to its end; show, pause, resume, promote or abort one); all but the first two call
-the control API (control/client.py)."""
+`flip`, `rollback`, `reload` and `pool` (pools and endpoints at run time), `diffs` for reading
+a shadow's comparison, and `canary` and `rollout` for automated canary rollouts (start one and
+optionally follow it to its end; show, pause, resume, promote or abort one); all but the first
+two call the control API (control/client.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from control.cli.diffs import (
 from control.cli.pools import add_pool_parsers
 from control.cli.routes import (
     cmd_flip,
+    cmd_reload,
     cmd_rollback,
     cmd_status,
     cmd_weights,
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "rollback", "restore a route's assignment before its last change", cmd_rollback
     )
     rollback.add_argument("route", metavar="ROUTE")
+    _add_control_parser(
+        sub, "reload", "read the config file again and serve it (as SIGHUP does)", cmd_reload,
+        if_match=False,
+    )  # fmt: skip
     diffs = _add_control_parser(
         sub, "diffs", "show a shadow's comparison: rates per path and the latest mismatches",
         cmd_diffs, if_match=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from control.cli.common import (
     _BadAnswer,
@@ -77,6 +78,39 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return _control(
         args, lambda client: client.set_weights(args.route, weights, args.if_match), describe
     )
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """`pointsman reload`: the reload's outcome, or the config's problems (exit 1)."""
+
+    def describe(reply: Reply) -> list[str]:
+        body = _route_obj(reply.body)
+        seconds = body.get("seconds")
+        took = f" in {seconds * 1000:.1f} ms" if isinstance(seconds, int | float) else ""
+        version = _text(body.get("version"))
+        lines = [f"reloaded {_text(body.get('config'))}{took}: state version {version}"]
+        lines += [f"  state: {_text(w)}" for w in body.get("warnings") or []]
+        lines += [
+            f"  {_text(key)} changed: it takes effect at the next start"
+            for key in body.get("restart_needed") or []
+        ]
+        return lines
+
+    replies: list[Reply] = []
+
+    def call(client: AdminClient) -> Reply:
+        replies.append(client.reload())
+        return replies[-1]
+
+    code = _control(args, call, describe)
+    if code != 0 and replies and not args.json:
+        # After the one-line refusal: each problem as `pointsman check` prints it.
+        body = replies[-1].body
+        detail = body.get("detail") if isinstance(body, dict) else None
+        problems = detail.get("problems") if isinstance(detail, dict) else None
+        for problem in problems if isinstance(problems, list) else []:
+            print(_text(problem), file=sys.stderr)
+    return code
 
 
 def cmd_flip(args: argparse.Namespace) -> int:
