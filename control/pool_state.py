@@ -116,11 +116,17 @@ def add_endpoints(
         pools = current.pools or ()
         if len(pools) >= MAX_POOLS:
             raise StateError("bad_pool", f"route {route!r} has {MAX_POOLS} pools, the most")
+        at = _position(pools, config, pool)
+        created = PoolState(pool, endpoints, added=all(p.name != pool for p in config.pools))
         new = replace(
             current,
-            weights=(*current.weights, (pool, 0)),
-            previous=None if current.previous is None else (*current.previous, (pool, 0)),
-            pools=(*pools, PoolState(pool, endpoints, added=True)),
+            weights=(*current.weights[:at], (pool, 0), *current.weights[at:]),
+            previous=None
+            if current.previous is None
+            else (*current.previous[:at], (pool, 0), *current.previous[at:]),
+            pools=(*pools[:at], created, *pools[at:]),
+            # A config pool deleted earlier and now made again is the config's pool again.
+            removed_pools=tuple(p for p in current.removed_pools if p != pool),
             changed_at=now,
         )
         return commit(doc, route, new, now)
@@ -139,6 +145,20 @@ def add_endpoints(
         draining=tuple(e for e in existing.draining if e not in taken_back),
     )
     return _with_pool(doc, route, updated, now)
+
+
+def _position(pools: Sequence[PoolState], config: RouteConfig, name: str) -> int:
+    """Where a new pool goes, so that a restart (`reconcile`) keeps the order: a pool made
+    through the API after every other pool; a config pool made again (after a delete) among
+    the config's pools in config order."""
+    order = [p.name for p in config.pools]
+    if name not in order:
+        return len(pools)
+    later = set(order[order.index(name) + 1 :])
+    for index, pool in enumerate(pools):
+        if pool.added or pool.name in later:
+            return index
+    return len(pools)
 
 
 def set_endpoints(

@@ -185,6 +185,17 @@ def test_a_deleted_config_pool_stays_deleted_after_a_restart() -> None:
     assert "dark" not in pools_of(again)
 
 
+def test_a_deleted_config_pool_made_again_takes_its_config_place() -> None:
+    doc = delete_pool(fresh(), SHOP, "shop", "dark", NOW)
+    doc = add_endpoints(doc, SHOP, "shop", "v2", ["10.0.0.7:8080"], NOW)
+    doc = add_endpoints(doc, SHOP, "shop", "dark", ["10.0.0.9:80"], NOW)
+    route = doc.route("shop")
+    assert [n for n, _ in route.weights] == ["blue", "green", "dark", "v2"]
+    assert route.removed_pools == ()
+    assert not route.pool("shop", "dark").added
+    assert reconcile(doc, CONFIG.routes, NOW)[0] is doc
+
+
 def test_runtime_pools_and_endpoints_survive_a_restart_and_fit_the_config() -> None:
     doc = add_endpoints(fresh(), SHOP, "shop", "v2", ["10.0.0.7:8080"], NOW)
     doc = set_endpoints(doc, SHOP, "shop", "blue", ["10.0.0.1:80", "10.0.0.2:80"], NOW)
