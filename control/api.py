@@ -84,7 +84,8 @@ def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
     state = doc.route(name)
     route = plane.proxy.table.routes[name]
     in_flight = plane.proxy.metrics.endpoints_in_flight()
-    pools = {pool.name: pool_view(pool, in_flight) for pool in route.pools}
+    names = resolved_names(plane)
+    pools = {pool.name: pool_view(pool, in_flight, names) for pool in route.pools}
     previous = None
     if state.previous is not None:
         previous = {"weights": dict(state.previous), "live": state.previous_live}
@@ -102,10 +103,14 @@ def route_view(plane: ControlPlane, name: str) -> dict[str, object]:
     }
 
 
-def pool_view(pool: Pool, in_flight: Mapping[str, int]) -> dict[str, object]:
+def pool_view(
+    pool: Pool, in_flight: Mapping[str, int], names: Mapping[str, str] | None = None
+) -> dict[str, object]:
     """A pool as the API shows it: weight and endpoints, each `up` (takes requests), `down`
     (failed its checks or ejected) or `draining`, with its requests under way (as of the
-    last counters round when there are workers)."""
+    last counters round when there are workers) and, for an address of a DNS endpoint, the
+    `name` it was resolved from (`names`: address -> name:port)."""
+    names = names or {}
     endpoints: list[dict[str, object]] = []
     for index, address in enumerate(pool.endpoints):
         target = pool.targets[index] if index < len(pool.targets) else None
@@ -129,7 +134,32 @@ def pool_view(pool: Pool, in_flight: Mapping[str, int]) -> dict[str, object]:
                 "in_flight": in_flight.get(text, 0),
             }
         )
+    for endpoint in endpoints:
+        if endpoint["address"] in names:
+            endpoint["name"] = names[str(endpoint["address"])]
     return {"weight": pool.weight, "endpoints": endpoints}
+
+
+def resolved_names(plane: ControlPlane) -> dict[str, str]:
+    """Each address of a DNS endpoint -> the name:port it was resolved from."""
+    return {a: name for name, addresses in plane.discovery.resolved.items() for a in addresses}
+
+
+def dns_view(plane: ControlPlane, route: str, pool: str) -> list[dict[str, object]]:
+    """The pool's DNS endpoints: what each resolves to now, and how its resolutions went."""
+    state = plane.doc.route(route).pool(route, pool)
+    entries = plane.discovery.entries
+    return [
+        {
+            "name": name,
+            "addresses": list(plane.discovery.resolved.get(name, ())),
+            "resolutions": entries[name].resolutions,
+            "failures": entries[name].failures,
+            "last_error": entries[name].last_error or None,
+        }
+        for name in state.endpoints
+        if name in entries
+    ]
 
 
 def _rate(count: int, total: int) -> float:
@@ -468,8 +498,9 @@ async def get_pool(request: web.Request) -> web.Response:
     name = route_name(request, plane)
     pool = table_pool(plane, name, request.match_info["pool"])
     await plane.refresh_counters()
-    view = pool_view(pool, plane.proxy.metrics.endpoints_in_flight())
-    return json_answer({"route": name, "pool": pool.name, **view}, plane.doc.version)
+    view = pool_view(pool, plane.proxy.metrics.endpoints_in_flight(), resolved_names(plane))
+    body = {"route": name, "pool": pool.name, **view, "dns": dns_view(plane, name, pool.name)}
+    return json_answer(body, plane.doc.version)
 
 
 async def _write_endpoints(request: web.Request, create: bool) -> web.Response:
@@ -489,7 +520,11 @@ async def _write_endpoints(request: web.Request, create: bool) -> web.Response:
         actor, action, name, version,
         lambda d, now: change(d, config, name, pool, endpoints, now),
     )  # fmt: skip
-    view = pool_view(table_pool(plane, name, pool), plane.proxy.metrics.endpoints_in_flight())
+    view = pool_view(
+        table_pool(plane, name, pool),
+        plane.proxy.metrics.endpoints_in_flight(),
+        resolved_names(plane),
+    )
     body_out = {"route": name, "pool": pool, **view}
     return json_answer(body_out, doc.version, 201 if create and not existed else 200)
 
@@ -513,7 +548,11 @@ async def _endpoint_change(
         actor, action, name, version,
         lambda d, now: change(d, config, name, pool, endpoint, now),
     )  # fmt: skip
-    view = pool_view(table_pool(plane, name, pool), plane.proxy.metrics.endpoints_in_flight())
+    view = pool_view(
+        table_pool(plane, name, pool),
+        plane.proxy.metrics.endpoints_in_flight(),
+        resolved_names(plane),
+    )
     return json_answer({"route": name, "pool": pool, **view}, doc.version)
 
 
@@ -756,6 +795,30 @@ class ControlCollector(Collector):
                         [route.name, pool.name, str(target.address)], 1 if target.healthy else 0
                     )
         yield healthy
+        entries = plane.discovery.entries
+        if entries:
+            resolutions = CounterMetricFamily(
+                "pointsman_dns_resolutions",
+                "Resolutions of a DNS endpoint (name:port) that gave addresses.",
+                labels=["endpoint"],
+            )
+            failures = CounterMetricFamily(
+                "pointsman_dns_failures",
+                "Resolutions of a DNS endpoint that failed (its last addresses were kept).",
+                labels=["endpoint"],
+            )
+            addresses = GaugeMetricFamily(
+                "pointsman_dns_addresses",
+                "Addresses a DNS endpoint resolves to now.",
+                labels=["endpoint"],
+            )
+            for name, entry in sorted(entries.items()):
+                resolutions.add_metric([name], entry.resolutions)
+                failures.add_metric([name], entry.failures)
+                addresses.add_metric([name], len(entry.addresses))
+            yield resolutions
+            yield failures
+            yield addresses
         sync = plane.fleet_sync
         if sync is not None:
             up = GaugeMetricFamily(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
+from control.discovery import Discovery
 from control.errors import ApiError
 from control.etcd import EtcdError, EtcdUnavailable
 from control.etcd_store import EtcdStore, Fence, StateConflict
@@ -33,6 +34,7 @@ from proxy.config import Config, routes_with_pools
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 from proxy.shadow_config import shadow_to_obj
+from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("pointsman.api")
 
@@ -88,6 +90,29 @@ class ControlPlane:
         # With workers: sends a reloaded config (and the current state) to every worker;
         # awaiting what it returns waits until all run it.
         self.push_config_to_workers: Callable[[Config], Awaitable[None]] = _no_config
+        # With workers: the current state to every worker even at the same version (the
+        # addresses of a DNS endpoint changed).
+        self.push_resolved_to_workers: Callable[[], Awaitable[None]] = _nothing
+        # The DNS endpoints the state names and their addresses now (control/discovery.py).
+        self.discovery = Discovery(config.dns, self._dns_changed)
+        self._republish: asyncio.Task[None] | None = None
+
+    def _dns_changed(self) -> None:
+        """A DNS endpoint's addresses changed: a new table for the whole host, once the
+        change under way (if any) is done; changes in a burst make one new table."""
+        if self._republish is None or self._republish.done():
+            self._republish = asyncio.get_running_loop().create_task(
+                self._publish_resolved(), name="dns-publish"
+            )
+
+    async def _publish_resolved(self) -> None:
+        async with self.lock:
+            self.publish()
+            await self.push_resolved_to_workers()
+
+    async def close(self) -> None:
+        await cancel_and_wait([self._republish])
+        await self.discovery.close()
 
     def snapshot(self) -> dict[str, object]:
         """The routing state as a worker takes it (proxy/worker.py `table_from`)."""
@@ -100,6 +125,7 @@ class ControlPlane:
                 for route, shadows in doc.shadows().items()
             },
             "pools": doc.pools(),
+            "resolved": self.discovery.resolved,
         }
 
     def publish(self) -> None:
@@ -107,7 +133,7 @@ class ControlPlane:
         doc = self.doc
         self.proxy.set_table(
             RoutingTable(
-                routes_with_pools(self.config.routes, doc.pools()),
+                routes_with_pools(self.config.routes, doc.pools(), self.discovery.resolved),
                 weights=doc.weights(),
                 version=doc.version,
                 shadows=doc.shadows(),
@@ -148,6 +174,7 @@ class ControlPlane:
                         continue
                     return doc
                 after = new.route(route)
+                await self.discover(new)
                 record = (actor, action, route, route_assignment(before), route_assignment(after))
                 if self.fleet is None:
                     await self._commit(doc, new, record, now)
@@ -205,6 +232,7 @@ class ControlPlane:
                     {"code": "version_conflict", "current_version": self.doc.version},
                 )
             before, old_config = self.doc, self.config
+            await self.discover(fitted)
             saved = None
             if fitted is not before and self.fleet is None:
                 loop = asyncio.get_running_loop()
@@ -240,6 +268,14 @@ class ControlPlane:
             log.info("reload by %s: %s in force, state version %d", actor, config.source,
                      fitted.version)  # fmt: skip
             return fitted, warnings
+
+    async def discover(self, doc: StateDoc) -> None:
+        """Watch the DNS names `doc` uses before it is in force, so that its table has their
+        addresses (a new name is asked once; a failure leaves it unresolved, not fatal)."""
+        try:
+            await self.discovery.follow(doc)
+        except ValueError as err:
+            log.error("%s: the names stay unresolved (the loop resolves them on connect)", err)
 
     async def _commit(
         self, doc: StateDoc, new: StateDoc, record: tuple[Any, ...], now: float
@@ -351,6 +387,7 @@ class ControlPlane:
 
     async def _install(self, new: StateDoc) -> None:
         """In a fleet: put a state etcd holds in force on this host; keep the local copy."""
+        await self.discover(new)
         self.doc = new
         pushed = self.push_to_workers()
         self.publish()

@@ -48,7 +48,7 @@ GRPC_UNAUTHENTICATED: Final = 16
 REGISTER_CALLS: Final = 2
 # Settings a reload cannot change: the listeners are bound, the workers started and the
 # state store opened with them. A reload keeps them and says which differ.
-RESTART_ONLY: Final = ("listen", "admin", "workers", "state")
+RESTART_ONLY: Final = ("listen", "admin", "workers", "state", "dns")
 
 
 def etcd_client(settings: EtcdSettings) -> EtcdClient:
@@ -226,6 +226,7 @@ class Service:
             raise StartupError(f"state: {err}") from None
         self.plane = plane
         rollouts = self.rollouts = RolloutRunner(plane)
+        await plane.discover(plane.doc)  # the first table has the DNS endpoints' addresses
         plane.publish()
         if self.workers is None:
             await self.proxy.start()
@@ -237,6 +238,7 @@ class Service:
             )  # fmt: skip
             plane.push_to_workers = supervisor.push_state
             plane.push_config_to_workers = supervisor.push_config
+            plane.push_resolved_to_workers = lambda: supervisor.push_state(force=True)
             plane.refresh_counters = supervisor.refresh
             self.proxy.health.on_change = supervisor.push_health
             await supervisor.start()
@@ -323,7 +325,12 @@ class Service:
         old = self.config
         restart = [key for key in RESTART_ONLY if getattr(config, key) != getattr(old, key)]
         config = replace(
-            config, listen=old.listen, admin=old.admin, workers=old.workers, state=old.state
+            config,
+            listen=old.listen,
+            admin=old.admin,
+            workers=old.workers,
+            state=old.state,
+            dns=old.dns,
         )
         doc, warnings = await plane.reload(config, actor)
         self.config = config
@@ -373,6 +380,8 @@ class Service:
         if self._etcd is not None:
             await self._etcd.close()
             self._etcd = None
+        if self.plane is not None:
+            await self.plane.close()  # DNS resolutions
         if self.supervisor is not None:
             ctx = self.proxy.ctx
             if ctx is not None:

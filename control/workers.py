@@ -393,17 +393,18 @@ class Supervisor:
                 future.cancel()
         return self._acknowledged(version, waits)
 
-    def push_state(self) -> Awaitable[None]:
-        """Send the current state to every live worker now. Awaiting the result returns once
-        each has applied it; a worker that does not acknowledge in time is replaced (and
-        starts with the state current then)."""
+    def push_state(self, force: bool = False) -> Awaitable[None]:
+        """Send the current state to every live worker now (`force`: also to those that run
+        its version, for new DNS addresses). Awaiting the result returns once each has
+        applied it; a worker that does not acknowledge in time is replaced (and starts with
+        the state current then)."""
         state = self.snapshot()
         version = int(state["version"])
         loop = asyncio.get_running_loop()
         waits: list[tuple[WorkerSlot, asyncio.Future[None]]] = []
         for slot in self.slots:
             # `!=`, not `<`: a change whose save failed is taken back with the version before.
-            if not slot.ready or slot.version == version:
+            if not slot.ready or (slot.version == version and not force):
                 continue
             future: asyncio.Future[None] = loop.create_future()
             slot.acks.append((version, future))

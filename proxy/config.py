@@ -15,6 +15,8 @@ from proxy.values import parse_duration, parse_size
 __all__ = [
     "ADDRESS_EXPECTED",
     "COMPARE_MEMORY_LIMIT",
+    "DEFAULT_DNS_REFRESH",
+    "DEFAULT_DNS_TIMEOUT",
     "DEFAULT_ETCD_PASSWORD_ENV",
     "DEFAULT_ETCD_TIMEOUT",
     "DEFAULT_LEADER_TTL",
@@ -24,6 +26,7 @@ __all__ = [
     "AdminConfig",
     "Config",
     "ConfigError",
+    "DnsSettings",
     "EjectionConfig",
     "EtcdSettings",
     "HealthCheckConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "Timeouts",
     "UpstreamSettings",
     "address_text",
+    "is_dns_name",
     "parse_address",
     "parse_duration",
     "parse_size",
@@ -194,6 +198,33 @@ class StateConfig:
         return "file" if self.etcd is None else "etcd"
 
 
+# Seconds between resolutions of a DNS endpoint, as Envoy's STRICT_DNS dns_refresh_rate.
+DEFAULT_DNS_REFRESH: Final = 5.0
+# Seconds one resolution may take: well under the refresh, so resolutions never overlap.
+DEFAULT_DNS_TIMEOUT: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """`dns`: how endpoints written as `name:port` are resolved (proxy/dns.py)."""
+
+    servers: tuple[str, ...] | None = None  # "ip" or "ip:port"; None: /etc/resolv.conf's
+    refresh: float = DEFAULT_DNS_REFRESH
+    timeout: float = DEFAULT_DNS_TIMEOUT
+
+
+def is_dns_name(host: str) -> bool:
+    """A host that the DNS watcher resolves: a name, not an IP literal, and not `localhost`
+    (which the loop resolves from /etc/hosts when it connects, as before)."""
+    if host == "localhost":
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     listen: Address
@@ -204,6 +235,7 @@ class Config:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     state: StateConfig = field(default_factory=StateConfig)
     workers: int | None = None  # data-plane processes beside the master; None: `auto` (CPUs)
+    dns: DnsSettings = field(default_factory=DnsSettings)
     source: str = "<string>"  # file the config came from, for messages
     # The YAML it was parsed from (workers parse the very same text); not part of equality.
     text: str = field(default="", compare=False, repr=False)
@@ -302,12 +334,25 @@ def with_pools(route: RouteConfig, pools: Sequence[PoolEndpoints]) -> RouteConfi
 
 
 def routes_with_pools(
-    routes: Sequence[RouteConfig], pools: Mapping[str, Sequence[Sequence[Any]]]
+    routes: Sequence[RouteConfig],
+    pools: Mapping[str, Sequence[Sequence[Any]]],
+    resolved: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[RouteConfig, ...]:
     """The config's routes with the pools of a state snapshot (the control plane's, or the
     one a worker is sent): route -> [[pool, [endpoint, ...], [draining endpoint, ...]], ...],
     endpoints as `address_text` writes them. A route the snapshot does not name keeps the
-    config's pools."""
+    config's pools. An endpoint written as `name:port` stands for the addresses `resolved`
+    gives it (the master's DNS watcher); one not resolved (yet) stays a name, which the loop
+    resolves when it connects."""
+    found = resolved or {}
+
+    def addresses(texts: Sequence[str]) -> tuple[Address, ...]:
+        out: dict[Address, None] = {}
+        for text in texts:
+            for each in found.get(text) or (text,):
+                out[parse_address(each)] = None
+        return tuple(out)
+
     out = []
     for route in routes:
         given = pools.get(route.name)
@@ -315,11 +360,7 @@ def routes_with_pools(
             out.append(route)
             continue
         parsed = [
-            (
-                str(name),
-                tuple(parse_address(a) for a in endpoints),
-                tuple(parse_address(a) for a in draining),
-            )
+            (str(name), addresses(endpoints), addresses(draining))
             for name, endpoints, draining in given
         ]
         out.append(with_pools(route, parsed))

@@ -7,6 +7,7 @@ and it collects all problems before raising one `ConfigError`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -25,6 +26,7 @@ from proxy.config import (
     AdminConfig,
     Config,
     ConfigError,
+    DnsSettings,
     EjectionConfig,
     EtcdSettings,
     HealthCheckConfig,
@@ -36,6 +38,7 @@ from proxy.config import (
     StickyConfig,
     Timeouts,
     UpstreamSettings,
+    parse_address,
 )
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow
 from proxy.values import Expected
@@ -54,7 +57,10 @@ _NAME_EXPECTED = "expected a name of letters, digits, '_', '.' and '-'"
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-_TOP_KEYS = ("listen", "admin", "workers", "timeouts", "limits", "upstream", "state", "routes")
+_TOP_KEYS = (
+    "listen", "admin", "workers", "timeouts", "limits", "upstream", "state", "dns", "routes",
+)  # fmt: skip
+_DNS_KEYS = ("servers", "refresh", "timeout")
 _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes")
@@ -99,6 +105,7 @@ class ConfigLoader(NodeReader):
         upstream = self.upstream(top["upstream"]) if "upstream" in top else UpstreamSettings()
         state = self.state(top["state"]) if "state" in top else StateConfig()
         workers = self.workers(top["workers"]) if "workers" in top else None
+        dns = self.dns(top["dns"]) if "dns" in top else DnsSettings()
         routes = self.routes(top["routes"]) if "routes" in top else None
         if listen is None or routes is None:
             return None
@@ -111,8 +118,35 @@ class ConfigLoader(NodeReader):
             upstream=upstream,
             state=state,
             workers=workers,
+            dns=dns,
             source=self.source,
         )
+
+    def dns(self, node: Node) -> DnsSettings:
+        section = self.mapping(node, "dns", _DNS_KEYS) or {}
+        result = DnsSettings()
+        if "servers" in section:
+            expected = "expected a non-empty list of name servers as 'ip' or 'ip:port'"
+            items = self.sequence(section["servers"], "dns.servers", expected, True) or []
+            servers: list[str] = []
+            for index, item in enumerate(items):
+                server = self.converted(
+                    item, f"dns.servers[{index}]", _name_server, "expected 'ip' or 'ip:port'"
+                )
+                if server is not None:
+                    servers.append(server)
+            if servers and len(servers) == len(items):
+                result = replace(result, servers=tuple(servers))
+        if "refresh" in section:
+            refresh = self.duration(section["refresh"], "dns.refresh")
+            result = replace(result, refresh=refresh or result.refresh)
+        if "timeout" in section:
+            timeout = self.duration(section["timeout"], "dns.timeout")
+            result = replace(result, timeout=timeout or result.timeout)
+        if result.timeout >= result.refresh:
+            where = section.get("timeout") or section.get("refresh") or node
+            self.report(where, "dns.timeout", "expected a timeout shorter than dns.refresh")
+        return result
 
     def workers(self, node: Node) -> int | None:
         """`auto` (None: as many as the CPUs this process may use) or 1..MAX_WORKERS."""
@@ -626,6 +660,25 @@ class ConfigLoader(NodeReader):
         if not ok or pool is None or headers is None or cookies is None:
             return None
         return RuleConfig(pool=pool, headers=headers, cookies=cookies)
+
+
+def _name_server(value: object) -> str:
+    """A name server as `ip` or `ip:port` (an IP address: a name would need a resolver)."""
+    text = str(value) if isinstance(value, str) else ""
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return text
+    except ValueError:
+        pass
+    try:
+        address = parse_address(text)
+    except ValueError:
+        raise Expected("expected 'ip' or 'ip:port'", value) from None
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise Expected("expected an IP address, not a name", value) from None
+    return text
 
 
 def _node_at(node: Node, steps: Sequence[str | int]) -> Node:

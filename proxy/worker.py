@@ -45,14 +45,14 @@ EXIT_BAD_HELLO: Final = 3
 
 
 def table_from(config: Config, state: Mapping[str, Any]) -> RoutingTable:
-    """The routing table for a state message: {"version", "weights", "shadows", "pools"} as
-    the master's StateDoc has them (control/plane.py `snapshot`)."""
+    """The routing table for a state message: {"version", "weights", "shadows", "pools",
+    "resolved"} as the master has them (control/plane.py `snapshot`)."""
     shadows: dict[str, tuple[ShadowConfig, ...]] = {
         route: tuple(parse_shadow(item) for item in items)
         for route, items in state.get("shadows", {}).items()
     }
     return RoutingTable(
-        routes_with_pools(config.routes, state.get("pools", {})),
+        routes_with_pools(config.routes, state.get("pools", {}), state.get("resolved")),
         weights=state["weights"],
         version=int(state["version"]),
         shadows=shadows,
