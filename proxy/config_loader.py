@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import fields, replace
+from typing import Final
 
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
@@ -714,10 +715,15 @@ def _yaml_error(source: str, text: str, err: yaml.YAMLError) -> str:
     return f"{source}:1: YAML syntax error: {err}"
 
 
+# libyaml's composer when PyYAML was built with it (the wheels are): 8 ms instead of 74 ms
+# for 100 routes, and every reload and every worker start parses the whole file.
+_YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Parse and validate YAML config text. Raises ConfigError listing every problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as err:
         raise ConfigError([_yaml_error(source, text, err)]) from None
     if root is None:

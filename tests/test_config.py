@@ -284,8 +284,8 @@ def test_unknown_keys_name_the_allowed_ones() -> None:
 def test_yaml_syntax_error() -> None:
     text = MINIMAL.replace("    pools:", "   pools:")
     assert problems(text) == [
-        "config/x.yaml:4: YAML syntax error: expected <block end>, but found "
-        "'<block mapping start>' (while parsing a block collection started on line 3)"
+        "config/x.yaml:4: YAML syntax error: did not find expected '-' indicator"
+        " (while parsing a block collection started on line 3)"
     ]
     assert problems('listen: "127.0.0.1:8080\n') == [
         "config/x.yaml:2: YAML syntax error: found unexpected end of stream "

@@ -73,7 +73,7 @@ def steps_over(
     return steps
 
 
-async def test_endpoint_changes_under_load_on_two_workers(
+async def test_fifty_endpoint_changes_under_load_on_two_workers(
     start_host: StartHost, backend_factory: BackendFactory
 ) -> None:
     backends = {name: await backend_factory(name, echo(name)) for name in "abc"}
@@ -83,7 +83,7 @@ async def test_endpoint_changes_under_load_on_two_workers(
     loader = asyncio.create_task(load.run())
     try:
         changes = await change_under_load(
-            host, load, steps_over({n: b.address for n, b in backends.items()}, 4)
+            host, load, steps_over({n: b.address for n, b in backends.items()}, 10)
         )
     finally:
         load.stop.set()
@@ -124,3 +124,34 @@ async def test_a_member_applies_endpoint_changes_made_through_another(
     assert [(e["address"], e["state"]) for e in pool["endpoints"]] == [
         (backends["a"].address, "up")
     ]
+
+
+async def test_a_members_pools_survive_its_restart_from_etcd(
+    start_host: StartHost, backend_factory: BackendFactory, etcd: EtcdServer
+) -> None:
+    """The pools and endpoints live in etcd: a member started again (its local copy gone)
+    serves them, and so does a new member."""
+    blue = await backend_factory("blue", echo("blue"))
+    v2 = await backend_factory("v2", echo("v2"))
+    green = await backend_factory("green", echo("green"))
+    pools = {"blue": [blue], "green": [green]}
+    first = await start_host(pools, workers=1, etcd_url=etcd.url)
+    code, body = await first.call(
+        "POST", ROUTE + "/pools/v2/endpoints", {"endpoints": [v2.address]}
+    )
+    assert code == 201, body
+    code, body = await first.call("POST", ROUTE + "/flip", {"to": "v2"})
+    assert code == 200, body
+    await first.session.close()
+    await first.service.stop()
+
+    again = await start_host(pools, workers=1, etcd_url=etcd.url)
+    code, route = await again.call("GET", ROUTE)
+    assert code == 200
+    assert route["weights"] == {"blue": 0, "green": 0, "v2": 100}
+    assert [e["address"] for e in route["pools"]["v2"]["endpoints"]] == [v2.address]
+    connection = (await pinned_clients(again, 1))[0]
+    try:
+        assert await connection.get("/after-restart") == (200, "v2")
+    finally:
+        await connection.close()

@@ -25,7 +25,7 @@ from tests.conftest import BackendFactory, free_port
 from tests.test_api import TOKEN, admin_port
 from tests.test_cli import ROOT, read_response, tail, wait_listening
 from tests.test_cli_control import pointsman
-from tests.test_workers import Host, Load, close_all, echo, pinned_clients
+from tests.test_workers import Connection, Host, Load, close_all, echo, pinned_clients
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -283,6 +283,9 @@ async def test_sighup_reloads_a_running_pointsman(
             return headers["x-backend"]
 
         assert await get("/load/1") == "blue"
+        load = Load([Connection(f"http://127.0.0.1:{port}") for _ in range(4)])
+        loader = asyncio.create_task(load.run())
+        await load.more(8)
         # An invalid config: logged, nothing changes.
         write(config_text(blue.address, green.address, state=state, port=port, admin=admin)
               .replace("path_prefix: /", "path_prefix: nope"))  # fmt: skip
@@ -300,6 +303,15 @@ async def test_sighup_reloads_a_running_pointsman(
         proc.send_signal(signal.SIGHUP)
         await logged(log, "reload by SIGHUP")
         assert await get("/load/3") == "green"
+        await load.more(8)
+        load.stop.set()
+        await loader
+        await close_all(load.connections)
+        # The load went on through both signals: nothing failed, every answer a 200, from
+        # blue before the valid reload and from green after it.
+        assert load.failures == []
+        assert {s.status for s in load.sent} == {200}
+        assert {s.backend for s in load.sent} == {"blue", "green"}
         assert proc.returncode is None, tail(log)
     finally:
         if writer is not None:
