@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from proxy.config import Address, ConfigError
+from proxy.config import Address, ConfigError, parse_address
 from proxy.config_loader import load_config
 
 log = logging.getLogger("pointsman.demo")
@@ -125,21 +125,43 @@ async def serve(endpoints: Sequence[tuple[str, Address]]) -> None:
             await runner.cleanup()
 
 
+def _version_at(text: str) -> tuple[str, Address]:
+    version, sep, address = text.partition("=")
+    if not sep or not version:
+        raise argparse.ArgumentTypeError(f"expected VERSION=HOST:PORT, got {text!r}")
+    try:
+        return version, parse_address(address)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Demo upstreams, one per endpoint of a config.")
     parser.add_argument("--config", default="config/demo.yaml")
+    parser.add_argument(
+        "--serve",
+        metavar="VERSION=HOST:PORT",
+        action="append",
+        type=_version_at,
+        help="serve only this version at this address (repeatable), e.g. a new release on new"
+        " addresses; the config is then not read",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(str(err), file=sys.stderr)
-        return 2
     endpoints: dict[Address, str] = {}
-    for route in config.routes:
-        for pool in route.pools:
-            for address in pool.endpoints:
-                endpoints.setdefault(address, pool.name)
+    if args.serve:
+        for version, address in args.serve:
+            endpoints.setdefault(address, version)
+    else:
+        try:
+            config = load_config(args.config)
+        except ConfigError as err:
+            print(str(err), file=sys.stderr)
+            return 2
+        for route in config.routes:
+            for pool in route.pools:
+                for address in pool.endpoints:
+                    endpoints.setdefault(address, pool.name)
     asyncio.run(serve([(version, address) for address, version in endpoints.items()]))
     return 0
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import aiohttp
+import argparse
 
-from control.demo import build_app
+import aiohttp
+import pytest
+
+from control.demo import _version_at, build_app
 from proxy.config import Address
 from tests.conftest import serve_app
 
@@ -38,3 +41,10 @@ async def test_the_demo_products_differ_only_for_the_buggy_version_and_faults_sw
     finally:
         await blue_runner.cleanup()
         await dark_runner.cleanup()
+
+
+def test_serve_takes_version_at_address() -> None:
+    assert _version_at("v2=127.0.0.1:9401") == ("v2", Address("127.0.0.1", 9401))
+    for bad in ("v2", "=127.0.0.1:1", "v2=nowhere"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _version_at(bad)
