@@ -54,10 +54,11 @@ class Discovery:
             return {}
         return {address_text(a): entry for a, entry in self._watcher.entries.items()}
 
-    async def follow(self, doc: StateDoc) -> None:
-        """Watch exactly the names `doc` uses. Raises ValueError if the name servers cannot
-        be set up (dns.servers unusable, or no /etc/resolv.conf)."""
-        names = dns_names(doc)
+    async def follow(self, *docs: StateDoc) -> None:
+        """Watch exactly the names `docs` use (the one in force and the one about to be, while
+        a change may still fail). Raises ValueError if the name servers cannot be set up
+        (dns.servers unusable, or no /etc/resolv.conf)."""
+        names = set().union(*(dns_names(doc) for doc in docs))
         if self._watcher is None:
             if not names:
                 return

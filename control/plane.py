@@ -174,13 +174,14 @@ class ControlPlane:
                         continue
                     return doc
                 after = new.route(route)
-                await self.discover(new)
+                await self.discover(doc, new)
                 record = (actor, action, route, route_assignment(before), route_assignment(after))
                 if self.fleet is None:
                     await self._commit(doc, new, record, now)
                 elif not await self._commit_to_fleet(self.fleet, new, record, now, fence):
                     continue  # another member wrote first: decide again on its state
                 self.last_change = now
+                await self.discover(new)  # names only the old state used: no longer watched
                 log.info(
                     "%s %s %s by %s: version %d, weights %s, shadows %s",
                     action, route, "ok", actor, new.version, after.weights_dict(),
@@ -216,14 +217,11 @@ class ControlPlane:
                         details = {"code": "config_differs", "current_version": self.doc.version}
                         raise ApiError(409, problem, details) from None
                 except EtcdError as err:
-                    code = (
-                        "store_unreachable" if isinstance(err, EtcdUnavailable) else "store_refused"
-                    )
                     raise ApiError(
                         503,
                         f"the state store (etcd) did not take the fitted state, so the config"
                         f" was not reloaded: {err}",
-                        {"code": code, "current_version": self.doc.version},
+                        {"code": _store_code(err), "current_version": self.doc.version},
                     ) from None
             else:
                 raise ApiError(
@@ -232,7 +230,7 @@ class ControlPlane:
                     {"code": "version_conflict", "current_version": self.doc.version},
                 )
             before, old_config = self.doc, self.config
-            await self.discover(fitted)
+            await self.discover(before, fitted)
             saved = None
             if fitted is not before and self.fleet is None:
                 loop = asyncio.get_running_loop()
@@ -259,6 +257,7 @@ class ControlPlane:
                     f" {not_saved}",
                     {"code": "state_not_saved", "current_version": before.version},
                 )
+            await self.discover(fitted)
             if self.fleet is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self._keep_copy, fitted)
                 self.installed_version = fitted.version
@@ -269,11 +268,12 @@ class ControlPlane:
                      fitted.version)  # fmt: skip
             return fitted, warnings
 
-    async def discover(self, doc: StateDoc) -> None:
-        """Watch the DNS names `doc` uses before it is in force, so that its table has their
-        addresses (a new name is asked once; a failure leaves it unresolved, not fatal)."""
+    async def discover(self, *docs: StateDoc) -> None:
+        """Watch the DNS names `docs` use, before a state is in force, so that its table has
+        their addresses (a new name is asked once; a failure leaves it unresolved, not
+        fatal)."""
         try:
-            await self.discovery.follow(doc)
+            await self.discovery.follow(*docs)
         except ValueError as err:
             log.error("%s: the names stay unresolved (the loop resolves them on connect)", err)
 
@@ -387,7 +387,7 @@ class ControlPlane:
 
     async def _install(self, new: StateDoc) -> None:
         """In a fleet: put a state etcd holds in force on this host; keep the local copy."""
-        await self.discover(new)
+        await self.discover(new)  # etcd has it: it is going in force
         self.doc = new
         pushed = self.push_to_workers()
         self.publish()
