@@ -228,6 +228,7 @@ class Supervisor:
                             "state": self.snapshot(),
                             "health": self.health(),
                             "ejected": self.ejected(),
+                            "workers": self.count,  # they share limits.max_connections
                         }
                     )
                     await self._first_of(slot.ready_event.wait(), exited)

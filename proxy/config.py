@@ -87,6 +87,9 @@ class Limits:
     max_header_bytes: int = 16 * 1024  # request line + headers; above -> 431
     max_body_bytes: int = 64 * 1024 * 1024  # request body; above -> 413 (0 = no limit)
     compare_memory_bytes: int = COMPARE_MEMORY_LIMIT
+    # Client connections of the host at once; past it a new one is answered 503 and closed.
+    # 0: no limit but the process's open-files limit. Each worker takes its share.
+    max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)

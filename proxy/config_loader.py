@@ -64,7 +64,7 @@ _TOP_KEYS = (
 _DNS_KEYS = ("servers", "refresh", "timeout")
 _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
-_LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes")
+_LIMIT_KEYS = ("max_header_bytes", "max_body_bytes", "compare_memory_bytes", "max_connections")
 _UPSTREAM_KEYS = ("max_idle", "idle_timeout")
 _STATE_KEYS = (
     "store", "path", "endpoints", "prefix", "fleet", "username", "password_env",
@@ -209,6 +209,10 @@ class ConfigLoader(NodeReader):
                 size = self.size(section[key], f"limits.{key}", minimum, minimum_text)
                 if size is not None:
                     result = replace(result, **{key: size})
+        if "max_connections" in section:
+            count = self.integer(section["max_connections"], "limits.max_connections", 0)
+            if count is not None:
+                result = replace(result, max_connections=count)
         return result
 
     def upstream(self, node: Node) -> UpstreamSettings:

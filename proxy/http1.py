@@ -46,6 +46,14 @@ _H: Final = ord("H")
 
 # Client write buffer high-water mark: above it the upstream is no longer read (backpressure).
 DOWNSTREAM_WRITE_HIGH: Final = 256 * 1024
+# What a connection over limits.max_connections gets before it is closed.
+_LIMIT_BODY: Final = b'{"error": "too many connections", "status": 503}\n'
+CONNECTION_LIMIT_RESPONSE: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    % len(_LIMIT_BODY)
+    + _LIMIT_BODY
+)
 # Request body bytes held while no upstream connection is attached yet (connecting, or a pipelined
 # request waiting its turn); above it the client is no longer read.
 PENDING_BODY_LIMIT: Final = 256 * 1024
@@ -256,6 +264,17 @@ class DownstreamConnection:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=DOWNSTREAM_WRITE_HIGH)
+        ctx = self.ctx
+        limit = ctx.max_connections
+        if limit and len(ctx.connections) >= limit:
+            # Over limits.max_connections: answered and closed at once, never read from, so
+            # it holds no buffer, timer or upstream connection.
+            transport.pause_reading()
+            self.closed = True
+            self.writes.write(transport, CONNECTION_LIMIT_RESPONSE)
+            self.writes.close(transport)
+            ctx.metrics.reject("connection_limit")
+            return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         self.forwarded_lines = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % self.peer
@@ -1195,6 +1214,9 @@ class ProxyContext:
         # Flattened copies for the request path (plain fields of this compiled class).
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes
+        # This process's share of limits.max_connections (0: none); see `use_settings`.
+        self.connection_share = 1  # processes sharing the limit: the host's workers
+        self.max_connections = share_of(limits.max_connections, 1)
         self.header_read_timeout = timeouts.header_read
         self.upstream_timeout = timeouts.upstream
         self.idle_timeout = timeouts.idle
@@ -1214,6 +1236,7 @@ class ProxyContext:
         self.limits = limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes
+        self.max_connections = share_of(limits.max_connections, self.connection_share)
         self.header_read_timeout = timeouts.header_read
         self.upstream_timeout = timeouts.upstream
         self.idle_timeout = timeouts.idle
@@ -1227,6 +1250,12 @@ class ProxyContext:
     def next_request_id(self) -> bytes:
         self._id_counter += 1
         return self._id_prefix + str(self._id_counter).encode()
+
+
+def share_of(limit: int, processes: int) -> int:
+    """One process's part of a host-wide limit (0 stays 0: no limit): rounded up, so the
+    host never takes fewer than the limit."""
+    return -(-limit // processes) if limit else 0
 
 
 def request_id_prefix() -> bytes:

@@ -114,6 +114,9 @@ class Worker:
             return EXIT_BAD_HELLO
         server = self.server = ProxyServer(config, table)
         await server.start(sock=socket.socket(fileno=self.listen_fd), health_checks=False)
+        assert server.ctx is not None
+        server.ctx.connection_share = max(1, int(hello.get("workers", 1)))
+        server.ctx.use_settings(config.timeouts, config.limits)
         apply_health(server, hello.get("health", {}))
         apply_ejections(server, hello.get("ejected", {}))
 
@@ -121,7 +124,6 @@ class Worker:
             left = target.ejected_until - loop.time()
             writer.write(encode({"type": "ejected", "endpoint": str(target.address), "for": left}))
 
-        assert server.ctx is not None
         server.ctx.on_eject = report_ejection
         writer.write(encode({"type": "ready", "version": table.version, "pid": os.getpid()}))
         listener = loop.create_task(self._listen(reader, writer, config))
