@@ -70,6 +70,8 @@ class Timeouts:
     connect: float = 2.0  # upstream TCP connect; a dead host must not hold a request long
     upstream: float = 30.0  # max silence from upstream while waiting for/reading a response
     header_read: float = 10.0  # downstream: whole request head must arrive within this (slowloris)
+    # downstream: longest silence while a request body is being received (slow bodies)
+    body_read: float = 10.0
     idle: float = 60.0  # downstream keep-alive connection with no request in flight
     grace: float = 10.0  # on SIGTERM, in-flight requests get this long to finish
 

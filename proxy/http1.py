@@ -154,6 +154,7 @@ class DownstreamConnection:
     __slots__ = (
         "activity",
         "backlog",
+        "body_at",
         "capture",
         "closed",
         "connect_task",
@@ -231,6 +232,7 @@ class DownstreamConnection:
         self.timer_at = 0.0
         self.idle_since = 0.0
         self.activity = 0.0
+        self.body_at = 0.0  # loop time of the last request-body bytes (timeouts.body_read)
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -427,6 +429,13 @@ class DownstreamConnection:
                 return
         elif self.current is not None:
             deadline = self.activity + timeouts.upstream
+            req = self.current
+            if not req.complete:
+                body_deadline = max(self.body_at, req.begun) + timeouts.body_read
+                if now >= body_deadline:
+                    self._body_timed_out()
+                    return
+                deadline = min(deadline, body_deadline)
             if now >= deadline:
                 self._upstream_timed_out()
                 return
@@ -579,6 +588,7 @@ class DownstreamConnection:
     def on_body(self, body: bytes) -> None:
         req = self.parsing
         assert req is not None
+        self.body_at = self.loop.time()
         req.body_size += len(body)
         max_body = self.ctx.max_body_bytes
         if max_body and req.body_size > max_body:
@@ -839,6 +849,8 @@ class DownstreamConnection:
         now = self.loop.time()
         self.activity = now
         deadline = now + self.ctx.upstream_timeout
+        if not req.complete:
+            deadline = min(deadline, now + self.ctx.body_read_timeout)
         if self.timer is None or self.timer_at > deadline:
             self._arm(deadline)
 
@@ -1111,6 +1123,16 @@ class DownstreamConnection:
         if self.transport is not None:
             self.transport.abort()
 
+    def _body_timed_out(self) -> None:
+        """The client stopped sending the request body (timeouts.body_read): 408 if nothing
+        of the response went out yet, else cut off; the upstream connection is dropped."""
+        self.ctx.metrics.reject("body_timeout")
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        self._drop_upstream()
+        self._fail_exchange(408, "request body not received in time")
+
     def _upstream_timed_out(self) -> None:
         pool = self.pool
         if pool is not None:
@@ -1218,6 +1240,7 @@ class ProxyContext:
         self.connection_share = 1  # processes sharing the limit: the host's workers
         self.max_connections = share_of(limits.max_connections, 1)
         self.header_read_timeout = timeouts.header_read
+        self.body_read_timeout = timeouts.body_read
         self.upstream_timeout = timeouts.upstream
         self.idle_timeout = timeouts.idle
         self.connections: set[DownstreamConnection] = set()
@@ -1238,6 +1261,7 @@ class ProxyContext:
         self.max_body_bytes = limits.max_body_bytes
         self.max_connections = share_of(limits.max_connections, self.connection_share)
         self.header_read_timeout = timeouts.header_read
+        self.body_read_timeout = timeouts.body_read
         self.upstream_timeout = timeouts.upstream
         self.idle_timeout = timeouts.idle
 

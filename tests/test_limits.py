@@ -1,9 +1,11 @@
-"""limits.max_connections: a connection over the limit is answered 503 and closed at once,
-counted, and the connections within the limit go on being served."""
+"""Limits on what clients may hold: limits.max_connections (a connection over the limit is
+answered 503 and closed at once, counted, and those within it go on being served) and
+timeouts.body_read (a request body that stops coming gets 408 and a close)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -83,3 +85,47 @@ def test_max_connections_is_checked_with_its_line() -> None:
     assert info.value.problems == [
         "t.yaml:1: limits.max_connections: expected an integer >= 0, got -1"
     ]
+
+
+async def test_a_request_body_that_stops_coming_gets_408_and_a_close(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    blue = await backend_factory("blue")
+    config = config_for({"blue": [blue.address]})
+    proxy = await proxy_factory(
+        config, timeouts=replace(config.timeouts, body_read=0.3, upstream=30.0)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
+        async with asyncio.timeout(LIMIT):
+            answer = await reader.read(-1)  # the proxy answers, then closes
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"request body not received in time" in answer
+        assert b"Connection: close\r\n" in answer
+        assert proxy.metrics.rejected == {"body_timeout": 1}
+    finally:
+        writer.close()
+
+
+async def test_a_slow_but_steady_body_is_not_cut(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    """The timeout is the longest silence, not the whole body's time: ten pieces 0.1 s apart
+    with body_read 0.3 s arrive whole, though they take 1 s."""
+    blue = await backend_factory("blue")
+    config = config_for({"blue": [blue.address]})
+    proxy = await proxy_factory(config, timeouts=replace(config.timeouts, body_read=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0.1)  # the slow client itself: pacing is what is tested
+            writer.write(b"0123456789")
+        status, _, body = await asyncio.wait_for(read_response(reader), LIMIT)
+        assert (status, body) == (200, b"blue POST /upload 100")
+        assert proxy.metrics.rejected == {}
+    finally:
+        writer.close()
