@@ -46,9 +46,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy control
 
-# The tests start their own etcd (tests/etcd_server.py).
+# The tests start their own etcd (tests/etcd_server.py); promtool checks the alert rules.
 unit: $(COMPILED)
 	bash scripts/need.sh etcd etcd-server
+	bash scripts/need.sh promtool prometheus
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(COMPILED)
