@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOT_MODULES := proxy/http1.py proxy/request.py proxy/upstream.py proxy/router.py proxy/metrics.py proxy/stats.py proxy/shadow.py proxy/shadow_records.py proxy/shadow_registry.py
 COMPILED := proxy/.compiled
 
-.PHONY: run fleet test lint typecheck unit bench build clean
+.PHONY: run fleet test lint typecheck unit bench build clean fuzz
 
 $(STAMP): pyproject.toml requirements-dev.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ unit: $(COMPILED)
 
 bench: $(COMPILED)
 	bash benchmarks/run.sh
+
+# Coverage-guided fuzzing (atheris) of the request path, then the response path: FUZZ_SECONDS
+# in all, half each, on the Python sources, since atheris instruments Python code only and
+# sees nothing inside the mypyc-compiled modules (fuzz/README.md). Not part of `make test`,
+# which replays the corpus and regressions (tests/test_fuzz_smoke.py).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	POINTSMAN_PURE=1 $(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis var benchmarks/work build

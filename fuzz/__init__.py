@@ -1,0 +1,1 @@
+"""Fuzzing of the request and response paths: see fuzz/README.md."""
