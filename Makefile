@@ -40,8 +40,8 @@ fleet: $(COMPILED)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy control tests benchmarks
-	$(BIN)/ruff format --check proxy control tests benchmarks
+	$(BIN)/ruff check proxy control tests benchmarks fuzz
+	$(BIN)/ruff format --check proxy control tests benchmarks fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy control

@@ -336,6 +336,8 @@ class DownstreamConnection:
         """Parse a large read in slices, so a burst of pipelined requests stops being parsed
         once MAX_PIPELINED wait; the rest is kept unparsed until the queue drains."""
         for start in range(0, len(data), FEED_SLICE):
+            if self.paused_by & PAUSE_ERROR:
+                return  # refused: nothing after a framing error is parsed or trusted
             if self.upgrading and self.current is not None:
                 self.current.hold(data[start:])  # the new protocol's bytes, for the tunnel
                 return
@@ -495,6 +497,9 @@ class DownstreamConnection:
             if code == _H_HOST:
                 if req.host:
                     raise Reject(400, "more than one Host header", "bad_host")
+                if not value:
+                    # An empty Host would hide a second one from the check above.
+                    raise Reject(400, "empty Host header", "bad_host")
                 req.host = value
             elif code == _H_CONTENT_LENGTH:
                 req.content_length = value
@@ -790,7 +795,8 @@ class DownstreamConnection:
 
     def _connect_failed(self, target: EndpointPool, exc: BaseException) -> None:
         pool = self.pool
-        assert pool is not None
+        if pool is None:
+            return  # the exchange it was for has ended (refused, timed out)
         pool.stats.connect_errors += 1
         if target.failed():
             log.warning("endpoint %s ejected after %d failures", target.address, target.failures)
@@ -1011,6 +1017,16 @@ class DownstreamConnection:
         req = self.current
         if req is None:
             return
+        pending = self.pending
+        if pending:
+            # An Upgrade queued behind a request in flight: its bytes could only be held on
+            # that other request, which would forward them after its own head (smuggling).
+            # Refused, never forwarded; the requests ahead of it are answered first.
+            pending.pop()  # the last request parsed is the one the parser stopped after
+            self._reject(
+                Reject(400, "Upgrade request pipelined behind another request", "ambiguous_framing")
+            )
+            return
         req.complete = True
         self.parsing = None
         self.upgrading = True
@@ -1089,7 +1105,12 @@ class DownstreamConnection:
 
     def _drop_upstream(self) -> None:
         """Detach and cut the upstream connection of the exchange: its state is unknown, so it
-        must not go back to the pool."""
+        must not go back to the pool. A connect still under way is cancelled: it was for this
+        exchange, not for the next request."""
+        task = self.connect_task
+        if task is not None:
+            self.connect_task = None
+            task.cancel()
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None

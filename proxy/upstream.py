@@ -132,6 +132,18 @@ def without_named(lines: list[bytes], tokens: list[bytes]) -> list[bytes]:
 _STATUS_CODES: Final = [b"%d" % code for code in range(1000)]
 
 
+def bad_reason(reason: bytes) -> bool:
+    """Whether a reason phrase holds what RFC 9112 4 does not allow (only HTAB, SP, VCHAR and
+    obs-text): relayed, a NUL or a CR would make the client's status line invalid. A plain
+    loop: compiled, it costs a few instructions a byte; a regex or bytes method call from
+    compiled code costs about a thousand."""
+    for i in range(len(reason)):
+        c = reason[i]
+        if (c < 0x20 and c != 0x09) or c == 0x7F:
+            return True
+    return False
+
+
 class WriteBatch:
     """Writes of one loop iteration, sent together once its I/O callbacks have run.
 
@@ -399,8 +411,12 @@ class UpstreamConnection:
         assert client is not None
         parser = self.parser
         status = self.status = parser.get_status_code()
-        self.keep_alive = parser.should_keep_alive()
+        if status < 100:
+            raise ValueError(f"status code {status:03d}")  # llhttp takes any three digits
         reason = self.reason
+        if bad_reason(reason):
+            raise ValueError("a control character in the reason phrase")
+        self.keep_alive = parser.should_keep_alive()
         code = _STATUS_CODES[status] if status < 1000 else b"%d" % status
         self.status_rest = code + b" " + reason if reason else code
         lines = self.head_lines
