@@ -503,6 +503,18 @@ async def get_pool(request: web.Request) -> web.Response:
     return json_answer(body, plane.doc.version)
 
 
+def pool_answer(
+    plane: ControlPlane, route: str, pool: str, version: int, status: int = 200
+) -> web.Response:
+    """The pool after a change, as GET shows it (without the DNS listing)."""
+    view = pool_view(
+        table_pool(plane, route, pool),
+        plane.proxy.metrics.endpoints_in_flight(),
+        resolved_names(plane),
+    )
+    return json_answer({"route": route, "pool": pool, **view}, version, status)
+
+
 async def _write_endpoints(request: web.Request, create: bool) -> web.Response:
     actor, plane, name, version, body = await write_request(request)
     pool = request.match_info["pool"]
@@ -520,13 +532,7 @@ async def _write_endpoints(request: web.Request, create: bool) -> web.Response:
         actor, action, name, version,
         lambda d, now: change(d, config, name, pool, endpoints, now),
     )  # fmt: skip
-    view = pool_view(
-        table_pool(plane, name, pool),
-        plane.proxy.metrics.endpoints_in_flight(),
-        resolved_names(plane),
-    )
-    body_out = {"route": name, "pool": pool, **view}
-    return json_answer(body_out, doc.version, 201 if create and not existed else 200)
+    return pool_answer(plane, name, pool, doc.version, 201 if create and not existed else 200)
 
 
 async def post_endpoints(request: web.Request) -> web.Response:
@@ -548,12 +554,7 @@ async def _endpoint_change(
         actor, action, name, version,
         lambda d, now: change(d, config, name, pool, endpoint, now),
     )  # fmt: skip
-    view = pool_view(
-        table_pool(plane, name, pool),
-        plane.proxy.metrics.endpoints_in_flight(),
-        resolved_names(plane),
-    )
-    return json_answer({"route": name, "pool": pool, **view}, doc.version)
+    return pool_answer(plane, name, pool, doc.version)
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
