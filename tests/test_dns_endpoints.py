@@ -21,7 +21,8 @@ from proxy.config import ConfigError, StateConfig
 from proxy.config_loader import parse_config
 from tests.conftest import on_free_ports, serve_app
 from tests.dns_server import DnsServer
-from tests.test_api import TOKEN, admin_port
+from tests.test_api import TOKEN
+from tests.test_workers import run_service
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,15 +142,7 @@ async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     async def make(text: str, workers: int | None = None) -> Running:
         config = on_free_ports(parse_config(text, "<test>"))
         config = replace(config, state=StateConfig(path=str(tmp_path / "state.json")))
-        service = Service(config, workers=workers)
-        await service.start()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT))
-        running = Running(
-            service,
-            session,
-            f"http://127.0.0.1:{admin_port(service)}",
-            f"http://127.0.0.1:{service.data_port}",
-        )
+        running = Running(*await run_service(config, workers))
         started.append(running)
         return running
 

@@ -22,10 +22,18 @@ from control.service import Service
 from proxy.config import Address
 from proxy.config_loader import load_config
 from tests.conftest import BackendFactory, free_port
-from tests.test_api import TOKEN, admin_port
+from tests.test_api import TOKEN
 from tests.test_cli import ROOT, read_response, tail, wait_listening
 from tests.test_cli_control import pointsman
-from tests.test_workers import Connection, Host, Load, close_all, echo, pinned_clients
+from tests.test_workers import (
+    Connection,
+    Host,
+    Load,
+    close_all,
+    echo,
+    pinned_clients,
+    run_service,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,16 +107,8 @@ async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
             listen=Address("127.0.0.1", 0),
             admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
         )
-        service = Service(config, workers=workers)
-        await service.start()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT))
-        running = Reloadable(
-            service,
-            path,
-            session,
-            f"http://127.0.0.1:{admin_port(service)}",
-            f"http://127.0.0.1:{service.data_port}",
-        )
+        service, session, admin, proxy = await run_service(config, workers)
+        running = Reloadable(service, path, session, admin, proxy)
         started.append(running)
         return running
 

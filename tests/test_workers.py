@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control.service import Service
 from control.workers import Supervisor, WorkerStartError
-from proxy.config import EtcdSettings, StateConfig
+from proxy.config import Config, EtcdSettings, StateConfig
 from tests.conftest import Backend, BackendFactory, config_for, free_port
 from tests.etcd_server import EtcdServer, Relay
 from tests.test_api import TOKEN, admin_port, break_the_state_file, mend_the_state_file
@@ -102,6 +102,18 @@ class Host:
 StartHost = Callable[..., Awaitable[Host]]
 
 
+async def run_service(
+    config: Config, workers: int | None
+) -> tuple[Service, aiohttp.ClientSession, str, str]:
+    """A started Service, a client session, and its admin and data-plane base URLs (the
+    fixtures of the tests that run a whole host start it this way)."""
+    service = Service(config, workers=workers)
+    await service.start()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT))
+    admin = f"http://127.0.0.1:{admin_port(service)}"
+    return service, session, admin, f"http://127.0.0.1:{service.data_port}"
+
+
 @pytest.fixture
 async def start_host(
     backend_factory: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -133,15 +145,7 @@ async def start_host(
             state=StateConfig(path=str(tmp_path / f"state-{len(started)}.json"), etcd=fleet),
             timeouts=replace(config.timeouts, grace=2.0),
         )
-        service = Service(config, workers=workers)
-        await service.start()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT))
-        host = Host(
-            service,
-            session,
-            f"http://127.0.0.1:{admin_port(service)}",
-            f"http://127.0.0.1:{service.data_port}",
-        )
+        host = Host(*await run_service(config, workers))
         started.append(host)
         return host
 
