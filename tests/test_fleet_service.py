@@ -111,6 +111,11 @@ def at_version(member: Running, version: int) -> Callable[[], bool]:
     return lambda: member.plane.doc.version >= version
 
 
+def installed(member: Running, version: int) -> Callable[[], bool]:
+    """The member's workers have acknowledged `version` and its on_install has run."""
+    return lambda: member.plane.installed_version >= version
+
+
 async def etcd_value(etcd: EtcdServer, key: str, tls: ssl.SSLContext | None = None) -> object:
     client = EtcdClient([etcd.url], timeout=LIMIT, ssl_context=tls)
     try:
@@ -385,7 +390,9 @@ async def test_concurrent_if_match_writers_through_two_members_one_wins_each_rou
         lost = answers[1 - won]
         assert lost.body["detail"]["current_version"] == version + 1
         assert answers[won].body["version"] == version + 1
-        await until(watcher, at_version(watcher, version + 1))
+        # installed_version, not doc.version: the doc is set before the workers ack and the
+        # local copy is kept, and `record` runs only after both.
+        await until(watcher, installed(watcher, version + 1))
         assert watcher.plane.doc.weights()["shop"] == wanted[won]
     final = watcher.plane.doc.version
     assert final == start + 10
