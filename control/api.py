@@ -8,9 +8,11 @@ route's new view.
 from __future__ import annotations
 
 import hmac
+import importlib.resources
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, cast
@@ -212,6 +214,7 @@ PROXY_KEY = web.AppKey("proxy", ProxyServer)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 TOKEN_KEY = web.AppKey("token", str)
 OPEN_READS_KEY = web.AppKey("open_reads", bool)
+OPENAPI_KEY = web.AppKey("openapi", bytes)
 
 
 def json_answer(body: object, version: int, status: int = 200) -> web.Response:
@@ -237,7 +240,10 @@ async def errors_as_json(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_answer({"error": exc.reason.lower(), "detail": None}, version, exc.status)
+        answer = json_answer({"error": exc.reason.lower(), "detail": None}, version, exc.status)
+        if "Allow" in exc.headers:  # a 405 must say which methods the path takes (RFC 9110)
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception:
         log.exception("control API error on %s %s", request.method, request.path)
         return json_answer({"error": "internal error", "detail": None}, version, 500)
@@ -259,6 +265,8 @@ async def fleet_wait(
     wait = request.query.get("wait")
     if wait is None or request.method in ("GET", "HEAD"):
         return await handler(request)
+    # Credentials first, as the handler would: the query is no business of an unknown caller.
+    check_auth(request, mutating=True)
     if wait != "fleet":
         raise ApiError(400, f"wait: expected fleet, got {wait!r}", {"code": "bad_query"})
     plane = request.app.get(PLANE_KEY)
@@ -343,7 +351,10 @@ def check_auth(request: web.Request, mutating: bool) -> str:
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise ApiError(401, "missing bearer token", None)
-    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+    # Bytes that are not UTF-8 reach us as surrogate escapes: compare the bytes as sent.
+    if not hmac.compare_digest(
+        presented.strip().encode("utf-8", "surrogateescape"), token.encode()
+    ):
         raise ApiError(403, "wrong token", None)
     return "token"
 
@@ -370,6 +381,18 @@ def bad_body(message: str) -> ApiError:
     return ApiError(400, message, None)
 
 
+# A version, a count or a limit as a request writes it: ASCII digits (str.isdigit also takes
+# "²", which int() refuses), at most 19 of them (beyond 2**63: no version, no count, and
+# int() refuses past 4300 digits).
+NUMBER_TEXT: Final = re.compile(r"[0-9]{1,19}")
+
+
+def header_text(value: str) -> str:
+    """A header value as text a JSON answer can carry: aiohttp keeps bytes that are not
+    UTF-8 as surrogate escapes, which orjson refuses; they become U+FFFD."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def expected_version(request: web.Request) -> int | None:
     value = request.headers.get("If-Match")
     if value is None or value.strip() == "*":
@@ -378,8 +401,8 @@ def expected_version(request: web.Request) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
-        raise ApiError(400, "If-Match must be a version number", {"got": value})
+    if not NUMBER_TEXT.fullmatch(text):
+        raise ApiError(400, "If-Match must be a version number", {"got": header_text(value)})
     return int(text)
 
 
@@ -615,7 +638,7 @@ async def get_diffs(request: web.Request) -> web.Response:
     name = route_name(request, plane)
     shadow = live_shadow(request, plane, name)
     text = request.query.get("limit", str(DEFAULT_DIFFS_LIMIT))
-    if not text.isdigit() or int(text) < 1:
+    if not NUMBER_TEXT.fullmatch(text) or int(text) < 1:
         raise ApiError(400, "limit must be a positive integer", {"got": text})
     samples = list(shadow.samples)[::-1][: int(text)]  # newest first
     body = {
@@ -719,6 +742,19 @@ async def post_rollout_command(request: web.Request) -> web.Response:
     except RolloutError as err:
         raise rollout_error(err) from None
     return json_answer(status, plane.doc.version)
+
+
+def load_openapi() -> bytes:
+    """control/openapi.json, the API's OpenAPI 3.1 document (package data; control/openapi.py
+    builds it)."""
+    return importlib.resources.files("control").joinpath("openapi.json").read_bytes()
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    # No token, even where reads need one: the document is the same static file for every
+    # installation (it ships in the package), holds no routing state, and a client or a
+    # tool (code generator, schemathesis) reads it before it is set up with the token.
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -881,6 +917,8 @@ def build_admin_app(
         app[OPEN_READS_KEY] = is_loopback(plane.config.admin.listen.host)
         registry.register(ControlCollector(plane))
         registry.register(RolloutCollector(rollouts))
+        app[OPENAPI_KEY] = load_openapi()  # read once: the file does not change at run time
+        app.router.add_get("/v1/openapi.json", get_openapi)
         app.router.add_get("/v1/fleet", get_fleet)
         if reload is not None:
             app[RELOAD_KEY] = reload

@@ -790,3 +790,24 @@ async def test_fleet_requests_on_a_single_host_say_it_is_not_a_fleet(
     assert await rs.backend_of_next_request() == "blue"  # nothing changed
     body = assert_json_error(await rs.call("GET", "/v1/fleet"), 404)
     assert body["detail"]["code"] == "not_a_fleet"
+
+
+async def test_wait_is_read_only_after_the_token(start_service: StartService) -> None:
+    # ?wait on a write is checked by a middleware before the handler: it must refuse an
+    # unknown caller as the handler would (401/403), not tell it about its query (400).
+    rs = await start_service()
+    flip = ROUTE + "/flip?wait=soon"
+    assert_json_error(await rs.call("POST", flip, {"to": "green"}, token=None), 401)
+    assert_json_error(await rs.call("POST", flip, {"to": "green"}, token="wrong"), 403)
+    body = assert_json_error(await rs.call("POST", flip, {"to": "green"}), 400)
+    assert body["detail"]["code"] == "bad_query"
+    assert await rs.backend_of_next_request() == "blue"  # nothing changed
+
+
+async def test_a_wrong_method_is_405_with_the_methods_the_path_takes(
+    start_service: StartService,
+) -> None:
+    rs = await start_service()
+    answer = await rs.call("GET", ROUTE + "/flip")
+    assert_json_error(answer, 405)
+    assert answer.headers["Allow"] == "POST"

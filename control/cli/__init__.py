@@ -40,6 +40,7 @@ from control.cli.run import (
     cmd_run,
     workers_arg,
 )
+from control.cli.top import add_top_parser
 from control.client import DEFAULT_ADMIN_URL
 
 __all__ = ["build_parser", "main", "refusal", "status_lines"]
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_canary_parsers(sub)
     add_pool_parsers(sub)
+    add_top_parser(sub)
     return parser
 
 
