@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # The per-request modules, compiled in place to C extensions by mypyc (see setup.py).
-HOT_MODULES := proxy/http1.py proxy/request.py proxy/upstream.py proxy/router.py proxy/metrics.py proxy/stats.py proxy/shadow.py proxy/shadow_records.py proxy/shadow_registry.py
+HOT_MODULES := proxy/http1.py proxy/access_log.py proxy/request.py proxy/upstream.py proxy/router.py proxy/metrics.py proxy/stats.py proxy/shadow.py proxy/shadow_records.py proxy/shadow_registry.py
 COMPILED := proxy/.compiled
 
-.PHONY: run fleet test lint typecheck unit bench build clean fuzz
+.PHONY: run fleet test lint typecheck unit bench build clean fuzz image compose-check
 
 $(STAMP): pyproject.toml requirements-dev.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,10 +46,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy control
 
-# The tests start their own etcd (tests/etcd_server.py); promtool checks the alert rules.
+# The tests start their own etcd (tests/etcd_server.py) and Prometheus (the dashboard's
+# queries; promtool checks the alert rules), run `pointsman top` in tmux and attack with
+# slowhttptest.
 unit: $(COMPILED)
 	bash scripts/need.sh etcd etcd-server
 	bash scripts/need.sh promtool prometheus
+	bash scripts/need.sh tmux tmux
+	bash scripts/need.sh slowhttptest slowhttptest
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(COMPILED)
@@ -62,6 +66,23 @@ bench: $(COMPILED)
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
 	POINTSMAN_PURE=1 $(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+# The container image (README, "Containers"), built with podman on python:3.11 or, where that
+# cannot be pulled, on local Debian bases (scripts/image-base.sh); then run and checked:
+# proxying, non-root, compiled modules, drain on `podman stop` (scripts/image-check.sh).
+image:
+	bash scripts/need.sh podman podman
+	bash scripts/need.sh buildah buildah
+	bash scripts/need.sh debootstrap debootstrap
+	bash scripts/need.sh runc runc
+	bash scripts/image-build.sh
+	bash scripts/image-check.sh
+
+# compose.yaml (two members sharing etcd, demo upstreams, Prometheus) up with podman-compose,
+# checked and taken down again (scripts/image-compose-check.sh).
+compose-check: image
+	bash scripts/need.sh podman-compose podman-compose
+	bash scripts/image-compose-check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis var benchmarks/work build

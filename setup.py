@@ -10,6 +10,7 @@ from setuptools import setup
 # Modules on the per-request path; everything else stays interpreted.
 HOT_MODULES = [
     "proxy/http1.py",
+    "proxy/access_log.py",
     "proxy/request.py",
     "proxy/upstream.py",
     "proxy/router.py",

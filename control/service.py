@@ -51,6 +51,29 @@ REGISTER_CALLS: Final = 2
 RESTART_ONLY: Final = ("listen", "admin", "workers", "state", "dns")
 
 
+def _restart_value(config: Config, key: str) -> object:
+    """What a reload compares for a RESTART_ONLY key: for `listen` the addresses only (the
+    listeners' certificates are reloaded)."""
+    return config.listen_addresses if key == "listen" else getattr(config, key)
+
+
+def check_access_log(config: Config) -> None:
+    """The access log's file can be opened for appending (by the workers, which would only
+    exit on it): one line now instead. Raises ConfigError."""
+    settings = config.access_log
+    if settings is None or settings.path == "-":
+        return
+    try:
+        directory = os.path.dirname(settings.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        os.close(os.open(settings.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as err:
+        raise ConfigError(
+            [f"{config.source}: access_log.path: cannot open {settings.path}: {err.strerror}"]
+        ) from None
+
+
 def etcd_client(settings: EtcdSettings) -> EtcdClient:
     """The client for `state.etcd`: password from the environment, TLS files when given."""
     context = None
@@ -120,6 +143,20 @@ class Service:
         if self.supervisor is not None:
             return self.supervisor.port
         return self.proxy.port
+
+    @property
+    def data_ports(self) -> list[int]:
+        """Each listener's port, in the config's order."""
+        if self.supervisor is not None:
+            return self.supervisor.ports
+        return self.proxy.ports
+
+    def _reopen_logs(self) -> None:
+        log.info("SIGUSR1: reopening the access log")
+        if self.supervisor is not None:
+            self.supervisor.reopen_logs()
+        else:
+            self.proxy.reopen_logs()
 
     def _load_state(self) -> ControlPlane:
         """Persisted state wins over the config's initial weights; routes or pools the config
@@ -228,8 +265,15 @@ class Service:
         rollouts = self.rollouts = RolloutRunner(plane)
         await plane.discover(plane.doc)  # the first table has the DNS endpoints' addresses
         plane.publish()
+        try:
+            check_access_log(self.config)
+        except ConfigError as err:
+            raise StartupError(str(err)) from None
         if self.workers is None:
-            await self.proxy.start()
+            try:
+                await self.proxy.start()
+            except ConfigError as err:
+                raise StartupError(str(err)) from None
         else:
             await self.proxy.start(accept=False)
             supervisor = self.supervisor = Supervisor(
@@ -323,10 +367,13 @@ class Service:
         started = time.monotonic()
         config = await asyncio.to_thread(load_config, self.config.source)
         old = self.config
-        restart = [key for key in RESTART_ONLY if getattr(config, key) != getattr(old, key)]
+        restart = [
+            key for key in RESTART_ONLY if _restart_value(config, key) != _restart_value(old, key)
+        ]
+        check_access_log(config)
         config = replace(
             config,
-            listen=old.listen,
+            listeners=old.listeners if "listen" in restart else config.listeners,
             admin=old.admin,
             workers=old.workers,
             state=old.state,
@@ -402,6 +449,7 @@ class Service:
         try:
             # Before start: a SIGHUP's default action would end the process.
             loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
+            loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
             await self.start()
             waits = [loop.create_task(stop.wait())]
             if self.supervisor is not None:
@@ -416,7 +464,7 @@ class Service:
             else:
                 log.info("signal received: draining (grace %.1fs)", self.config.timeouts.grace)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await self.stop()
         log.info("stopped")

@@ -86,11 +86,12 @@ def listening_socket(listen: Address, reuse_port: bool) -> socket.socket:
 
 
 class WorkerSlot:
-    """One worker position: its listening socket, and the worker process now serving it."""
+    """One worker position: its listening sockets (one per listener), and the worker process
+    now serving them."""
 
-    def __init__(self, index: int, sock: socket.socket) -> None:
+    def __init__(self, index: int, socks: list[socket.socket]) -> None:
         self.index = index
-        self.sock = sock
+        self.socks = socks
         self.process: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
@@ -142,26 +143,40 @@ class Supervisor:
         self.shared_socket = shared_socket  # one socket for all slots (for measuring only)
         self.slots: list[WorkerSlot] = []
         self.retired_counts: Counts = {}  # what workers that have exited had counted
+        self.ejections: dict[str, int] = {}  # host-wide ejections by endpoint (address)
         self.stopping = False
         self.failed = asyncio.Event()  # set with `failure` when the master must stop
         self.failure = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
         self._refreshing: asyncio.Task[None] | None = None
-        self.port = 0  # the data port, once started
+        self.ports: list[int] = []  # each listener's port, once started
+
+    @property
+    def port(self) -> int:
+        """The first listener's port."""
+        return self.ports[0]
 
     # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        listen = self.config.listen
-        shared = listening_socket(listen, False) if self.shared_socket else None
+        addresses = list(self.config.listen_addresses)
+        shared = (
+            [listening_socket(address, False) for address in addresses]
+            if self.shared_socket
+            else None
+        )
         for index in range(self.count):
-            sock = shared if shared is not None else listening_socket(listen, True)
-            if index == 0 and listen.port == 0:
-                # Port 0 (tests): the kernel picked one; every other slot joins that port.
-                listen = Address(listen.host, int(sock.getsockname()[1]))
-            self.slots.append(WorkerSlot(index, sock))
-        self.port = int(self.slots[0].sock.getsockname()[1])
+            socks = []
+            for position, address in enumerate(addresses):
+                sock = shared[position] if shared else listening_socket(address, True)
+                if index == 0 and address.port == 0:
+                    # Port 0 (tests): the kernel picked one; every other slot joins that port.
+                    addresses[position] = Address(address.host, int(sock.getsockname()[1]))
+                socks.append(sock)
+            self.slots.append(WorkerSlot(index, socks))
+        self.ports = [address.port for address in addresses]
+        listen = ", ".join(str(address) for address in addresses)
         loop = asyncio.get_running_loop()
         for slot in self.slots:
             code = await self._spawn(slot)
@@ -190,13 +205,14 @@ class Supervisor:
         """Start a worker for the slot and wait until it is ready. None when it is; else its
         exit code (it died or hung before it was ready, and is gone)."""
         parent, child = socket.socketpair()
-        fds = (slot.sock.fileno(), child.fileno())
+        listen_fds = [sock.fileno() for sock in slot.socks]
+        listen_args = [arg for fd in listen_fds for arg in ("--listen-fd", str(fd))]
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy.worker", "--slot", str(slot.index),
-                "--listen-fd", str(fds[0]), "--control-fd", str(fds[1]),
+                *listen_args, "--control-fd", str(child.fileno()),
                 "--log-level", self.log_level,
-                pass_fds=fds,
+                pass_fds=(*listen_fds, child.fileno()),
                 # Its own session: a terminal's Ctrl-C reaches the master only, which drains
                 # the workers in order.
                 start_new_session=True,
@@ -450,6 +466,7 @@ class Supervisor:
             return  # already ejected for the host: the other workers were told
         target.ejected_until = loop.time() + seconds
         target.healthy = False
+        self.ejections[endpoint] = self.ejections.get(endpoint, 0) + 1
         log.warning("endpoint %s ejected for the host for %gs (reported by worker %d)",
                     endpoint, seconds, reporter.index)  # fmt: skip
         for slot in self.slots:
@@ -540,6 +557,11 @@ class Supervisor:
                     total[endpoint] = total.get(endpoint, 0) + int(count)
         return total
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1 to the master (logrotate's postrotate): every worker reopens its log."""
+        for slot in self.slots:
+            slot.send({"type": "reopen_logs"})
+
     # -- stop -------------------------------------------------------------------------------
 
     async def stop(self, grace: float) -> None:
@@ -552,7 +574,7 @@ class Supervisor:
             await cancel_and_wait([self._refreshing])
         # New connections are refused from now on, as one draining process refuses them: the
         # master's copies of the listening sockets close first, then each worker closes its own.
-        for sock in {id(s.sock): s.sock for s in self.slots}.values():
+        for sock in {id(sock): sock for s in self.slots for sock in s.socks}.values():
             sock.close()
         running = [s for s in self.slots if s.process is not None and s.process.returncode is None]
         for slot in running:
@@ -575,7 +597,7 @@ class Supervisor:
 
 class WorkerCollector(Collector):
     """Per-worker series: open connections and requests (how evenly the kernel spreads the
-    load), restarts."""
+    load), restarts; and the host's passive ejections per endpoint (decided here)."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
@@ -605,6 +627,19 @@ class WorkerCollector(Collector):
         yield conns
         yield restarts
         yield served
+        # Every endpoint from the start (0 until ejected), so that the first ejection is an
+        # increase a dashboard or rule can see, not a series appearing at 1.
+        ejections = CounterMetricFamily(
+            "pointsman_endpoint_ejections",
+            "Passive ejections of each endpoint for the host (reported by a worker).",
+            labels=["endpoint"],
+        )
+        upstreams = self.supervisor.proxy.upstreams
+        known = [] if upstreams is None else [str(address) for address in upstreams.pools]
+        counted = self.supervisor.ejections
+        for endpoint in sorted({*known, *counted}):
+            ejections.add_metric([endpoint], counted.get(endpoint, 0))
+        yield ejections
 
 
 def requests_in(counts: Counts) -> int:

@@ -73,6 +73,9 @@ class Timeouts:
     # downstream: longest silence while a request body is being received (slow bodies)
     body_read: float = 10.0
     idle: float = 60.0  # downstream keep-alive connection with no request in flight
+    # downstream: longest a client may leave a response unread while its write buffer is
+    # full (slow read): past it the connection is cut and its upstream connection freed.
+    client_write: float = 30.0
     grace: float = 10.0  # on SIGTERM, in-flight requests get this long to finish
 
 
@@ -92,6 +95,47 @@ class Limits:
     # Client connections of the host at once; past it a new one is answered 503 and closed.
     # 0: no limit but the process's open-files limit. Each worker takes its share.
     max_connections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A listener's certificate: `cert` holds it and its chain, `key` its private key (PEM)."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS termination on a listener. The certificate for a connection is the one whose
+    names (subjectAltName DNS entries) match the client's SNI; the first answers the rest."""
+
+    certificates: tuple[Certificate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    address: Address
+    tls: ServerTls | None = None  # None: plain HTTP
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """A pool's `tls`: its endpoints speak HTTPS."""
+
+    ca: str | None = None  # PEM bundle the endpoints' certificates must chain to; None: system
+    sni: str | None = None  # name sent and verified; None: the endpoint's host
+    verify: bool = True  # false: any certificate (test setups only)
+    client_cert: str | None = None  # mutual TLS: our certificate and key (PEM)
+    client_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """`access_log`: one JSON line per request."""
+
+    path: str  # a file (appended to, reopened on SIGUSR1), or "-" for stderr
+    sample: float = 1.0  # share of requests logged, 0 < sample <= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +171,7 @@ class PoolConfig:
     weight: int  # from the route's `weights` mapping; pools not named there get 0
     health: HealthCheckConfig | None = None  # None: no active checks
     ejection: EjectionConfig = field(default_factory=EjectionConfig)
+    tls: UpstreamTls | None = None  # None: plain HTTP to the endpoints
     # Endpoints being drained (control API): no new requests, in-flight ones finish. Never
     # in `endpoints`; set only in the routes the control plane builds from its state.
     draining: tuple[Address, ...] = ()
@@ -232,7 +277,7 @@ def is_dns_name(host: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    listen: Address
+    listeners: tuple[Listener, ...]  # at least one; the first is `listen`
     routes: tuple[RouteConfig, ...]
     admin: AdminConfig = field(default_factory=AdminConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -241,9 +286,19 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     workers: int | None = None  # data-plane processes beside the master; None: `auto` (CPUs)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    access_log: AccessLogConfig | None = None  # None: no access log
     source: str = "<string>"  # file the config came from, for messages
     # The YAML it was parsed from (workers parse the very same text); not part of equality.
     text: str = field(default="", compare=False, repr=False)
+
+    @property
+    def listen(self) -> Address:
+        """The first listener's address (a request without Host gets it as its Host)."""
+        return self.listeners[0].address
+
+    @property
+    def listen_addresses(self) -> tuple[Address, ...]:
+        return tuple(listener.address for listener in self.listeners)
 
 
 # Workers per host at most: past a few per core they only add context switches, and a typo
@@ -332,7 +387,9 @@ def with_pools(route: RouteConfig, pools: Sequence[PoolEndpoints]) -> RouteConfi
         if base is not None:
             built.append(replace(base, endpoints=endpoints, draining=draining))
         elif model is not None:
-            built.append(PoolConfig(name, endpoints, 0, model.health, model.ejection, draining))
+            built.append(
+                PoolConfig(name, endpoints, 0, model.health, model.ejection, model.tls, draining)
+            )
         else:
             built.append(PoolConfig(name, endpoints, 0, draining=draining))
     return replace(route, pools=tuple(built))

@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from typing import Final
 
 import yaml
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config import (
     DEFAULT_ETCD_PASSWORD_ENV,
@@ -23,8 +23,10 @@ from proxy.config import (
     DEFAULT_STATE_PATH,
     MAX_WEIGHT,
     MAX_WORKERS,
+    AccessLogConfig,
     Address,
     AdminConfig,
+    Certificate,
     Config,
     ConfigError,
     DnsSettings,
@@ -32,16 +34,20 @@ from proxy.config import (
     EtcdSettings,
     HealthCheckConfig,
     Limits,
+    Listener,
     PoolConfig,
     RouteConfig,
     RuleConfig,
+    ServerTls,
     StateConfig,
     StickyConfig,
     Timeouts,
     UpstreamSettings,
+    UpstreamTls,
     parse_address,
 )
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow
+from proxy.tls import certificate_problem, upstream_tls_problem
 from proxy.values import Expected
 from proxy.yaml_nodes import (
     TOKEN_RE,
@@ -59,8 +65,14 @@ _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 _TOP_KEYS = (
-    "listen", "admin", "workers", "timeouts", "limits", "upstream", "state", "dns", "routes",
+    "listen", "admin", "workers", "timeouts", "limits", "upstream", "state", "dns",
+    "access_log", "routes",
 )  # fmt: skip
+_LISTENER_KEYS = ("address", "tls")
+_SERVER_TLS_KEYS = ("cert", "key", "certificates")
+_CERTIFICATE_KEYS = ("cert", "key")
+_UPSTREAM_TLS_KEYS = ("ca", "sni", "verify", "client_cert", "client_key")
+_ACCESS_LOG_KEYS = ("path", "sample")
 _DNS_KEYS = ("servers", "refresh", "timeout")
 _ADMIN_KEYS = ("listen", "token_env", "token_file")
 _TIMEOUT_KEYS = tuple(f.name for f in fields(Timeouts))
@@ -74,10 +86,12 @@ _ETCD_ONLY_KEYS = _STATE_KEYS[2:]
 _ENDPOINT_RE = re.compile(r"https?://[^/\s]+")
 _PREFIX_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
 _ROUTE_KEYS = ("name", "hosts", "path_prefix", "pools", "weights", "sticky", "rules", "shadows")
-_POOL_KEYS = ("endpoints", "health", "ejection")
+_POOL_KEYS = ("endpoints", "health", "ejection", "tls")
 _HEALTH_KEYS = ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold")
 _EJECTION_KEYS = ("consecutive_failures", "backoff")
-_PoolParts = tuple[tuple[Address, ...], HealthCheckConfig | None, EjectionConfig]
+_PoolParts = tuple[
+    tuple[Address, ...], HealthCheckConfig | None, EjectionConfig, UpstreamTls | None
+]
 _STICKY_KEYS = ("header", "cookie", "salt")
 _RULE_KEYS = ("pool", "header", "cookie")
 
@@ -89,29 +103,32 @@ class ConfigLoader(NodeReader):
         top = self.mapping(root, "", _TOP_KEYS, required=("listen", "routes"))
         if top is None:
             return None
-        listen = self.address(top["listen"], "listen") if "listen" in top else None
+        listeners = self.listeners(top["listen"]) if "listen" in top else None
         admin, admin_listen_node = (
             self.admin(top["admin"]) if "admin" in top else (AdminConfig(), None)
         )
-        if listen is not None and admin.listen == listen:
+        if listeners is not None and admin.listen in [item.address for item in listeners]:
             # Both servers cannot bind one socket; the default admin port can collide too.
             if admin_listen_node is not None:
                 self.report(admin_listen_node, "admin.listen", "same address as listen")
             else:
                 self.report(
-                    top["listen"], "listen", f"same address as admin.listen (default {listen})"
-                )
+                    top["listen"], "listen",
+                    f"same address as admin.listen (default {admin.listen})",
+                )  # fmt: skip
         timeouts = self.timeouts(top["timeouts"]) if "timeouts" in top else Timeouts()
         limits = self.limits(top["limits"]) if "limits" in top else Limits()
         upstream = self.upstream(top["upstream"]) if "upstream" in top else UpstreamSettings()
         state = self.state(top["state"]) if "state" in top else StateConfig()
         workers = self.workers(top["workers"]) if "workers" in top else None
         dns = self.dns(top["dns"]) if "dns" in top else DnsSettings()
+        access_log = self.access_log(top["access_log"]) if "access_log" in top else None
         routes = self.routes(top["routes"]) if "routes" in top else None
-        if listen is None or routes is None:
+        if listeners is None or routes is None:
             return None
         return Config(
-            listen=listen,
+            listeners=listeners,
+            access_log=access_log,
             routes=routes,
             admin=admin,
             timeouts=timeouts,
@@ -122,6 +139,134 @@ class ConfigLoader(NodeReader):
             dns=dns,
             source=self.source,
         )
+
+    def listeners(self, node: Node) -> tuple[Listener, ...] | None:
+        """`listen`: one listener or a list of them, each an address or {address, tls}."""
+        if not isinstance(node, SequenceNode):
+            listener = self.listener(node, "listen")
+            return None if listener is None else (listener,)
+        items = self.sequence(node, "listen", "expected a non-empty list of listeners", True)
+        found: list[Listener] = []
+        seen: dict[Address, int] = {}
+        for index, item in enumerate(items or []):
+            listener = self.listener(item, f"listen[{index}]")
+            if listener is None:
+                continue
+            if listener.address in seen:
+                self.report(item, f"listen[{index}]",
+                            f"same address as listen[{seen[listener.address]}]")  # fmt: skip
+                continue
+            seen[listener.address] = index
+            found.append(listener)
+        return tuple(found) if items and len(found) == len(items) else None
+
+    def listener(self, node: Node, path: str) -> Listener | None:
+        if not isinstance(node, MappingNode):
+            address = self.address(node, path)
+            return None if address is None else Listener(address)
+        section = self.mapping(node, path, _LISTENER_KEYS, required=("address",))
+        if section is None or "address" not in section:
+            return None
+        address = self.address(section["address"], f"{path}.address")
+        tls = self.server_tls(section["tls"], f"{path}.tls") if "tls" in section else None
+        if address is None or ("tls" in section and tls is None):
+            return None
+        return Listener(address, tls)
+
+    def server_tls(self, node: Node, path: str) -> ServerTls | None:
+        """{cert, key} or {certificates: [{cert, key}, ...]}; each pair is loaded here, so a
+        missing file or a key that does not fit fails `check`, start and reload alike."""
+        section = self.mapping(node, path, _SERVER_TLS_KEYS)
+        if section is None:
+            return None
+        pairs: list[tuple[Node, Fields, str]] = []
+        if "certificates" in section:
+            if "cert" in section or "key" in section:
+                self.report(node, path, "expected either cert and key, or certificates")
+                return None
+            items = self.sequence(section["certificates"], f"{path}.certificates",
+                                  "expected a non-empty list of {cert, key}", True)  # fmt: skip
+            for index, item in enumerate(items or []):
+                where = f"{path}.certificates[{index}]"
+                fields_ = self.mapping(item, where, _CERTIFICATE_KEYS, required=_CERTIFICATE_KEYS)
+                if fields_ is None:
+                    return None
+                pairs.append((item, fields_, where))
+            if not items:
+                return None
+        else:
+            pairs.append((node, section, path))
+        certificates: list[Certificate] = []
+        for item, fields_, where in pairs:
+            if "cert" not in fields_ or "key" not in fields_:
+                self.report(item, where, "expected cert and key (PEM files)")
+                continue
+            cert = self.string(fields_["cert"], f"{where}.cert", "expected a PEM file path")
+            key = self.string(fields_["key"], f"{where}.key", "expected a PEM file path")
+            if cert is None or key is None:
+                continue
+            problem = certificate_problem(cert, key)
+            if problem is not None:
+                self.report(fields_["cert"], f"{where}.cert", problem)
+                continue
+            certificates.append(Certificate(cert, key))
+        if len(certificates) != len(pairs):
+            return None
+        return ServerTls(tuple(certificates))
+
+    def upstream_tls(self, node: Node, path: str) -> UpstreamTls | None:
+        section = self.mapping(node, path, _UPSTREAM_TLS_KEYS)
+        if section is None:
+            return None
+        ok = True
+        files: dict[str, str | None] = {}
+        for key in ("ca", "client_cert", "client_key"):
+            if key in section:
+                value = self.string(section[key], f"{path}.{key}", "expected a PEM file path")
+                ok = ok and value is not None
+                files[key] = value
+        sni = None
+        if "sni" in section:
+            sni = self.string(section["sni"], f"{path}.sni", "expected a host name")
+            ok = ok and sni is not None
+        verify = True
+        if "verify" in section:
+            flag = self.converted(section["verify"], f"{path}.verify", _boolean,
+                                  "expected true or false")  # fmt: skip
+            ok = ok and flag is not None
+            verify = bool(flag)
+        if ("client_cert" in section) != ("client_key" in section):
+            self.report(node, path, "client_cert and client_key go together")
+            return None
+        tls = UpstreamTls(
+            ca=files.get("ca"), sni=sni, verify=verify,
+            client_cert=files.get("client_cert"), client_key=files.get("client_key"),
+        )  # fmt: skip
+        if not ok:
+            return None
+        problem = upstream_tls_problem(tls)
+        if problem is not None:
+            self.report(node, path, problem)
+            return None
+        return tls
+
+    def access_log(self, node: Node) -> AccessLogConfig | None:
+        """`access_log: off`, or {path, sample}."""
+        if isinstance(node, ScalarNode) and node.value == "off":
+            return None
+        section = self.mapping(node, "access_log", _ACCESS_LOG_KEYS, required=("path",),
+                               expected="expected off or a mapping with path")  # fmt: skip
+        if section is None or "path" not in section:
+            return None
+        path = self.string(section["path"], "access_log.path", "expected a file path or '-'")
+        sample = 1.0
+        if "sample" in section:
+            value = self.converted(section["sample"], "access_log.sample", _sample,
+                                   _SAMPLE_EXPECTED)  # fmt: skip
+            if value is None:
+                return None
+            sample = value
+        return None if path is None else AccessLogConfig(path, sample)
 
     def dns(self, node: Node) -> DnsSettings:
         section = self.mapping(node, "dns", _DNS_KEYS) or {}
@@ -401,8 +546,8 @@ class ConfigLoader(NodeReader):
             hosts=hosts,
             path_prefix=path_prefix,
             pools=tuple(
-                PoolConfig(pool_name, endpoints, weights.get(pool_name, 0), health, ejection)
-                for pool_name, (endpoints, health, ejection) in pools
+                PoolConfig(pool_name, endpoints, weights.get(pool_name, 0), health, ejection, tls)
+                for pool_name, (endpoints, health, ejection, tls) in pools
             ),
             sticky=sticky,
             rules=tuple(rules),
@@ -526,9 +671,13 @@ class ConfigLoader(NodeReader):
         ejection: EjectionConfig | None = EjectionConfig()
         if "ejection" in section:
             ejection = self.ejection(section["ejection"], f"{path}.ejection")
+        tls = None
+        if "tls" in section:
+            tls = self.upstream_tls(section["tls"], f"{path}.tls")
+            ok = ok and tls is not None
         if not ok or ejection is None:
             return None
-        return tuple(endpoints), health, ejection
+        return tuple(endpoints), health, ejection, tls
 
     def health(self, node: Node, path: str) -> HealthCheckConfig | None:
         section = self.mapping(node, path, _HEALTH_KEYS)
@@ -665,6 +814,21 @@ class ConfigLoader(NodeReader):
         if not ok or pool is None or headers is None or cookies is None:
             return None
         return RuleConfig(pool=pool, headers=headers, cookies=cookies)
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise Expected("expected true or false", value)
+    return value
+
+
+_SAMPLE_EXPECTED: Final = "expected a share of requests in (0, 1], e.g. 0.1"
+
+
+def _sample(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise Expected(_SAMPLE_EXPECTED, value)
+    return float(value)
 
 
 def _name_server(value: object) -> str:

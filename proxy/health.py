@@ -1,10 +1,10 @@
 """Active health checks: one small loop per checked endpoint, off the request path.
 
-Each check opens a connection, sends `GET <path>` with `Connection: close` and reads the status
-line; 2xx and 3xx pass, anything else (refused, timed out, 4xx, 5xx, garbage) fails. An endpoint
-is taken out after `unhealthy_threshold` consecutive failures and back in after
-`healthy_threshold` consecutive passes. Endpoints start in (optimistic), so a restart does not
-answer 503 until the first checks have run.
+Each check opens a connection (with the pool's TLS settings if it has any), sends `GET <path>`
+with `Connection: close` and reads the status line; 2xx and 3xx pass, anything else (refused,
+timed out, 4xx, 5xx, garbage) fails. An endpoint is taken out after `unhealthy_threshold`
+consecutive failures and back in after `healthy_threshold` consecutive passes. Endpoints start
+in (optimistic), so a restart does not answer 503 until the first checks have run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ async def probe(target: EndpointPool, config: HealthCheckConfig) -> bool:
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(config.timeout):
-            reader, writer = await asyncio.open_connection(address.host, address.port)
+            if target.tls is None:
+                reader, writer = await asyncio.open_connection(address.host, address.port)
+            else:  # the pool's TLS settings, as the proxied requests use them
+                reader, writer = await asyncio.open_connection(
+                    address.host, address.port, ssl=target.tls,
+                    server_hostname=target.server_name or address.host,
+                )  # fmt: skip
             writer.write(
                 b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pointsman-health\r\n"
                 b"Connection: close\r\n\r\n" % (config.path.encode(), str(address).encode())

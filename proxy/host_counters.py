@@ -59,6 +59,7 @@ def _pool_counts(stats: PoolStats) -> Counts:
         "buckets": list(stats.duration_buckets),
         "sum": stats.duration_sum,
         "connect_errors": stats.connect_errors,
+        "tls_errors": stats.tls_errors,
         "timeouts": stats.timeouts,
         "retries": stats.retries,
     }
@@ -148,6 +149,7 @@ def apply(totals: Counts, metrics: Metrics, shadows: Shadows) -> None:
         stats.duration_buckets = list(values["buckets"])
         stats.duration_sum = float(values["sum"])
         stats.connect_errors = int(values["connect_errors"])
+        stats.tls_errors = int(values.get("tls_errors", 0))
         stats.timeouts = int(values["timeouts"])
         stats.retries = int(values["retries"])
     metrics.unrouted = int(totals.get("unrouted", 0))

@@ -12,6 +12,9 @@ import asyncio
 import logging
 import os
 import random
+import socket
+import ssl
+import struct
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 import orjson
 
+from proxy.access_log import AccessLog, Entry
 from proxy.request import Reject, Request, split_absolute_form
 from proxy.shadow_records import PrimaryCapture
 from proxy.upstream import (
@@ -46,6 +50,7 @@ _H: Final = ord("H")
 
 # Client write buffer high-water mark: above it the upstream is no longer read (backpressure).
 DOWNSTREAM_WRITE_HIGH: Final = 256 * 1024
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 # What a connection over limits.max_connections gets before it is closed.
 _LIMIT_BODY: Final = b'{"error": "too many connections", "status": 503}\n'
 CONNECTION_LIMIT_RESPONSE: Final = (
@@ -164,6 +169,7 @@ class DownstreamConnection:
         "draining",
         "first_of_read",
         "forwarded_lines",
+        "fresh",
         "head_end",
         "head_end_host",
         "idle_since",
@@ -171,12 +177,15 @@ class DownstreamConnection:
         "out",
         "parser",
         "parsing",
+        "paused_at",
         "paused_by",
         "peer",
+        "peer_text",
         "pending",
         "pool",
         "reading",
         "request_sent",
+        "resp_bytes",
         "resp_close",
         "resp_flushed",
         "resp_mode",
@@ -186,24 +195,29 @@ class DownstreamConnection:
         "reused",
         "route",
         "starting",
+        "target",
         "timer",
         "timer_at",
+        "tls",
         "transport",
         "tunnel",
         "upgrading",
         "upstream",
+        "upstream_at",
         "upstream_head",
         "writes",
         "writing_paused",
     )
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, tls: bool = False) -> None:
         self.ctx = ctx
+        self.tls = tls  # the connection came through a TLS listener
         self.loop = ctx.loop
         self.writes = ctx.writes  # every write goes through it, in order (see WriteBatch)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
+        self.peer_text = ""  # the client's address as text, for the access log
         self.forwarded_lines = b""  # X-Forwarded-For/-Proto for requests that bring none
         self.head_end_host = b""  # the Host of the last common-case request, and
         self.head_end = b""  # the end of its upstream head (see _build_upstream_head)
@@ -231,8 +245,15 @@ class DownstreamConnection:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.idle_since = 0.0
+        self.fresh = True  # no request has begun yet: header_read, not idle, bounds the wait
         self.activity = 0.0
         self.body_at = 0.0  # loop time of the last request-body bytes (timeouts.body_read)
+        self.paused_at = 0.0  # loop time writing to the client paused (timeouts.client_write)
+        # For the access log: the endpoint of the exchange, when its request went out (loop
+        # time), and the response bytes written so far.
+        self.target: EndpointPool | None = None
+        self.upstream_at = 0.0
+        self.resp_bytes = 0
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -278,8 +299,12 @@ class DownstreamConnection:
             ctx.metrics.reject("connection_limit")
             return
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]).encode() if peer else b"unknown"
-        self.forwarded_lines = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % self.peer
+        self.peer_text = str(peer[0]) if peer else "unknown"
+        self.peer = self.peer_text.encode()
+        self.forwarded_lines = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\n" % (
+            self.peer,
+            b"https" if self.tls else b"http",
+        )
         self.ctx.connections.add(self)
         now = self.loop.time()
         self.idle_since = now
@@ -353,7 +378,9 @@ class DownstreamConnection:
         if self.current is None:
             self.close()
         self.draining = True
-        return True
+        # TLS has no half-close: the transport closes whatever this returns (and warns
+        # about a True).
+        return None if self.tls else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -368,6 +395,8 @@ class DownstreamConnection:
             self.connect_task.cancel()
             self.connect_task = None
         req = self.current
+        if req is not None and not self.tunnel and self.upstream is not None:
+            self._log_if_sampled(req, 499)  # as nginx: the client went before its answer
         if req is not None and req.mirrors is not None:
             self._end_mirrors(req, 0)
         if self.upstream is not None:
@@ -377,6 +406,8 @@ class DownstreamConnection:
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        now = self.paused_at = self.loop.time()
+        self._arm(now + self.ctx.client_write_timeout)
         upstream = self.upstream
         if upstream is not None:
             upstream.pause_reading()
@@ -424,6 +455,14 @@ class DownstreamConnection:
             return
         now = self.loop.time()
         timeouts = self.ctx.timeouts
+        if self.writing_paused:
+            # The client has read nothing of what is queued for it for client_write: a slow
+            # reader holding a response (and its upstream connection) open. Cut off.
+            write_deadline = self.paused_at + timeouts.client_write
+            if now >= write_deadline:
+                self._write_timed_out()
+                return
+            self._arm(write_deadline)
         if self.tunnel:
             deadline = self.activity + timeouts.idle
             if now >= deadline:
@@ -447,7 +486,10 @@ class DownstreamConnection:
                 self._reject(Reject(408, "request head not received in time", "header_timeout"))
                 return
         else:
-            deadline = self.idle_since + timeouts.idle
+            # As nginx: a new connection gets header_read for its first byte, a kept-alive
+            # one idle (a connect-and-wait flood is shed as fast as a slowloris).
+            wait = timeouts.header_read if self.fresh else timeouts.idle
+            deadline = self.idle_since + wait
             if now >= deadline:
                 self.close()
                 return
@@ -458,6 +500,7 @@ class DownstreamConnection:
     def on_message_begin(self) -> None:
         now = self.loop.time()
         self.parsing = Request(now)
+        self.fresh = False
         if self.current is None:
             deadline = now + self.ctx.header_read_timeout
             if self.timer is None or self.timer_at > deadline:
@@ -759,7 +802,9 @@ class DownstreamConnection:
             parts.append(self.forwarded_lines)
         else:
             parts += (b"X-Forwarded-For: ", req.forwarded_for, b", ", self.peer, b"\r\n")
-            parts.append(b"X-Forwarded-Proto: http\r\n")
+            parts.append(
+                b"X-Forwarded-Proto: https\r\n" if self.tls else b"X-Forwarded-Proto: http\r\n"
+            )
         via = VIA if req.via is None else req.via + b", " + VIA
         parts += (b"X-Forwarded-Host: ", host, b"\r\nVia: ", via, b"\r\n")
         if req.chunked:
@@ -798,6 +843,9 @@ class DownstreamConnection:
         if pool is None:
             return  # the exchange it was for has ended (refused, timed out)
         pool.stats.connect_errors += 1
+        tls_failed = isinstance(exc, ssl.SSLError)
+        if tls_failed:
+            pool.stats.tls_errors += 1
         if target.failed():
             log.warning("endpoint %s ejected after %d failures", target.address, target.failures)
             if self.ctx.on_eject is not None:
@@ -821,6 +869,9 @@ class DownstreamConnection:
         if isinstance(exc, TimeoutError):
             pool.stats.timeouts += 1
             self._local_response(504, "upstream connect timed out", close=True)
+        elif tls_failed:
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+            self._local_response(502, f"upstream TLS handshake failed: {reason or exc}", close=True)
         else:
             self._local_response(502, "upstream connection failed", close=True)
 
@@ -831,6 +882,7 @@ class DownstreamConnection:
         assert transport is not None
         self.upstream = conn
         self.reused = reused
+        self.target = conn.endpoint
         conn.start_request(self, req.method == b"HEAD")
         head = self.upstream_head
         body = req.body
@@ -854,6 +906,7 @@ class DownstreamConnection:
             conn.pause_reading()
         now = self.loop.time()
         self.activity = now
+        self.upstream_at = now
         deadline = now + self.ctx.upstream_timeout
         if not req.complete:
             deadline = min(deadline, now + self.ctx.body_read_timeout)
@@ -943,7 +996,9 @@ class DownstreamConnection:
         if out and self.transport is not None:
             self.resp_flushed = True
             self.out = []
-            self.writes.write(self.transport, out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.resp_bytes += len(data)
+            self.writes.write(self.transport, data)
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         req = self.current
@@ -1059,6 +1114,10 @@ class DownstreamConnection:
         """The response is complete: count it, then close or move on to the next request."""
         req = self.current
         assert req is not None
+        self._log_if_sampled(req, status)
+        self.target = None
+        self.upstream_at = 0.0
+        self.resp_bytes = 0
         if req.mirrors is not None:
             self._end_mirrors(req, status)
         pool = self.pool
@@ -1103,6 +1162,45 @@ class DownstreamConnection:
         if self.timer is None or self.timer_at > deadline:
             self._arm(deadline)
 
+    def _log_if_sampled(self, req: Request, status: int) -> None:
+        access_log = self.ctx.access_log
+        if access_log is not None and (access_log.sample >= 1.0 or _random() < access_log.sample):
+            self._log_access(access_log, req, status)
+
+    def _log_access(self, access_log: AccessLog, req: Request, status: int) -> None:
+        """Queue the access-log entry of the exchange ending now; formatted and written in
+        batches (proxy/access_log.py), never here."""
+        end = perf_counter()
+        route = self.route
+        pool = self.pool
+        target = self.target
+        upstream_seconds = self.loop.time() - self.upstream_at if self.upstream_at else -1.0
+        out_bytes = self.resp_bytes
+        for chunk in self.out:
+            out_bytes += len(chunk)
+        access_log.add(
+            Entry(
+                end,
+                self.peer_text,
+                req.method,
+                req.url,
+                req.host,
+                req.version,
+                status,
+                req.head_size + req.body_size,
+                out_bytes,
+                end - req.started if req.started else 0.0,
+                upstream_seconds,
+                route.name if route is not None else "",
+                pool.name if pool is not None else "",
+                target.text if target is not None else "",
+                req.request_id or b"",
+                route.choice_kind(req.wanted, req.cookie) if pool is not None and route else "",
+                req.mirrors is not None,
+                self.tls,
+            )
+        )
+
     def _drop_upstream(self) -> None:
         """Detach and cut the upstream connection of the exchange: its state is unknown, so it
         must not go back to the pool. A connect still under way is cancelled: it was for this
@@ -1137,8 +1235,10 @@ class DownstreamConnection:
         req = self.current
         if pool is not None and req is not None:
             pool.stats.observe(502, perf_counter() - req.started)
-        if req is not None and req.mirrors is not None:
-            self._end_mirrors(req, 0)
+        if req is not None:
+            self._log_if_sampled(req, 502)
+            if req.mirrors is not None:
+                self._end_mirrors(req, 0)
         self._drop_upstream()
         self.closed = True
         if self.transport is not None:
@@ -1153,6 +1253,23 @@ class DownstreamConnection:
             self.connect_task = None
         self._drop_upstream()
         self._fail_exchange(408, "request body not received in time")
+
+    def _write_timed_out(self) -> None:
+        self.ctx.metrics.reject("client_write_timeout")
+        self._drop_upstream()
+        req = self.current
+        if req is not None:
+            pool = self.pool
+            if pool is not None:
+                pool.stats.observe(502, perf_counter() - req.started)
+            self._log_if_sampled(req, 502)
+            if req.mirrors is not None:
+                self._end_mirrors(req, 0)
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            reset_on_close(transport)
+            transport.abort()
 
     def _upstream_timed_out(self) -> None:
         pool = self.pool
@@ -1264,6 +1381,8 @@ class ProxyContext:
         self.body_read_timeout = timeouts.body_read
         self.upstream_timeout = timeouts.upstream
         self.idle_timeout = timeouts.idle
+        self.client_write_timeout = timeouts.client_write
+        self.access_log: AccessLog | None = None  # set by the server when configured
         self.connections: set[DownstreamConnection] = set()
         self.wanted_headers = table.wanted_headers
         self.request_names = request_spellings(table.wanted_headers)
@@ -1285,6 +1404,7 @@ class ProxyContext:
         self.body_read_timeout = timeouts.body_read
         self.upstream_timeout = timeouts.upstream
         self.idle_timeout = timeouts.idle
+        self.client_write_timeout = timeouts.client_write
 
     def use_table(self, table: RoutingTable) -> None:
         """Route the requests whose heads complete from now on by `table`."""
@@ -1295,6 +1415,18 @@ class ProxyContext:
     def next_request_id(self) -> bytes:
         self._id_counter += 1
         return self._id_prefix + str(self._id_counter).encode()
+
+
+def reset_on_close(transport: asyncio.Transport) -> None:
+    """Make the coming close a reset (SO_LINGER 0), as nginx's reset_timedout_connection: a
+    plain close of a client that reads nothing keeps its socket in FIN_WAIT1 with the unsent
+    bytes (up to the kernel's send buffer) until the orphan times out."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass  # already gone: nothing left to free
 
 
 def share_of(limit: int, processes: int) -> int:

@@ -5,15 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
+from collections.abc import Sequence
 from typing import cast
 
-from proxy.config import Address, Config, HealthCheckConfig
+from proxy.access_log import AccessLog
+from proxy.config import (
+    Address,
+    Config,
+    ConfigError,
+    HealthCheckConfig,
+    Listener,
+    UpstreamTls,
+)
 from proxy.health import HealthChecker
 from proxy.http1 import DownstreamConnection, ProxyContext
 from proxy.metrics import Metrics
 from proxy.router import RoutingTable
 from proxy.shadow_metrics import ShadowCollector
 from proxy.shadow_registry import ShadowedRoute, Shadows
+from proxy.tls import CertificateCollector, ServerCertificates, client_context
 from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")
@@ -34,8 +45,12 @@ class ProxyServer:
         self.health = HealthChecker()
         self.shadows = Shadows(config.limits.compare_memory_bytes)
         self.metrics.collectors.append(ShadowCollector(self.shadows))
+        self.metrics.collectors.append(CertificateCollector(lambda: self.config))
         self.ctx: ProxyContext | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []  # one per listener, in the config's order
+        # Per TLS listener (by index in config.listeners): its certificates, reloadable.
+        self.certificates: dict[int, ServerCertificates] = {}
+        self.access_log: AccessLog | None = None
         # The active checks the current table asks for, and whether this process runs them
         # (a worker does not: the master's results reach it as messages).
         self._checks: dict[EndpointPool, HealthCheckConfig] = {}
@@ -50,8 +65,18 @@ class ProxyServer:
         now. The listener stays (a new listen address needs a restart); the routes come with
         the next `set_table`."""
         self.config = config
+        for index, listener in enumerate(config.listeners):
+            certificates = self.certificates.get(index)
+            if certificates is not None and listener.tls is not None:
+                try:
+                    certificates.load(listener.tls)
+                except (OSError, ssl.SSLError) as err:
+                    # The master checked them before sending the config: a file changed
+                    # in between. The listener keeps serving its current certificates.
+                    log.error("listen[%d].tls: certificates not reloaded: %s", index, err)
         if self.ctx is not None:
             self.ctx.use_settings(config.timeouts, config.limits)
+            self._use_access_log(self.ctx)
         if self.upstreams is not None:
             self.upstreams.use_settings(config.upstream, config.timeouts.connect)
         self.shadows.memory.limit = config.limits.compare_memory_bytes
@@ -75,6 +100,7 @@ class ProxyServer:
         its settings from the first pool (in the table's order) that lists it."""
         checks: dict[EndpointPool, HealthCheckConfig] = {}
         configured: set[EndpointPool] = set()
+        contexts: dict[UpstreamTls, ssl.SSLContext] = {}
         in_use: set[Address] = set()
         for route in table.configs:
             for pool in route.pools:
@@ -85,12 +111,36 @@ class ProxyServer:
                         continue
                     configured.add(target)
                     target.ejection = pool.ejection
+                    self._use_upstream_tls(target, pool.tls, contexts)
                     if pool.health is not None:
                         checks[target] = pool.health
         upstreams.retire_unused(in_use)
         self._checks = checks
         if self._checks_on:
             self.health.update(checks)
+
+    @staticmethod
+    def _use_upstream_tls(
+        target: EndpointPool, tls: UpstreamTls | None, contexts: dict[UpstreamTls, ssl.SSLContext]
+    ) -> None:
+        """The endpoint's TLS settings (those of the first pool that lists it). A change
+        closes its idle connections: they were opened with the settings it had."""
+        if tls == target.tls_settings:
+            return
+        context = None
+        if tls is not None:
+            context = contexts.get(tls)
+            if context is None:
+                try:
+                    context = contexts[tls] = client_context(tls)
+                except (OSError, ssl.SSLError) as err:
+                    # Checked when the config was read: a file changed since. Keep the old.
+                    log.error("endpoint %s: TLS settings not applied: %s", target.address, err)
+                    return
+        target.tls_settings = tls
+        target.tls = context
+        target.server_name = tls.sni if tls is not None else None
+        target.close_all()
 
     @staticmethod
     def _bind_targets(table: RoutingTable, upstreams: Upstreams) -> None:
@@ -112,14 +162,72 @@ class ProxyServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        sock = self._server.sockets[0]
-        return int(sock.getsockname()[1])
+        return self.ports[0]
+
+    @property
+    def ports(self) -> list[int]:
+        """The port of each listener, in the config's order."""
+        return [int(server.sockets[0].getsockname()[1]) for server in self._servers]
+
+    def _use_access_log(self, ctx: ProxyContext) -> None:
+        settings = self.config.access_log
+        current = self.access_log
+        if settings is None:
+            if current is not None:
+                current.close()
+            self.access_log = None
+        elif current is None:
+            try:
+                self.access_log = AccessLog(ctx.loop, settings)
+            except OSError as err:
+                raise ConfigError(
+                    [f"access_log.path: cannot open {settings.path}: {err.strerror}"]
+                ) from None
+        else:
+            current.use(settings)
+        ctx.access_log = self.access_log
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): the access log goes to a new file from now on."""
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    async def _listen(
+        self, ctx: ProxyContext, index: int, listener: Listener, sock: socket.socket | None
+    ) -> asyncio.Server:
+        loop = ctx.loop
+        context = None
+        if listener.tls is not None:
+            certificates = ServerCertificates(f"listen[{index}]", listener.tls)
+            self.certificates[index] = certificates
+            context = certificates.listener_context
+        tls = context is not None
+
+        def connection() -> asyncio.Protocol:
+            return cast(asyncio.Protocol, DownstreamConnection(ctx, tls))
+
+        # A handshake is part of the request head's time (timeouts.header_read).
+        handshake = self.config.timeouts.header_read if tls else None
+        if sock is not None:
+            return await loop.create_server(
+                connection, sock=sock, backlog=LISTEN_BACKLOG, ssl=context,
+                ssl_handshake_timeout=handshake,
+            )  # fmt: skip
+        address = listener.address
+        return await loop.create_server(
+            connection, address.host, address.port, backlog=LISTEN_BACKLOG, reuse_address=True,
+            ssl=context, ssl_handshake_timeout=handshake,
+        )  # fmt: skip
 
     async def start(
-        self, sock: socket.socket | None = None, *, accept: bool = True, health_checks: bool = True
+        self,
+        socks: Sequence[socket.socket] | None = None,
+        *,
+        accept: bool = True,
+        health_checks: bool = True,
     ) -> None:
-        """Start serving `sock` (a worker's, passed by the master) or config.listen. With
+        """Start serving `socks` (a worker's, passed by the master: one per listener, in the
+        config's order) or config.listeners. With
         `accept=False` (the master of workers) everything but the listener runs: endpoint
         pools for the health checks, shadows and counters that hold the host's sums. A worker
         runs no `health_checks`: the master's results reach it as messages."""
@@ -144,31 +252,21 @@ class ProxyServer:
         self.metrics.endpoints_in_flight = upstreams.in_flight
         if not accept:
             return
-        if sock is not None:
-            self._server = await loop.create_server(
-                lambda: cast(asyncio.Protocol, DownstreamConnection(ctx)),
-                sock=sock,
-                backlog=LISTEN_BACKLOG,
-            )
-        else:
-            listen = self.config.listen
-            self._server = await loop.create_server(
-                lambda: cast(asyncio.Protocol, DownstreamConnection(ctx)),
-                listen.host,
-                listen.port,
-                backlog=LISTEN_BACKLOG,
-                reuse_address=True,
-            )
-        host, port = self._server.sockets[0].getsockname()[:2]
-        log.info("data plane listening on %s", Address(host, port))
+        self._use_access_log(ctx)
+        for index, listener in enumerate(self.config.listeners):
+            server = await self._listen(ctx, index, listener, socks[index] if socks else None)
+            self._servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            log.info("data plane listening on %s%s", Address(host, port),
+                     " (TLS)" if listener.tls is not None else "")  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace`, then close."""
         if grace is None:
             grace = self.config.timeouts.grace
         ctx = self.ctx
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if ctx is not None:
             ctx.draining = True
             for conn in list(ctx.connections):
@@ -182,9 +280,12 @@ class ProxyServer:
             for conn in list(ctx.connections):
                 if conn.transport is not None:
                     conn.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
         await self.health.stop()
         await self.shadows.close()
         if self.upstreams is not None:

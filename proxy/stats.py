@@ -25,6 +25,7 @@ class PoolStats:
         "retries",
         "status",
         "timeouts",
+        "tls_errors",
     )
 
     def __init__(self) -> None:
@@ -32,6 +33,7 @@ class PoolStats:
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last one is +Inf
         self.duration_sum = 0.0
         self.connect_errors = 0
+        self.tls_errors = 0  # of connect_errors: the TLS handshake failed (verification, ...)
         self.timeouts = 0
         self.retries = 0
 

@@ -8,7 +8,9 @@ the current routing state), build the table, start accepting, say `ready`. Then 
 (`ejected`), answers `counters` and `ping`, and on `drain`, SIGTERM or a closed channel (the
 master is gone) it drains as one process does and exits.
 
-    python -m proxy.worker --slot N --listen-fd F --control-fd C
+    python -m proxy.worker --slot N --listen-fd F [--listen-fd F2 ...] --control-fd C
+
+(one --listen-fd per listener of the config, in its order).
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ def apply_health(server: ProxyServer, endpoints: Mapping[str, bool]) -> None:
 
 
 class Worker:
-    def __init__(self, slot: int, listen_fd: int, control_fd: int) -> None:
+    def __init__(self, slot: int, listen_fds: Sequence[int], control_fd: int) -> None:
         self.slot = slot
-        self.listen_fd = listen_fd
+        self.listen_fds = listen_fds
         self.control_fd = control_fd
         self.stop = asyncio.Event()
         self.server: ProxyServer | None = None
@@ -102,6 +104,7 @@ class Worker:
         # reload (SIGHUP) is the master's too, which sends the new config.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         channel = socket.socket(fileno=self.control_fd)
         reader, writer = await asyncio.open_connection(sock=channel)
         writer.write(encode({"type": "up", "pid": os.getpid()}))
@@ -112,8 +115,17 @@ class Worker:
         except (ChannelClosed, ConfigError, KeyError, TypeError, ValueError) as err:
             log.error("worker %d: unusable hello from the master: %s", self.slot, err)
             return EXIT_BAD_HELLO
+        if len(self.listen_fds) != len(config.listeners):
+            log.error("worker %d: %d listening sockets for %d listeners", self.slot,
+                      len(self.listen_fds), len(config.listeners))  # fmt: skip
+            return EXIT_BAD_HELLO
         server = self.server = ProxyServer(config, table)
-        await server.start(sock=socket.socket(fileno=self.listen_fd), health_checks=False)
+        socks = [socket.socket(fileno=fd) for fd in self.listen_fds]
+        try:
+            await server.start(socks, health_checks=False)
+        except ConfigError as err:  # the access log cannot be opened here
+            log.error("worker %d: %s", self.slot, err)
+            return EXIT_BAD_HELLO
         assert server.ctx is not None
         server.ctx.connection_share = max(1, int(hello.get("workers", 1)))
         server.ctx.use_settings(config.timeouts, config.limits)
@@ -171,6 +183,8 @@ class Worker:
                 elif kind == "counters":
                     body = worker_counters(server.metrics, server.shadows, self.cursor)
                     writer.write(encode({"type": "counters", "id": message["id"], **body}))
+                elif kind == "reopen_logs":
+                    self._reopen_logs()
                 elif kind == "ping":
                     writer.write(encode({"type": "pong"}))
                 elif kind == "drain":
@@ -184,11 +198,15 @@ class Worker:
         finally:
             self.stop.set()
 
+    def _reopen_logs(self) -> None:
+        if self.server is not None:
+            self.server.reopen_logs()
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proxy.worker")
     parser.add_argument("--slot", type=int, required=True)
-    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, action="append", required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

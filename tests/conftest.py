@@ -130,7 +130,9 @@ def on_free_ports(config: Config) -> Config:
     """`config` listening on OS-chosen ports (a config text's ports only satisfy validation)."""
     return replace(
         config,
-        listen=Address("127.0.0.1", 0),
+        listeners=tuple(
+            replace(item, address=Address("127.0.0.1", 0)) for item in config.listeners
+        ),
         admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
     )
 

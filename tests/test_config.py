@@ -16,6 +16,7 @@ from proxy.config import (
     ConfigError,
     EtcdSettings,
     Limits,
+    Listener,
     PoolConfig,
     RouteConfig,
     RuleConfig,
@@ -76,7 +77,7 @@ def problems(text: str, source: str = SRC) -> list[str]:
 def test_example_parses_into_the_model() -> None:
     config = parse_config(EXAMPLE, SRC)
     assert config == Config(
-        listen=Address("127.0.0.1", 8080),
+        listeners=(Listener(Address("127.0.0.1", 8080)),),
         routes=(
             RouteConfig(
                 name="shop",
@@ -269,7 +270,8 @@ def test_missing_listen_uses_line_of_the_containing_mapping() -> None:
 def test_unknown_keys_name_the_allowed_ones() -> None:
     assert problems(MINIMAL + "colour: red\n") == [
         "config/x.yaml:6: colour: unknown key "
-        "(allowed: listen, admin, workers, timeouts, limits, upstream, state, dns, routes)"
+        "(allowed: listen, admin, workers, timeouts, limits, upstream, state, dns, access_log,"
+        " routes)"
     ]
     assert problems(MINIMAL + "    colour: red\n") == [
         "config/x.yaml:6: routes[0].colour: unknown key "
@@ -277,7 +279,7 @@ def test_unknown_keys_name_the_allowed_ones() -> None:
     ]
     assert problems(MINIMAL.replace('"]}', '"], weight: 5}')) == [
         "config/x.yaml:5: routes[0].pools.blue.weight: unknown key "
-        "(allowed: endpoints, health, ejection)"
+        "(allowed: endpoints, health, ejection, tls)"
     ]
 
 
@@ -638,7 +640,8 @@ routes:
         "config/x.yaml:3: limits.max_body_bytes: expected a size like '64KiB' or '1MiB', "
         "got 'lots'",
         "config/x.yaml:4: extra: unknown key "
-        "(allowed: listen, admin, workers, timeouts, limits, upstream, state, dns, routes)",
+        "(allowed: listen, admin, workers, timeouts, limits, upstream, state, dns, access_log,"
+        " routes)",
         "config/x.yaml:10: routes[0].weights.gren: unknown pool 'gren' (pools: blue, green)",
         "config/x.yaml:11: routes[1].name: duplicate route name 'shop' "
         "(first used by routes[0] on line 6)",

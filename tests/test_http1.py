@@ -847,6 +847,23 @@ async def test_header_read_timeout(
     assert backend.seen == []
 
 
+async def test_silent_new_connection_closed_after_header_read_not_idle(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    # A connect-and-wait flood must be shed as fast as a slowloris: header_read bounds the
+    # wait for a new connection's first byte; idle is for kept-alive connections.
+    backend = await backend_factory("blue")
+    proxy = await proxy_to(
+        proxy_factory, backend.address, extra="timeouts: {header_read: 0.3s, idle: 30s}"
+    )
+    async with client(proxy.port) as (reader, _writer):
+        started = time.monotonic()
+        rest = await wait_eof(reader, limit=0.3 + 2.0)
+        elapsed = time.monotonic() - started
+    assert rest == b""
+    assert 0.25 <= elapsed < 0.3 + 1.0, elapsed
+
+
 async def test_idle_keep_alive_connection_closed(
     backend_factory: BackendFactory, proxy_factory: ProxyFactory
 ) -> None:

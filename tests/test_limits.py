@@ -1,15 +1,18 @@
 """Limits on what clients may hold: limits.max_connections (a connection over the limit is
 answered 503 and closed at once, counted, and those within it go on being served) and
-timeouts.body_read (a request body that stops coming gets 408 and a close)."""
+timeouts.body_read (a request body that stops coming gets 408 and a close) and
+timeouts.client_write (a client that stops reading its answer is cut off)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import replace
 
 import pytest
+from aiohttp import web
 
-from proxy.config import ConfigError, Limits
+from proxy.config import Address, ConfigError, Limits
 from proxy.config_loader import parse_config
 from proxy.http1 import share_of
 from tests.conftest import BackendFactory, ProxyFactory, config_for, raw_exchange
@@ -126,6 +129,74 @@ async def test_a_slow_but_steady_body_is_not_cut(
             writer.write(b"0123456789")
         status, _, body = await asyncio.wait_for(read_response(reader), LIMIT)
         assert (status, body) == (200, b"blue POST /upload 100")
+        assert proxy.metrics.rejected == {}
+    finally:
+        writer.close()
+
+
+BIG = 8 * 1024 * 1024  # far more than the socket buffers and the client write buffer hold
+
+
+async def big_answer(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=b"x" * BIG)
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_freed(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    """Slow read: the client reads nothing of a large answer. After timeouts.client_write
+    with its write buffer full, the connection is cut, counted, and the upstream connection
+    holding the rest of the answer is closed."""
+    blue = await backend_factory("blue", big_answer)
+    config = config_for({"blue": [blue.address]})
+    proxy = await proxy_factory(config, timeouts=replace(config.timeouts, client_write=0.5))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast
+    sock.connect(("127.0.0.1", proxy.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    try:
+        writer.write(b"GET /big HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        await writer.drain()
+        assert proxy.ctx is not None and proxy.upstreams is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LIMIT
+        # No event says "cut off" on the proxy's side but the counter and the connection set.
+        while proxy.metrics.rejected.get("client_write_timeout", 0) == 0:
+            assert loop.time() < deadline, proxy.metrics.rejected
+            await asyncio.sleep(0.05)
+        assert not proxy.ctx.connections
+        assert proxy.upstreams.pool(Address("127.0.0.1", blue.port)).connections == 0
+        # The cut is a reset (as nginx's reset_timedout_connection: the kernel frees the
+        # unsent bytes at once): the client never gets all of the answer.
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(-1), LIMIT)
+    finally:
+        writer.close()
+
+
+async def test_a_slow_but_steady_reader_is_not_cut(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    """client_write is the longest stall, not the time of the whole answer: a reader taking
+    64 KiB every 0.05 s gets all of 2 MiB (about 1.6 s) with client_write 0.5 s."""
+    size = 2 * 1024 * 1024
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"y" * size)
+
+    blue = await backend_factory("blue", answer)
+    config = config_for({"blue": [blue.address]})
+    proxy = await proxy_factory(config, timeouts=replace(config.timeouts, client_write=0.5))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=65536)
+    try:
+        writer.write(b"GET /big HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), LIMIT)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        got = 0
+        while got < size:
+            await asyncio.sleep(0.05)  # the slow reader itself: pacing is what is tested
+            got += len(await asyncio.wait_for(reader.read(65536), LIMIT))
+        assert got == size
         assert proxy.metrics.rejected == {}
     finally:
         writer.close()

@@ -4,9 +4,11 @@ traffic through the proxy."""
 from __future__ import annotations
 
 import asyncio
+import re
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.api import build_admin_app
+from proxy.metrics import REJECT_REASONS
 from proxy.router import RoutingTable
 from proxy.server import ProxyServer
 from proxy.stats import DURATION_BUCKETS, PoolStats
@@ -328,3 +331,39 @@ def test_a_duration_on_a_bound_counts_in_that_bound_and_past_the_last_in_inf() -
     stats.observe(503, DURATION_BUCKETS[-1] + 1.0)
     assert stats.duration_buckets[0] == 1 and stats.duration_buckets[-1] == 1
     assert stats.status[5] == 1
+
+
+def test_every_reject_reason_the_code_uses_is_exported_from_the_start() -> None:
+    # A reason first seen at its first event has no rate until its second: the collector
+    # exports REJECT_REASONS at 0, which must name every reason proxy/ counts.
+    used: set[str] = set()
+    for source in (Path(__file__).resolve().parents[1] / "proxy").glob("*.py"):
+        text = source.read_text()
+        used |= set(re.findall(r'\breject\("([a-z_]+)"\)', text))
+        used |= set(re.findall(r'Reject\(\s*\d+,[^)]*?"([a-z_]+)",?\s*\)', text, re.S))
+    assert "malformed" in used and "client_write_timeout" in used  # the patterns still match
+    assert used <= set(REJECT_REASONS), used - set(REJECT_REASONS)
+
+
+async def test_reject_reasons_are_exported_at_zero_before_any_event(
+    backend_factory: BackendFactory, proxy_factory: ProxyFactory
+) -> None:
+    blue = await backend_factory("blue")
+    proxy = await proxy_factory(config_for({"blue": [blue.address]}))
+    name = "pointsman_rejected_requests_total"
+    async with admin_client(proxy) as client:
+        samples = await scrape(client)
+        assert {r: value(samples, name, reason=r) for r in REJECT_REASONS} == dict.fromkeys(
+            REJECT_REASONS, 0.0
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: \r\n\r\n")  # an empty Host: bad_host
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n")
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 400")
+        samples = await scrape(client)
+        assert value(samples, name, reason="bad_host") == 1
+        assert value(samples, name, reason="malformed") == 0

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from control.service import Service
-from proxy.config import Address
+from proxy.config import Address, Listener
 from proxy.config_loader import load_config
 from tests.conftest import BackendFactory, free_port
 from tests.test_api import TOKEN
@@ -104,7 +104,7 @@ async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         config = load_config(str(path))
         config = replace(
             config,
-            listen=Address("127.0.0.1", 0),
+            listeners=(Listener(Address("127.0.0.1", 0)),),
             admin=replace(config.admin, listen=Address("127.0.0.1", 0)),
         )
         service, session, admin, proxy = await run_service(config, workers)
