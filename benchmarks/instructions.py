@@ -10,7 +10,9 @@ shared VM, so two builds compare exactly. Usage, from the repo root (after `make
 
 PYTHONPATH=<other tree> runs another build the same way. A second argument `shadow` mirrors
 every request to a shadow pool (on its own fake connection) and compares the answers: the
-mirroring path, for changes to proxy/shadow.py.
+mirroring path, for changes to proxy/shadow.py. `access_log` instead logs every request to
+/dev/null (entries queued on the request path and formatted in batches, as in a server): the
+difference to a plain run is what the access log costs per request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import sys
 from typing import Any
 
 from proxy.config import Address, Limits, Timeouts, UpstreamSettings
+
+try:
+    from proxy.access_log import AccessLog
+    from proxy.config import AccessLogConfig
+except ImportError:  # a build from before the access log (PYTHONPATH=<tree>)
+    AccessLog = AccessLogConfig = None  # type: ignore[assignment,misc]
 
 try:
     from proxy.config_loader import parse_config
@@ -95,7 +103,7 @@ class FakeTransport:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
 
-async def run(requests: int, shadowed: bool) -> None:
+async def run(requests: int, shadowed: bool, logged: bool = False) -> None:
     config = parse_config(SHADOWED_CONFIG if shadowed else CONFIG, "<instructions>")
     loop = asyncio.get_running_loop()
     table = RoutingTable(config.routes)
@@ -125,6 +133,9 @@ async def run(requests: int, shadowed: bool) -> None:
         shadow_conn.connection_made(FakeTransport())  # type: ignore[arg-type]
         shadow_target.idle.append(shadow_conn)
     ctx = ProxyContext(loop, table, metrics, upstreams, Timeouts(), Limits())
+    access_log = None
+    if logged:
+        access_log = ctx.access_log = AccessLog(loop, AccessLogConfig("/dev/null"))
     client = DownstreamConnection(ctx)
     client_transport = FakeTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
@@ -141,6 +152,11 @@ async def run(requests: int, shadowed: bool) -> None:
         if shadow_conn is not None:
             shadow_conn.data_received(SHADOW_RESPONSE)
         ctx.writes.flush()
+        if access_log is not None and len(access_log.entries) >= 1024:
+            access_log.flush()  # what its timer does in a server, every 1024 entries at most
+    if access_log is not None:
+        access_log.close()
+        assert access_log.written == requests, access_log.written
     assert client_transport.written > 0
     answered = sum(sum(s.status) for s in metrics.pools.values())
     assert answered == requests, answered
@@ -158,4 +174,5 @@ async def run(requests: int, shadowed: bool) -> None:
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    asyncio.run(run(count, len(sys.argv) > 2 and sys.argv[2] == "shadow"))
+    mode = sys.argv[2] if len(sys.argv) > 2 else ""
+    asyncio.run(run(count, mode == "shadow", mode == "access_log"))

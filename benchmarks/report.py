@@ -20,6 +20,11 @@ The results directory holds what run.sh collected:
                                .cpu (ticks of the instance and of etcd, wall-clock start, end)
     fleet_changes.json         fleet.py's propagation measurements; fleet_load_<a|b>.txt the
                                wrk runs loading the members meanwhile
+    tls_<target>_<round>.txt    the TLS phase's wrk runs (nginx_tls, pm_tls, nginx_tls_close,
+                               pm_tls_close) and .cpu (ticks of the server's processes)
+    alog_<target>_<round>.txt   the access-log phase's wrk runs (pm_log_off, pm_log_on), .cpu,
+                               and for pm_log_on .lines (lines and bytes the log grew by);
+                               access_log_sample.txt the log's first line
 
 <round> is 1, 2, ... (read as a number: round 10 comes after round 9). run.sh runs the
 targets of a round one right after another, odd rounds in the forward order and even rounds
@@ -555,6 +560,18 @@ def render(results: Path, out: Path | None) -> tuple[str, dict[str, object], boo
     lines.extend(fleet_lines)
     checks.extend(fleet_checks)
     summary["fleet"] = fleet_summary_
+
+    # ---- TLS
+    tls_lines, tls_checks, tls_summary = tls_section(results, meta)
+    lines.extend(tls_lines)
+    checks.extend(tls_checks)
+    summary["tls"] = tls_summary
+
+    # ---- access log
+    alog_lines, alog_checks, alog_summary = access_log_section(results, meta)
+    lines.extend(alog_lines)
+    checks.extend(alog_checks)
+    summary["access_log"] = alog_summary
 
     # ---- memory
     lines.append("## Memory (RSS of the Pointsman processes: master and worker)")
@@ -1618,6 +1635,455 @@ def fleet_section(
         "Comparisons: req/s, p99 and CPU per request paired by round (the ratio of the two "
         "runs of the same round, then the median of these per-round ratios); the propagation "
         "over all changes of the one loaded run."
+    )
+    lines.append("")
+    lines.append("| Comparison | Per round | Median | Required | Result |")
+    lines.append("|---|---|---|---|---|")
+    lines.extend(rows)
+    lines.append("")
+    return lines, checks, summary
+
+
+# --------------------------------------------------------------------------- TLS, access log
+
+
+@dataclass
+class PairedRun:
+    """One wrk run of the TLS or access-log phase, with what run.sh read around it."""
+
+    wrk: WrkResult
+    cpu_per_request: float | None = None  # seconds: the server's processes (master + workers)
+    log_lines: int | None = None  # access-log phase, log on: lines the run added to the log
+    log_bytes: int | None = None
+
+
+def load_paired_runs(results: Path, stem: str, clk_tck: int) -> dict[int, PairedRun]:
+    """`<stem>_<round>.txt` (wrk) with its `.cpu` and, if there, `.lines`, by round."""
+    parsed, _problems = load_rounds(results, stem)
+    runs: dict[int, PairedRun] = {}
+    for n, wrk in parsed.items():
+        run = PairedRun(wrk)
+        total = as_int(read_env(results / f"{stem}_{n}.cpu"), "total_ticks")
+        if total is not None and wrk.requests:
+            run.cpu_per_request = total / clk_tck / wrk.requests
+        logged = read_env(results / f"{stem}_{n}.lines")
+        run.log_lines, run.log_bytes = as_int(logged, "lines"), as_int(logged, "bytes")
+        runs[n] = run
+    return runs
+
+
+def parse_probe(text: str) -> dict[str, str]:
+    """tls_probe.py's line, `protocol=TLSv1.3 cipher=... resumed=3/3 status=200`, as a dict."""
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+
+
+def probe_resumes(probe: dict[str, str]) -> bool | None:
+    """Whether the probe saw a session resumed; None when it has no answer."""
+    m = re.fullmatch(r"([0-9]+)/([0-9]+)", probe.get("resumed", ""))
+    if not m or m.group(2) == "0":
+        return None
+    return int(m.group(1)) > 0
+
+
+@dataclass
+class Comparison:
+    """Ratios of one value of two targets, paired by round."""
+
+    pairs: dict[int, float]
+    of_medians: float | None
+    detail: str  # the two medians, "a vs b"
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.pairs.values())
+
+    def per_round_text(self) -> str:
+        contiguous = list(self.pairs) == list(range(1, len(self.pairs) + 1))
+        return ", ".join(
+            f"{v:.2f}" if contiguous else f"r{n} {v:.2f}" for n, v in self.pairs.items()
+        )
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "median": self.median,
+            "of_medians": self.of_medians,
+            "per_round": ratio_list(self.pairs),
+        }
+
+
+def compare_runs(
+    num: dict[int, PairedRun],
+    den: dict[int, PairedRun],
+    value: Callable[[PairedRun], float | None],
+    fmt: Callable[[float], str],
+) -> Comparison | None:
+    """value(num) / value(den) per round with both; None when no round has both."""
+
+    def values(runs: dict[int, PairedRun]) -> dict[int, float]:
+        return {n: v for n, run in runs.items() if (v := value(run)) is not None}
+
+    a, b = values(num), values(den)
+    pairs = paired_ratios(a, b)
+    if not pairs:
+        return None
+    ma, mb = statistics.median(a.values()), statistics.median(b.values())
+    return Comparison(pairs, ma / mb if mb > 0 else None, f"{fmt(ma)} vs {fmt(mb)}")
+
+
+def median_runs(runs: dict[int, PairedRun]) -> tuple[WrkResult, float | None]:
+    """The median wrk result over the rounds and the median CPU per request."""
+    cpu = median_or_none([x.cpu_per_request for x in runs.values()
+                          if x.cpu_per_request is not None])  # fmt: skip
+    return combine([x.wrk for x in runs.values()]), cpu
+
+
+def error_text(r: WrkResult) -> str:
+    return ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
+
+
+TLS_TARGETS: tuple[tuple[str, str], ...] = (
+    ("nginx_tls", "nginx over TLS, keep-alive"),
+    ("pm_tls", "Pointsman over TLS, keep-alive"),
+    ("nginx_tls_close", "nginx over TLS, a new connection per request"),
+    ("pm_tls_close", "Pointsman over TLS, a new connection per request"),
+)
+# TLS termination: keep-alive req/s and the rate of new TLS connections (one request each)
+# at least 0.7x nginx's, both with one worker and the same certificate.
+MIN_TLS_RPS_RATIO = 0.7
+MIN_TLS_HANDSHAKE_RATIO = 0.7
+TLS_CHECKS: tuple[tuple[str, str], ...] = (
+    ("TLS: keep-alive req/s vs nginx over TLS", f"≥ {MIN_TLS_RPS_RATIO:.2f}x"),
+    (
+        "TLS: new-connection rate (`Connection: close`) vs nginx over TLS",
+        f"≥ {MIN_TLS_HANDSHAKE_RATIO:.2f}x",
+    ),
+)
+
+
+def tls_section(
+    results: Path, meta: dict[str, str]
+) -> tuple[list[str], list[Check], dict[str, object]]:
+    """The TLS phase: nginx and Pointsman terminating TLS, keep-alive and one request per
+    connection, paired by round; its two targets."""
+    lines = ["## TLS termination", ""]
+    if meta.get("skip_tls", "1") == "1":
+        why = meta.get("tls_skipped_because") or "not in this run"
+        lines += [f"Skipped ({md_escape(why)}).", ""]
+        return lines, [Check(n, "-", r, "SKIPPED") for n, r in TLS_CHECKS], {"skipped": why}
+    clk_tck = as_int(meta, "clk_tck") or 100
+    runs = {key: load_paired_runs(results, f"tls_{key}", clk_tck) for key, _ in TLS_TARGETS}
+    pm_probe = parse_probe(meta.get("tls_probe_pm", ""))
+    ng_probe = parse_probe(meta.get("tls_probe_nginx", ""))
+    pm_resumes, ng_resumes = probe_resumes(pm_probe), probe_resumes(ng_probe)
+    resumption = meta.get("tls_resumption", "off")
+    if resumption == "on":
+        resume_text = (
+            "Pointsman lets a client resume a TLS session, so the nginx peer does too "
+            "(`ssl_session_cache shared:SSL:10m`, `ssl_session_tickets on`): both resume. wrk "
+            "offers a connection's previous session whenever it reconnects, so after each "
+            "connection's first request the `Connection: close` runs measure resumed "
+            "(abbreviated) handshakes on both sides alike, not full ones."
+        )
+    else:
+        resume_text = (
+            "Pointsman does not resume TLS sessions, so the nginx peer does not either "
+            "(`ssl_session_cache off`, `ssl_session_tickets off`): every handshake of the "
+            "`Connection: close` runs is a full one, on both sides."
+        )
+    probes = "; ".join(
+        f"{who}: {md_escape(text)}"
+        for who, text in (
+            ("Pointsman", meta.get("tls_probe_pm", "")),
+            ("nginx", meta.get("tls_probe_nginx", "")),
+        )
+        if text
+    )
+    order = ", ".join(key for key, _ in TLS_TARGETS)
+    probe_text = ""
+    if probes:
+        probe_text = (
+            " `benchmarks/tls_probe.py` (two exchanges, the second offering the first's "
+            f"session, 3 times) found {probes}."
+        )
+    lines.append(
+        "nginx (1 worker, the phase-1 proxy config plus `X-Forwarded-Proto: https`) and "
+        "Pointsman (`workers: 1`) terminate TLS on 127.0.0.1 with the same certificate, "
+        f"{meta.get('tls_cert', 'self-signed')}, generated by the run, in front of the same "
+        "backend (plain HTTP, keep-alive). The same wrk settings as above, over `https://`, "
+        f"{meta.get('rounds', '1')} round(s): keep-alive, and a new connection per request "
+        "(`-H 'Connection: close'`: a TCP and a TLS handshake for every request; the rate is "
+        "wrk's requests per second). "
+        + order_note(meta, order)
+        + " CPU per request: utime + stime of the server's processes (master and worker) "
+        "during the run over the requests wrk completed. " + resume_text + probe_text
+    )
+    lines.append("")
+    lines.append("| Target | Requests/s | p50 | p99 | CPU per request | Errors |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    summary: dict[str, object] = {
+        "resumption": resumption,
+        "probe_pointsman": pm_probe,
+        "probe_nginx": ng_probe,
+        "certificate": meta.get("tls_cert", ""),
+    }
+    medians: dict[str, WrkResult] = {}
+    for key, label in TLS_TARGETS:
+        if not runs[key]:
+            lines.append(f"| {label} | - | - | - | - | no result |")
+            continue
+        r, cpu = median_runs(runs[key])
+        medians[key] = r
+        lines.append(
+            f"| {label} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} "
+            f"| {fmt_us(cpu)} | {error_text(r)} |"
+        )
+        summary[key] = {
+            "wrk": asdict(r),
+            "cpu_per_request": cpu,
+            "per_round": [
+                {"round": n, **asdict(x.wrk), "cpu_per_request": x.cpu_per_request}
+                for n, x in runs[key].items()
+            ],
+        }
+    lines.append("")
+
+    checks: list[Check] = []
+    rows: list[str] = []
+    names = [n for n, _ in TLS_CHECKS]
+    required = [r for _, r in TLS_CHECKS]
+    mismatch = ""
+    if pm_resumes is not None and ng_resumes is not None and pm_resumes != ng_resumes:
+        mismatch = "nginx and Pointsman differ in session resumption: not like for like"
+    for i, (pm_key, ng_key, what, limit) in enumerate(
+        (
+            ("pm_tls", "nginx_tls", "keep-alive", MIN_TLS_RPS_RATIO),
+            (
+                "pm_tls_close",
+                "nginx_tls_close",
+                "new connection per request",
+                MIN_TLS_HANDSHAKE_RATIO,
+            ),
+        )
+    ):
+        pm, ng = runs[pm_key], runs[ng_key]
+        rps = compare_runs(pm, ng, lambda x: x.wrk.rps, lambda v: f"{v:,.0f}")
+        label = f"req/s, {what}, Pointsman / nginx"
+        if rps is None:
+            rows.append(f"| {label} | - | - | {required[i]} | **FAIL** (no result) |")
+            checks.append(Check(names[i], "-", required[i], status(False, "no result")))
+        else:
+            notes = []
+            if medians[pm_key].errors:
+                notes.append("Pointsman had errors")
+            if i == 1 and mismatch:
+                notes.append(mismatch)
+            verdict = status(rps.median >= limit and not notes, "; ".join(notes))
+            rows.append(
+                f"| {label} | {rps.per_round_text()} | **{rps.median:.2f}x** ({rps.detail}) "
+                f"| {required[i]} | {verdict} |"
+            )
+            checks.append(
+                Check(names[i], fmt_paired(rps.pairs, rps.of_medians, rps.detail),
+                      required[i], verdict)
+            )  # fmt: skip
+            summary[f"{pm_key}_rps_ratios"] = rps.summary()
+        for value_name, value, fmt in (
+            ("p99", lambda x: x.wrk.p99_ms, fmt_ms),
+            ("CPU per request", lambda x: x.cpu_per_request, fmt_us_value),
+        ):
+            c = compare_runs(pm, ng, value, fmt)
+            label = f"{value_name}, {what}, Pointsman / nginx"
+            if c is None:
+                rows.append(f"| {label} | - | - | (no target) | |")
+                continue
+            rows.append(
+                f"| {label} | {c.per_round_text()} | **{c.median:.2f}x** ({c.detail}) "
+                "| (no target) | |"
+            )
+            key = "p99" if value_name == "p99" else "cpu"
+            summary[f"{pm_key}_{key}_ratios"] = c.summary()
+    lines.append(
+        "Comparisons paired by round (the ratio of the two runs of the same round, then the "
+        "median of these per-round ratios; the medians of the two targets in brackets)."
+    )
+    lines.append("")
+    lines.append("| Comparison | Per round | Median | Required | Result |")
+    lines.append("|---|---|---|---|---|")
+    lines.extend(rows)
+    lines.append("")
+    return lines, checks, summary
+
+
+ACCESS_LOG_TARGETS: tuple[tuple[str, str], ...] = (
+    ("pm_log_off", "Pointsman, no access log"),
+    ("pm_log_on", "Pointsman, access log of every request"),
+)
+# The access log: a line for every request at most 15 % more CPU per request than none.
+MAX_ACCESS_LOG_CPU_RATIO = 1.15
+ACCESS_LOG_CHECKS: tuple[tuple[str, str], ...] = (
+    ("Access log on: CPU per request vs off", f"≤ {MAX_ACCESS_LOG_CPU_RATIO:.2f}x"),
+    ("Access log: a line for every request wrk counted", "lines ≥ requests, every round"),
+)
+
+
+def access_log_section(
+    results: Path, meta: dict[str, str]
+) -> tuple[list[str], list[Check], dict[str, object]]:
+    """The access-log phase: the same Pointsman without and with `access_log`, paired by
+    round: CPU per request (the target), req/s and p99; and the log's lines per run against
+    the requests wrk counted."""
+    lines = ["## Access log", ""]
+    names = [n for n, _ in ACCESS_LOG_CHECKS]
+    required = [r for _, r in ACCESS_LOG_CHECKS]
+    if meta.get("skip_access_log", "1") == "1":
+        why = meta.get("access_log_skipped_because") or "not in this run"
+        lines += [f"Skipped ({md_escape(why)}).", ""]
+        checks = [Check(n, "-", r, "SKIPPED") for n, r in ACCESS_LOG_CHECKS]
+        return lines, checks, {"skipped": why}
+    clk_tck = as_int(meta, "clk_tck") or 100
+    runs = {key: load_paired_runs(results, f"alog_{key}", clk_tck) for key, _ in ACCESS_LOG_TARGETS}
+    order = ", ".join(key for key, _ in ACCESS_LOG_TARGETS)
+    settle = as_int(meta, "access_log_settle_ms") or 1000
+    lines.append(
+        "Two Pointsman instances with the same config and `workers: 1`, one of them with "
+        "`access_log: {path: <work dir>/alog/pm_log_on/access.log}` (every request, one JSON "
+        "line each, written in batches), both started for this phase and kept for all its "
+        f"rounds. The same wrk settings as above, {meta.get('rounds', '1')} round(s). "
+        + order_note(meta, order)
+        + " CPU per request: utime + stime of the master and its worker (all threads) during "
+        "the run over the requests wrk completed. Log lines: the lines the log file grew by "
+        "from just before the run (once the warm-up's lines were in) to after it (once the "
+        f"file had kept its size for {settle / 1000:g} s), against wrk's requests: requests "
+        "still in flight when wrk stops are logged but not counted by wrk, so the lines may "
+        "exceed the requests by up to the number of connections."
+    )
+    lines.append("")
+    sample = ""
+    try:
+        sample = (results / "access_log_sample.txt").read_text().strip()
+    except OSError:
+        pass
+    if sample:
+        lines += ["A line of the log (the first request):", "", "```", sample, "```", ""]
+    if meta.get("access_log_problem"):
+        lines += [f"Problem: {md_escape(meta['access_log_problem'])}.", ""]
+    lines.append(
+        "| Target | Requests/s | p50 | p99 | CPU per request | Log lines / requests | Errors |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---|---|")
+    summary: dict[str, object] = {}
+    medians: dict[str, WrkResult] = {}
+    for key, label in ACCESS_LOG_TARGETS:
+        if not runs[key]:
+            lines.append(f"| {label} | - | - | - | - | - | no result |")
+            continue
+        r, cpu = median_runs(runs[key])
+        medians[key] = r
+        logged = ""
+        if key == "pm_log_on":
+            logged = ", ".join(
+                f"r{n} {x.log_lines:,} / {x.wrk.requests:,}"
+                for n, x in runs[key].items()
+                if x.log_lines is not None
+            )
+        lines.append(
+            f"| {label} | {r.rps:,.0f} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} "
+            f"| {fmt_us(cpu)} | {logged or '-'} | {error_text(r)} |"
+        )
+        summary[key] = {
+            "wrk": asdict(r),
+            "cpu_per_request": cpu,
+            "per_round": [
+                {
+                    "round": n,
+                    **asdict(x.wrk),
+                    "cpu_per_request": x.cpu_per_request,
+                    "log_lines": x.log_lines,
+                    "log_bytes": x.log_bytes,
+                }
+                for n, x in runs[key].items()
+            ],
+        }
+    lines.append("")
+
+    checks: list[Check] = []
+    rows: list[str] = []
+    on, off = runs["pm_log_on"], runs["pm_log_off"]
+    cpu = compare_runs(on, off, lambda x: x.cpu_per_request, fmt_us_value)
+    label = "CPU per request, log on / off"
+    if cpu is None:
+        rows.append(f"| {label} | - | - | {required[0]} | **FAIL** (no result) |")
+        checks.append(Check(names[0], "-", required[0], status(False, "no result")))
+    else:
+        errors = medians["pm_log_on"].errors or medians["pm_log_off"].errors
+        verdict = status(cpu.median <= MAX_ACCESS_LOG_CPU_RATIO and not errors,
+                         "Pointsman had errors" if errors else "")  # fmt: skip
+        rows.append(
+            f"| {label} | {cpu.per_round_text()} | **{cpu.median:.2f}x** ({cpu.detail}) "
+            f"| {required[0]} | {verdict} |"
+        )
+        checks.append(
+            Check(names[0], fmt_paired(cpu.pairs, cpu.of_medians, cpu.detail), required[0],
+                  verdict)
+        )  # fmt: skip
+        summary["cpu_ratios"] = cpu.summary()
+    for value_name, value, fmt in (
+        ("req/s", lambda x: x.wrk.rps, lambda v: f"{v:,.0f}"),
+        ("p99", lambda x: x.wrk.p99_ms, fmt_ms),
+    ):
+        c = compare_runs(on, off, value, fmt)
+        label = f"{value_name}, log on / off"
+        if c is None:
+            rows.append(f"| {label} | - | - | (no target) | |")
+            continue
+        rows.append(
+            f"| {label} | {c.per_round_text()} | **{c.median:.2f}x** ({c.detail}) | (no target) | |"
+        )
+        summary["rps_ratios" if value_name == "req/s" else "p99_ratios"] = c.summary()
+
+    # a line per request
+    counted = {n: x for n, x in on.items() if x.log_lines is not None}
+    label = "log lines / requests wrk counted, per run"
+    if not counted:
+        rows.append(f"| {label} | - | - | {required[1]} | **FAIL** (no result) |")
+        checks.append(Check(names[1], "-", required[1], status(False, "no result")))
+    else:
+        short = {n: x for n, x in counted.items() if (x.log_lines or 0) < x.wrk.requests}
+        per_line = [
+            x.log_bytes / x.log_lines for x in counted.values() if x.log_bytes and x.log_lines
+        ]
+        text = ", ".join(f"r{n} {x.log_lines:,} / {x.wrk.requests:,}" for n, x in counted.items())
+        size = f"; {statistics.median(per_line):.0f} bytes a line" if per_line else ""
+        notes = [
+            f"round {n}: {x.wrk.requests - (x.log_lines or 0):,} requests without a line"
+            for n, x in short.items()
+        ]
+        missing = sorted(on.keys() - counted.keys())
+        if missing:
+            notes.append("no line count for round(s) " + ", ".join(str(n) for n in missing))
+        verdict = status(not notes, "; ".join(notes))
+        total_lines = sum(x.log_lines or 0 for x in counted.values())
+        total_requests = sum(x.wrk.requests for x in counted.values())
+        rows.append(
+            f"| {label} | {text}{size} | **{total_lines:,} / {total_requests:,}** "
+            f"| {required[1]} | {verdict} |"
+        )
+        checks.append(
+            Check(names[1], f"{total_lines:,} lines for {total_requests:,} requests over "
+                  f"{len(counted)} run(s) ({text}{size})", required[1], verdict)
+        )  # fmt: skip
+        summary["lines"] = {
+            "per_round": [
+                {"round": n, "lines": x.log_lines, "requests": x.wrk.requests,
+                 "bytes": x.log_bytes}
+                for n, x in counted.items()
+            ],
+            "bytes_per_line": statistics.median(per_line) if per_line else None,
+        }  # fmt: skip
+    lines.append(
+        "Comparisons paired by round (the ratio of the two runs of the same round, then the "
+        "median of these per-round ratios; the medians of the two targets in brackets); the "
+        "log lines of every run with the log on."
     )
     lines.append("")
     lines.append("| Comparison | Per round | Median | Required | Result |")

@@ -25,19 +25,29 @@
 #      CPU per request of member A against the file-store instance; then BENCH_FLEET_CHANGES
 #      weight changes through A's control API while wrk loads the members (fleet.py), each
 #      timed until B's member key in etcd shows the new version
+#   7. TLS: nginx (1 worker) and Pointsman (`workers: 1`), both terminating TLS with the same
+#      self-signed ECDSA P-256 certificate (generated under the work dir) in front of the same
+#      backend: keep-alive req/s and p99, and the new-handshake rate (wrk with
+#      `Connection: close`: every request a new TCP and TLS connection). tls_probe.py finds
+#      out whether Pointsman lets a client resume a session; the nginx peer is configured to do
+#      the same (wrk resumes whenever the server lets it), and the report says which
+#   8. access log: Pointsman `workers: 1` with `access_log: {path: <work>/alog/.../access.log}`
+#      against the same without: req/s and CPU per request (master + worker), and the lines
+#      the log got during each run against the requests wrk counted
 # and writes a Markdown report (report.py) to stdout and benchmarks/RESULTS.md.
 #
 # Pointsman's CPU time is always that of the master and all its descendants (the workers),
 # utime + stime from /proc/PID/stat; its RSS likewise the sum over master and workers.
 #
-# wrk runs (1, 4, 5 and 6) are repeated in BENCH_ROUNDS rounds. Within a round the targets run
-# one right after another; odd rounds in the forward order (backend, nginx, pointsman; shadow
-# phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror; workers phases nginx_w2,
-# pm_w2, pm_w1, pm_w2_shared; fleet phases pm_file, pm_etcd), even rounds in the reverse
-# order (ABBA), so that a drift in machine speed weighs on both sides of each comparison
-# alike. report.py pairs the runs of each round: ratio per round (Pointsman / nginx, 1 s
-# shadow / no shadow, etcd store / file store, ...), and the targets are judged on the median
-# of those ratios.
+# wrk runs (1, 4, 5, 6, 7 and 8) are repeated in BENCH_ROUNDS rounds. Within a round the
+# targets run one right after another; odd rounds in the forward order (backend, nginx,
+# pointsman; shadow phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror; workers
+# phases nginx_w2, pm_w2, pm_w1, pm_w2_shared; fleet phases pm_file, pm_etcd; TLS phases
+# nginx_tls, pm_tls, nginx_tls_close, pm_tls_close; access-log phases pm_log_off, pm_log_on),
+# even rounds in the reverse order (ABBA), so that a drift in machine speed weighs on both
+# sides of each comparison alike. report.py pairs the runs of each round: ratio per round
+# (Pointsman / nginx, 1 s shadow / no shadow, etcd store / file store, log on / off, ...), and
+# the targets are judged on the median of those ratios.
 # Every process started here (and every descendant, e.g. Pointsman's workers, which run in
 # sessions of their own) is killed on exit, error, Ctrl-C or after BENCH_TIMEOUT.
 #
@@ -59,9 +69,13 @@
 #   BENCH_SKIP_FLEET=1        skip phase 6 (fleet; needs wrk and etcd, not with the stand-in)
 #   BENCH_FLEET_CHANGES [200] weight changes through member A in phase 6 (0 = none)
 #   BENCH_FLEET_LOAD [both]   which members wrk loads during those changes: a, b or both
+#   BENCH_SKIP_TLS=1          skip phase 7 (TLS; needs wrk, openssl, nginx's ssl module and a
+#                             Pointsman that accepts a TLS listener; not with the stand-in)
+#   BENCH_SKIP_ACCESS_LOG=1   skip phase 8 (access log; needs wrk and a Pointsman that accepts
+#                             `access_log`; not with the stand-in)
 #   BENCH_STRICT=1            exit 3 if a target fails
 #   BENCH_START_TIMEOUT [20]  seconds to wait for each server to answer
-#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~17 min)
+#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~24 min)
 #   BENCH_WORKDIR [benchmarks/work]   BENCH_RESULTS_MD [benchmarks/RESULTS.md]
 #   PYTHON [.venv/bin/python]
 #   POINTSMAN_CMD [".venv/bin/pointsman run --config {config}"]
@@ -99,6 +113,8 @@ BENCH_FLIPS=${BENCH_FLIPS:-50}
 BENCH_SKIP_FLEET=${BENCH_SKIP_FLEET:-0}
 BENCH_FLEET_CHANGES=${BENCH_FLEET_CHANGES:-200}
 BENCH_FLEET_LOAD=${BENCH_FLEET_LOAD:-both}
+BENCH_SKIP_TLS=${BENCH_SKIP_TLS:-0}
+BENCH_SKIP_ACCESS_LOG=${BENCH_SKIP_ACCESS_LOG:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-20}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
@@ -135,17 +151,27 @@ done
 # phase's servers and the flip run (BENCH_SECONDS + 1 s); the fleet phase's 2 runs per round
 # at ~0.5 s (measured: ~0.35 s), ~FLEET_SETUP s to start and stop etcd and its three Pointsman
 # instances (measured: 2.7 s) and the propagation run (warm-up + BENCH_SECONDS + ~2 s); up to
-# ~90 s for the memory tests, ~10 s to start the servers. At the defaults:
-# 5 x (8 x 12.3 s + 4 x 12.5 s + 2 x 12.5 s) + 16 s + 18 s + 100 s, about 17 minutes; each
-# round adds about 175 s.
+# ~90 s for the memory tests, ~10 s to start the servers; the TLS phase's 4 runs per round at
+# ~0.5 s and ~TLS_SETUP s for the certificate, its two servers and the resumption probes; the
+# access-log phase's 2 runs per round at ~0.5 s, ~ALOG_SETTLE_MS twice per round waiting for
+# the log's last batch, and ~ALOG_SETUP s to start and stop its two servers. At the defaults:
+# 5 x (8 x 12.3 s + 4 x 12.5 s + 2 x 12.5 s + 4 x 12.5 s + 2 x 12.5 s + 3 s) + 16 s + 18 s
+# + 6 s + 4 s + 100 s, about 24 minutes; each round adds about 250 s.
 FLEET_SETUP=4
+TLS_SETUP=6
+ALOG_SETUP=4
+ALOG_SETTLE_MS=1000 # how long the access log must keep its size to count as written out
 wrk_runs=0
 workers_runs=0
 fleet_runs=0
+tls_runs=0
+alog_runs=0
 if [[ $BENCH_SKIP_WRK != 1 ]]; then
     wrk_runs=$((BENCH_SKIP_SHADOW == 1 ? 3 : 8))
     [[ $BENCH_SKIP_WORKERS == 1 ]] || workers_runs=4
     [[ $BENCH_SKIP_FLEET == 1 ]] || fleet_runs=2
+    [[ $BENCH_SKIP_TLS == 1 ]] || tls_runs=4
+    [[ $BENCH_SKIP_ACCESS_LOG == 1 ]] || alog_runs=2
 fi
 expected=$((BENCH_ROUNDS * wrk_runs * (10 * (BENCH_WARMUP + BENCH_SECONDS) + 3) / 10 + 10))
 if ((workers_runs)); then
@@ -158,6 +184,14 @@ if ((fleet_runs)); then
     expected=$((expected + BENCH_ROUNDS * fleet_runs * per_run / 10 + FLEET_SETUP))
     ((BENCH_FLEET_CHANGES == 0)) ||
         expected=$((expected + BENCH_WARMUP + BENCH_SECONDS + 2))
+fi
+if ((tls_runs)); then
+    per_run=$((10 * (BENCH_WARMUP + BENCH_SECONDS) + 5))
+    expected=$((expected + BENCH_ROUNDS * tls_runs * per_run / 10 + TLS_SETUP))
+fi
+if ((alog_runs)); then
+    per_run=$((10 * (BENCH_WARMUP + BENCH_SECONDS) + 5))
+    expected=$((expected + BENCH_ROUNDS * (alog_runs * per_run + 30) / 10 + ALOG_SETUP))
 fi
 [[ $BENCH_SKIP_IDLE == 1 && $BENCH_SKIP_STREAM == 1 ]] || expected=$((expected + 90))
 
@@ -176,6 +210,7 @@ NGINX_BIN=$(find_bin nginx || true)
 WRK_BIN=$(find_bin wrk || true)
 CURL_BIN=$(find_bin curl || true)
 ETCD_BIN=$(find_bin etcd || true)
+OPENSSL_BIN=$(find_bin openssl || true)
 missing=()
 [[ -n $NGINX_BIN ]] || missing+=(nginx-light)
 [[ -n $WRK_BIN ]] || missing+=(wrk)
@@ -354,7 +389,7 @@ wait_http() { # name url pid logfile: poll until it answers with 2xx, bounded
             tail -n 30 "$logfile" >&2 || true
             return 1
         fi
-        if "$CURL_BIN" -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+        if "$CURL_BIN" -fsSk -o /dev/null --max-time 1 "$url" 2>/dev/null; then
             return 0
         fi
         sleep 0.1
@@ -404,19 +439,21 @@ sample_while() { # target_pid watch_pid : sample target's RSS until watch_pid ex
 RESULTS=$WORK/results
 mkdir -p "$WORK"
 rm -rf "$RESULTS" "$WORK"/backend "$WORK"/nginx-proxy "$WORK"/nginx-mirror "$WORK"/pointsman \
-    "$WORK"/workers "$WORK"/fleet
+    "$WORK"/workers "$WORK"/fleet "$WORK"/tls "$WORK"/alog
 mkdir -p "$RESULTS" "$WORK"/{backend,nginx-proxy,nginx-mirror,pointsman}/tmp "$WORK/files" \
-    "$WORK"/workers/{nginx_w2/tmp,pm_w2,pm_w1,pm_w2_shared} "$WORK"/fleet/{pm_file,pm_a,pm_b}
+    "$WORK"/workers/{nginx_w2/tmp,pm_w2,pm_w1,pm_w2_shared} "$WORK"/fleet/{pm_file,pm_a,pm_b} \
+    "$WORK"/tls/{nginx_tls/tmp,pm_tls} "$WORK"/alog/{pm_log_off,pm_log_on}
 # nginx workers may run as an unprivileged user: the served file must be readable for them
 chmod 755 "$WORK" "$WORK/files"
 
 read -r P_BACKEND P_NGINX P_PM P_ADMIN P_SINK P_SLOW P_MIRROR P_NGINX_W2 P_PM_W2 P_ADMIN_W2 \
     P_PM_W1 P_ADMIN_W1 P_PM_W2S P_ADMIN_W2S P_ETCD P_ETCD_PEER P_PM_FF P_ADMIN_FF P_PM_FA \
-    P_ADMIN_FA P_PM_FB P_ADMIN_FB < <(
+    P_ADMIN_FA P_PM_FB P_ADMIN_FB P_NGINX_TLS P_PM_TLS P_ADMIN_TLS P_PM_LOFF P_ADMIN_LOFF P_PM_LON \
+    P_ADMIN_LON < <(
     "$PYTHON" - <<'EOF'
 import socket
 socks = []
-for _ in range(22):
+for _ in range(29):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -428,7 +465,9 @@ log "ports: backend $P_BACKEND, nginx proxy $P_NGINX, pointsman $P_PM (admin $P_
     "$P_NGINX_W2, pointsman workers:2 $P_PM_W2 (admin $P_ADMIN_W2), workers:1 $P_PM_W1" \
     "(admin $P_ADMIN_W1), workers:2 shared socket $P_PM_W2S (admin $P_ADMIN_W2S); fleet" \
     "phase: etcd $P_ETCD (peer $P_ETCD_PEER), file store $P_PM_FF (admin $P_ADMIN_FF)," \
-    "member A $P_PM_FA (admin $P_ADMIN_FA), member B $P_PM_FB (admin $P_ADMIN_FB)"
+    "member A $P_PM_FA (admin $P_ADMIN_FA), member B $P_PM_FB (admin $P_ADMIN_FB); TLS phase:" \
+    "nginx $P_NGINX_TLS, pointsman $P_PM_TLS (admin $P_ADMIN_TLS); access-log phase: log off" \
+    "$P_PM_LOFF (admin $P_ADMIN_LOFF), log on $P_PM_LON (admin $P_ADMIN_LON)"
 
 # Temp paths of every compiled-in module are set explicitly so nothing is created under
 # /var/lib/nginx; modules missing from this nginx build are left out (unknown directive).
@@ -563,12 +602,18 @@ PM_CONFIG=$WORK/pointsman/pointsman.yaml
 # for changes.
 export POINTSMAN_TOKEN=${POINTSMAN_TOKEN:-bench-$RANDOM$RANDOM}
 pm_config() { # port admin_port workers state_dir [store settings, "key: value, " each]
+    # [more top-level lines]; port is a port number, or else the YAML value of `listen`
     echo "# generated by benchmarks/run.sh"
-    echo "listen: 127.0.0.1:$1"
+    if [[ $1 =~ ^[0-9]+$ ]]; then
+        echo "listen: 127.0.0.1:$1"
+    else
+        echo "listen: $1"
+    fi
     echo "admin: {listen: 127.0.0.1:$2}"
     echo "workers: $3                              # data-plane processes beside the master"
     echo "limits: {max_body_bytes: 0}        # 0 = no body limit (needed for the 1 GiB upload)"
     echo "state: {${5:-}path: $4/state.json}   # keep run-time state out of the repo"
+    [[ -z ${6:-} ]] || echo "$6"
     echo "routes:"
     if [[ $BENCH_UPLOAD_VIA == direct ]]; then
         cat <<EOF
@@ -610,6 +655,17 @@ pm_config "$P_PM_FA" "$P_ADMIN_FA" 1 "$WORK/fleet/pm_a" "$FLEET_STORE" \
     >"$WORK/fleet/pm_a/pointsman.yaml"
 pm_config "$P_PM_FB" "$P_ADMIN_FB" 1 "$WORK/fleet/pm_b" "$FLEET_STORE" \
     >"$WORK/fleet/pm_b/pointsman.yaml"
+# The TLS phase: one TLS listener, the certificate generated below (run.sh writes the nginx peer's
+# config once it knows whether Pointsman resumes sessions).
+TLS_CERT=$WORK/tls/server.pem
+TLS_KEY=$WORK/tls/server.key
+pm_config "[{address: 127.0.0.1:$P_PM_TLS, tls: {cert: $TLS_CERT, key: $TLS_KEY}}]" \
+    "$P_ADMIN_TLS" 1 "$WORK/tls/pm_tls" >"$WORK/tls/pm_tls/pointsman.yaml"
+# The access-log phase: the same instance without and with an access log (every request).
+ALOG_FILE=$WORK/alog/pm_log_on/access.log
+pm_config "$P_PM_LOFF" "$P_ADMIN_LOFF" 1 "$WORK/alog/pm_log_off" >"$WORK/alog/pm_log_off/pointsman.yaml"
+pm_config "$P_PM_LON" "$P_ADMIN_LON" 1 "$WORK/alog/pm_log_on" "" "access_log: {path: $ALOG_FILE}" \
+    >"$WORK/alog/pm_log_on/pointsman.yaml"
 
 PM_CMD=""
 PM_ARGV=()
@@ -717,6 +773,49 @@ elif [[ -n $PM_LABEL ]]; then
 elif [[ -z $ETCD_BIN ]]; then
     FLEET_SKIPPED="etcd is not installed (apt-get install etcd-server)"
 fi
+pm_check() { # config : `pointsman check` accepts it (always true with another POINTSMAN_CMD);
+    # PM_CHECK_OUT: the first line of what it printed
+    local out rc=0
+    PM_CHECK_OUT=""
+    [[ $POINTSMAN_CMD == "$DEFAULT_POINTSMAN_CMD" ]] || return 0
+    out=$("$ROOT/.venv/bin/pointsman" check --config "$1" 2>&1) || rc=$?
+    PM_CHECK_OUT=${out%%$'\n'*}
+    PM_CHECK_OUT=${PM_CHECK_OUT//"$WORK/"/}
+    return "$rc"
+}
+# The TLS phase needs wrk, openssl, nginx's ssl module and Pointsman itself with TLS listeners.
+TLS_SKIPPED=""
+TLS_CERT_KIND="ECDSA P-256 (prime256v1), self-signed, SHA-256"
+if [[ $BENCH_SKIP_TLS == 1 ]]; then
+    TLS_SKIPPED="BENCH_SKIP_TLS=1"
+elif [[ $BENCH_SKIP_WRK == 1 ]]; then
+    TLS_SKIPPED="BENCH_SKIP_WRK=1"
+elif [[ -n $PM_LABEL ]]; then
+    TLS_SKIPPED="the $PM_LABEL has no TLS listener"
+elif [[ -z $OPENSSL_BIN ]]; then
+    TLS_SKIPPED="openssl is not installed"
+elif [[ $NGINX_V != *--with-http_ssl_module* ]]; then
+    TLS_SKIPPED="this nginx has no ssl module"
+elif ! "$OPENSSL_BIN" req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -sha256 -nodes \
+    -days 2 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TLS_KEY" -out "$TLS_CERT" >"$WORK/tls/openssl.log" 2>&1; then
+    TLS_SKIPPED="openssl could not make a certificate (see work/tls/openssl.log)"
+elif ! pm_check "$WORK/tls/pm_tls/pointsman.yaml"; then
+    TLS_SKIPPED="pointsman check refuses a TLS listener: $PM_CHECK_OUT"
+fi
+[[ -z $TLS_SKIPPED ]] || log "TLS phase skipped: $TLS_SKIPPED"
+# The access-log phase needs wrk and Pointsman itself with an access log.
+ALOG_SKIPPED=""
+if [[ $BENCH_SKIP_ACCESS_LOG == 1 ]]; then
+    ALOG_SKIPPED="BENCH_SKIP_ACCESS_LOG=1"
+elif [[ $BENCH_SKIP_WRK == 1 ]]; then
+    ALOG_SKIPPED="BENCH_SKIP_WRK=1"
+elif [[ -n $PM_LABEL ]]; then
+    ALOG_SKIPPED="the $PM_LABEL has no access log"
+elif ! pm_check "$WORK/alog/pm_log_on/pointsman.yaml"; then
+    ALOG_SKIPPED="pointsman check refuses access_log: $PM_CHECK_OUT"
+fi
+[[ -z $ALOG_SKIPPED ]] || log "access-log phase skipped: $ALOG_SKIPPED"
 ETCD_VERSION=""
 [[ -z $ETCD_BIN ]] ||
     ETCD_VERSION=$("$ETCD_BIN" --version 2>/dev/null | sed -n 's/^etcd Version: //p' || true)
@@ -752,6 +851,12 @@ ETCD_VERSION=""
     echo "fleet_load=$BENCH_FLEET_LOAD"
     echo "etcd_bin=$ETCD_BIN"
     echo "etcd_version=$ETCD_VERSION"
+    echo "skip_tls=$([[ -n $TLS_SKIPPED ]] && echo 1 || echo 0)"
+    echo "tls_skipped_because=$TLS_SKIPPED"
+    echo "tls_cert=$TLS_CERT_KIND"
+    echo "skip_access_log=$([[ -n $ALOG_SKIPPED ]] && echo 1 || echo 0)"
+    echo "access_log_skipped_because=$ALOG_SKIPPED"
+    echo "access_log_settle_ms=$ALOG_SETTLE_MS"
     echo "clk_tck=$(getconf CLK_TCK)"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)"
 } >"$RESULTS/meta.env"
@@ -793,11 +898,11 @@ log "all servers up (Pointsman pid $PID_PM)"
 
 # --------------------------------------------------------------------------- wrk
 
-run_wrk() { # seconds url outfile
+run_wrk() { # seconds url outfile [more wrk arguments]
     # In the background + `wait`, so Ctrl-C reaches this script's trap at once (wrk itself
     # catches SIGINT and exits 0, which would make bash carry on with the next step).
     start_bg "$3" timeout -k 5 "$(($1 + 30))" "$WRK_BIN" -t"$BENCH_THREADS" -c"$BENCH_CONNS" \
-        -d"$1"s --latency -s "$BENCH_DIR/sticky.lua" "$2"
+        -d"$1"s --latency -s "$BENCH_DIR/sticky.lua" "${@:4}" "$2"
     local pid=$LAST_PID rc=0
     wait "$pid" || rc=$?
     forget_pid "$pid"
@@ -1264,6 +1369,245 @@ if [[ -z $FLEET_SKIPPED ]]; then
     fi
     stop_pids "$PID_ETCD"
     forget_pid "$PID_ETCD"
+fi
+
+# --------------------------------------------------------------------------- TLS
+
+write_cpu() { # outfile ticks_before master_ticks_before wall_start pid : the .cpu file of a run
+    local wall_end=$EPOCHREALTIME
+    tree_cpu "$5"
+    {
+        echo "total_ticks=$((CPU_TOTAL - $2))"
+        echo "master_ticks=$((CPU_MASTER - $3))"
+        echo "processes=$CPU_PROCS"
+        echo "wall_start=${4/,/.}"
+        echo "wall_end=${wall_end/,/.}"
+    } >"$1"
+}
+
+measure_run() { # pid url base phase round [more wrk arguments] : warm-up, then the wrk run
+    # with the CPU of pid's tree read around it; base.txt (wrk), base.cpu
+    local pid=$1 url=$2 base=$3 phase=$4 round=$5 ticks master start
+    shift 5
+    if ((BENCH_WARMUP > 0)); then
+        run_wrk "$BENCH_WARMUP" "$url" "${base%/*}/warmup_${base##*/}.txt" "$@" || true
+    fi
+    [[ -z ${BEFORE_RUN:-} ]] || "$BEFORE_RUN"
+    tree_cpu "$pid"
+    ticks=$CPU_TOTAL
+    master=$CPU_MASTER
+    start=$EPOCHREALTIME
+    log "round $round/$BENCH_ROUNDS: $phase ${BENCH_SECONDS}s"
+    if run_wrk "$BENCH_SECONDS" "$url" "$base.txt" "$@"; then
+        write_cpu "$base.cpu" "$ticks" "$master" "$start" "$pid"
+        log "  $phase: $("$PYTHON" "$BENCH_DIR/report.py" wrk "$base.txt" || true)"
+    else
+        write_cpu "$base.cpu" "$ticks" "$master" "$start" "$pid"
+        warn "wrk for $phase failed"
+    fi
+}
+
+nginx_tls_conf() { # dir port on|off : the nginx proxy of phase 1 behind a TLS listener, with
+    # session resumption (a shared session cache and tickets) on or off
+    local resume="ssl_session_cache off;
+        ssl_session_tickets off;"
+    [[ $3 == on ]] && resume="ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;"
+    cat <<EOF
+$(nginx_head "$1")
+http {
+$(nginx_http_common "$1")
+    upstream backend {
+        server 127.0.0.1:$P_BACKEND;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$2 ssl backlog=4096;
+        ssl_certificate $TLS_CERT;
+        ssl_certificate_key $TLS_KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        $resume
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-Proto https;  # as Pointsman sends on a TLS listener
+        }
+    }
+}
+EOF
+}
+
+tls_probe() { # port -> TLS_PROBE: "protocol=... cipher=... resumed=N/M status=..." (or "")
+    TLS_PROBE=$(timeout 30 "$PYTHON" "$BENCH_DIR/tls_probe.py" --port "$1" 2>/dev/null || true)
+}
+
+if [[ -z $TLS_SKIPPED ]]; then
+    # Pointsman first: whether it lets a client resume a TLS session decides the nginx peer's
+    # settings (wrk offers the last session whenever it reconnects, so a server that resumes
+    # turns the handshake runs into resumptions). Both are kept for all the phase's rounds.
+    T_DIR=$WORK/tls
+    log "TLS phase: starting Pointsman with a TLS listener (workers: 1)"
+    pm_argv "$T_DIR/pm_tls/pointsman.yaml" "$P_PM_TLS" "$P_ADMIN_TLS" ""
+    echo "tls_cmd=${PM_CMD//"$ROOT/"/}" >>"$RESULTS/meta.env"
+    start_bg "$T_DIR/pm_tls/pointsman.log" "${PM_ARGV[@]}"
+    declare -A T_PID=() T_PORT=()
+    T_PID[pm_tls]=$LAST_PID
+    T_PORT=([nginx_tls]=$P_NGINX_TLS [pm_tls]=$P_PM_TLS)
+    tls_resume=off
+    if wait_http "Pointsman TLS admin" "http://127.0.0.1:$P_ADMIN_TLS/healthz" "${T_PID[pm_tls]}" \
+        "$T_DIR/pm_tls/pointsman.log" &&
+        wait_http "Pointsman over TLS" "https://127.0.0.1:$P_PM_TLS/" "${T_PID[pm_tls]}" \
+            "$T_DIR/pm_tls/pointsman.log"; then
+        tls_probe "$P_PM_TLS"
+        echo "tls_probe_pm=$TLS_PROBE" >>"$RESULTS/meta.env"
+        [[ $TLS_PROBE =~ resumed=([0-9]+)/ ]] && ((BASH_REMATCH[1] > 0)) && tls_resume=on
+        log "Pointsman over TLS: $TLS_PROBE; nginx gets session resumption $tls_resume"
+        body=$("$CURL_BIN" -fsSk --max-time 5 "https://127.0.0.1:$P_PM_TLS/" 2>/dev/null || true)
+        [[ $body == ok ]] || warn "Pointsman over TLS answered GET / with '$body'"
+    else
+        warn "Pointsman with a TLS listener did not start; its runs are skipped"
+        echo "tls_problem=Pointsman with a TLS listener did not start" >>"$RESULTS/meta.env"
+        unset 'T_PID[pm_tls]'
+    fi
+    echo "tls_resumption=$tls_resume" >>"$RESULTS/meta.env"
+    nginx_tls_conf "$T_DIR/nginx_tls" "$P_NGINX_TLS" "$tls_resume" >"$T_DIR/nginx_tls/nginx.conf"
+    log "TLS phase: starting nginx with a TLS listener (1 worker, session resumption $tls_resume)"
+    start_bg "$T_DIR/nginx_tls/stdout.log" "$NGINX_BIN" -p "$T_DIR/nginx_tls" \
+        -c "$T_DIR/nginx_tls/nginx.conf" -e "$T_DIR/nginx_tls/error.log"
+    T_PID[nginx_tls]=$LAST_PID
+    if wait_http "nginx over TLS" "https://127.0.0.1:$P_NGINX_TLS/" "${T_PID[nginx_tls]}" \
+        "$T_DIR/nginx_tls/error.log"; then
+        tls_probe "$P_NGINX_TLS"
+        echo "tls_probe_nginx=$TLS_PROBE" >>"$RESULTS/meta.env"
+        log "nginx over TLS: $TLS_PROBE"
+    else
+        warn "nginx with a TLS listener did not start; its runs are skipped"
+        unset 'T_PID[nginx_tls]'
+    fi
+
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+        # each pair (keep-alive, new handshakes) next to each other in both directions
+        round_order "$round" nginx_tls pm_tls nginx_tls_close pm_tls_close
+        log "round $round/$BENCH_ROUNDS, TLS: ${ROUND_ORDER[*]}"
+        for phase in "${ROUND_ORDER[@]}"; do
+            name=${phase%_close}
+            pid=${T_PID[$name]:-}
+            if [[ -z $pid ]] || ! alive "$pid"; then
+                warn "TLS: $name is not running; $phase skipped"
+                continue
+            fi
+            extra=()
+            [[ $phase == *_close ]] && extra=(-H "Connection: close")
+            measure_run "$pid" "https://127.0.0.1:${T_PORT[$name]}/" \
+                "$RESULTS/tls_${phase}_${round}" "TLS, $phase" "$round" "${extra[@]}"
+        done
+    done
+
+    stopping=()
+    for name in "${!T_PID[@]}"; do stopping+=("${T_PID[$name]}"); done
+    if ((${#stopping[@]})); then
+        log "TLS phase: stopping its servers"
+        stop_pids "${stopping[@]}"
+        for pid in "${stopping[@]}"; do forget_pid "$pid"; done
+    fi
+fi
+
+# --------------------------------------------------------------------------- access log
+
+LOG_SIZE=0
+settle_log() { # file -> LOG_SIZE: its size once it has stayed the same for ALOG_SETTLE_MS (the
+    # log is written in batches; at most 10 s)
+    local size last=-1 since=0 now deadline=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+        size=$(stat -c %s "$1" 2>/dev/null || echo 0)
+        now=${EPOCHREALTIME/[.,]/} # microseconds
+        if [[ $size != "$last" ]]; then
+            last=$size
+            since=$now
+        elif (((now - since) / 1000 >= ALOG_SETTLE_MS)); then
+            break
+        fi
+        sleep 0.2
+    done
+    LOG_SIZE=$last
+}
+
+alog_mark() { # before the measured pm_log_on run: the log's size once the warm-up's lines are in
+    settle_log "$ALOG_FILE"
+    ALOG_OFFSET=$LOG_SIZE
+}
+
+if [[ -z $ALOG_SKIPPED ]]; then
+    # The same Pointsman instance twice, without and with `access_log`, both started for this
+    # phase and kept for all its rounds.
+    A_DIR=$WORK/alog
+    declare -A A_PID=() A_PORT=() A_ADMIN=()
+    A_PORT=([pm_log_off]=$P_PM_LOFF [pm_log_on]=$P_PM_LON)
+    A_ADMIN=([pm_log_off]=$P_ADMIN_LOFF [pm_log_on]=$P_ADMIN_LON)
+    log "access-log phase: starting Pointsman without and with an access log (workers: 1 each)"
+    for name in pm_log_off pm_log_on; do
+        pm_argv "$A_DIR/$name/pointsman.yaml" "${A_PORT[$name]}" "${A_ADMIN[$name]}" ""
+        echo "access_log_cmd_$name=${PM_CMD//"$ROOT/"/}" >>"$RESULTS/meta.env"
+        start_bg "$A_DIR/$name/pointsman.log" "${PM_ARGV[@]}"
+        A_PID[$name]=$LAST_PID
+    done
+    for name in pm_log_off pm_log_on; do
+        logfile=$A_DIR/$name/pointsman.log
+        if ! wait_http "Pointsman $name admin" "http://127.0.0.1:${A_ADMIN[$name]}/healthz" \
+            "${A_PID[$name]}" "$logfile" ||
+            ! wait_http "Pointsman $name" "http://127.0.0.1:${A_PORT[$name]}/" "${A_PID[$name]}" \
+                "$logfile"; then
+            warn "Pointsman $name did not start; its runs are skipped"
+            echo "access_log_problem_$name=did not start" >>"$RESULTS/meta.env"
+            unset "A_PID[$name]"
+        fi
+    done
+    if [[ -n ${A_PID[pm_log_on]:-} ]]; then
+        settle_log "$ALOG_FILE"
+        if ((LOG_SIZE > 0)); then
+            log "access log: $(head -n 1 "$ALOG_FILE" | cut -c1-300)"
+            head -n 1 "$ALOG_FILE" >"$RESULTS/access_log_sample.txt" || true
+        else
+            warn "access log: $ALOG_FILE is still empty after the start-up requests"
+            echo "access_log_problem=the log stayed empty after the start-up requests" \
+                >>"$RESULTS/meta.env"
+        fi
+    fi
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+        round_order "$round" pm_log_off pm_log_on
+        log "round $round/$BENCH_ROUNDS, access log: ${ROUND_ORDER[*]}"
+        for phase in "${ROUND_ORDER[@]}"; do
+            pid=${A_PID[$phase]:-}
+            if [[ -z $pid ]] || ! alive "$pid"; then
+                warn "access log: $phase is not running; skipped"
+                continue
+            fi
+            base=$RESULTS/alog_${phase}_${round}
+            BEFORE_RUN=""
+            [[ $phase == pm_log_on ]] && BEFORE_RUN=alog_mark
+            measure_run "$pid" "http://127.0.0.1:${A_PORT[$phase]}/" "$base" \
+                "access log, $phase" "$round"
+            BEFORE_RUN=""
+            if [[ $phase == pm_log_on ]]; then
+                # the lines the run added, once the last batch is written
+                settle_log "$ALOG_FILE"
+                lines=$(tail -c +"$((ALOG_OFFSET + 1))" "$ALOG_FILE" | wc -l)
+                {
+                    echo "lines=$lines"
+                    echo "bytes=$((LOG_SIZE - ALOG_OFFSET))"
+                } >"$base.lines"
+                log "  access log: $lines lines, $((LOG_SIZE - ALOG_OFFSET)) bytes in this run"
+            fi
+        done
+    done
+    stopping=()
+    for name in "${!A_PID[@]}"; do stopping+=("${A_PID[$name]}"); done
+    if ((${#stopping[@]})); then
+        log "access-log phase: stopping its servers"
+        stop_pids "${stopping[@]}"
+        for pid in "${stopping[@]}"; do forget_pid "$pid"; done
+    fi
 fi
 
 # --------------------------------------------------------------------------- memory

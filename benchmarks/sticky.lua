@@ -6,6 +6,10 @@
 -- lookup and does not skew the comparison between targets.
 --
 -- Every target (backend direct, nginx proxy, Pointsman) gets the same script.
+--
+-- Headers given to wrk with -H (the TLS phase's `Connection: close`) go on every request:
+-- wrk.format only adds wrk.headers when it is given no headers of its own, so the sticky
+-- requests copy them in.
 
 local pool_size = 4096
 local requests = {}
@@ -23,7 +27,11 @@ function init(args)
    math.randomseed(os.time() * 1000 + tid * 7919)
    for i = 1, pool_size do
       if i % 2 == 0 then
-         local headers = { ["X-User-Id"] = "u" .. tostring(math.random(1, 1000000)) }
+         local headers = {}
+         for name, value in pairs(wrk.headers) do
+            headers[name] = value
+         end
+         headers["X-User-Id"] = "u" .. tostring(math.random(1, 1000000))
          requests[i] = wrk.format("GET", "/", headers)
       else
          requests[i] = wrk.format("GET", "/")

@@ -885,3 +885,213 @@ def test_report_fleet_summarises_fleet_py_output(tmp_path: Path) -> None:
         "3/3 changes seen applied on B: p50 12.00 ms, p99 30.00 ms, max 30.00 ms; "
         "A's answer p50 8.00 ms, p99 8.00 ms"
     )
+
+
+# --------------------------------------------------------------------------- TLS, access log
+
+TLS_RPS_CHECK = "TLS: keep-alive req/s vs nginx over TLS"
+TLS_HANDSHAKE_CHECK = "TLS: new-connection rate (`Connection: close`) vs nginx over TLS"
+ALOG_CPU_CHECK = "Access log on: CPU per request vs off"
+ALOG_LINES_CHECK = "Access log: a line for every request wrk counted"
+
+
+def write_cpu_run(
+    results: Path, stem: str, n: int, rps: float, p99_ms: float, *, us_per_request: float
+) -> None:
+    """<stem>_<n>.txt (wrk, 10 s) and .cpu with the ticks that make `us_per_request`."""
+    base = results / f"{stem}_{n}"
+    base.with_suffix(".txt").write_text(wrk_text(rps, p99_ms))
+    ticks = round(rps * 10 * us_per_request * 1e-6 * 100)  # CLK_TCK 100
+    cpu = {
+        "total_ticks": ticks,
+        "master_ticks": 1,
+        "processes": 2,
+        "wall_start": 1796391000.25,
+        "wall_end": 1796391010.25,
+    }
+    base.with_suffix(".cpu").write_text("".join(f"{k}={v}\n" for k, v in cpu.items()))
+
+
+def tls_meta(pm_resumed: str = "3/3", nginx_resumed: str = "3/3") -> dict[str, str]:
+    probe = "protocol=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 resumed={} status=200"
+    return {
+        "skip_tls": "0",
+        "tls_skipped_because": "",
+        "tls_cert": "ECDSA P-256 (prime256v1), self-signed, SHA-256",
+        "tls_resumption": "on" if pm_resumed != "0/3" else "off",
+        "tls_probe_pm": probe.format(pm_resumed),
+        "tls_probe_nginx": probe.format(nginx_resumed),
+    }
+
+
+def test_tls_targets_use_per_round_ratios(tmp_path: Path) -> None:
+    write_results(tmp_path, 3, extra_meta=tls_meta())
+    # keep-alive: nginx median 30,000; Pointsman 0.72, 0.66, 0.75 of its round (median 0.72:
+    # passes; the ratio of the medians, 19,800 / 30,000 = 0.66, would fail)
+    for n, (ng, pm) in {1: (40000, 28800), 2: (30000, 19800), 3: (20000, 15000)}.items():
+        write_cpu_run(tmp_path, "tls_nginx_tls", n, ng, 4.0, us_per_request=20.0)
+        write_cpu_run(tmp_path, "tls_pm_tls", n, pm, 5.0, us_per_request=25.0)
+    # new connections: 0.65, 0.80, 0.60 (median 0.65: fails; the ratio of the medians,
+    # 1,950 / 2,500 = 0.78, would pass)
+    for n, (ng, pm) in {1: (3000, 1950), 2: (2500, 2000), 3: (2000, 1200)}.items():
+        write_cpu_run(tmp_path, "tls_nginx_tls_close", n, ng, 10.0, us_per_request=300.0)
+        write_cpu_run(tmp_path, "tls_pm_tls_close", n, pm, 20.0, us_per_request=480.0)
+
+    text, summary, failed, checks = render(tmp_path)
+
+    keep_alive = checks[TLS_RPS_CHECK]
+    assert keep_alive["measured"] == (
+        "0.720x (median of 3 per-round ratios 0.66-0.75; ratio of medians 0.66x: 19,800 vs 30,000)"
+    )
+    assert keep_alive["required"] == "≥ 0.70x"
+    assert keep_alive["result"] == "**PASS**"
+    handshakes = checks[TLS_HANDSHAKE_CHECK]
+    assert handshakes["measured"].startswith("0.650x (median of 3 per-round ratios 0.60-0.80;")
+    assert handshakes["result"] == "**FAIL**"
+    assert failed
+
+    assert "## TLS termination" in text
+    assert "ECDSA P-256 (prime256v1)" in text
+    assert "both resume" in text  # the report says how sessions were handled
+    assert (
+        "| req/s, keep-alive, Pointsman / nginx | 0.72, 0.66, 0.75 | **0.72x** "
+        "(19,800 vs 30,000) | ≥ 0.70x | **PASS** |" in text
+    )
+    assert (
+        "| CPU per request, new connection per request, Pointsman / nginx | 1.60, 1.60, 1.60 "
+        "| **1.60x** (480.0 µs vs 300.0 µs) | (no target) | |" in text
+    )
+    assert "| Pointsman over TLS, keep-alive | 19,800 | 1.50 ms | 5.00 ms | 25.0 µs | 0 |" in text
+    tls = summary["tls"]
+    assert tls["resumption"] == "on"
+    assert tls["pm_tls_rps_ratios"]["median"] == pytest.approx(0.72)
+    assert [r["ratio"] for r in tls["pm_tls_close_rps_ratios"]["per_round"]] == pytest.approx(
+        [0.65, 0.80, 0.60]
+    )
+    assert tls["pm_tls_cpu_ratios"]["median"] == pytest.approx(1.25)
+
+
+def test_tls_handshake_target_fails_when_only_one_side_resumes(tmp_path: Path) -> None:
+    write_results(tmp_path, 1, extra_meta=tls_meta(pm_resumed="3/3", nginx_resumed="0/3"))
+    write_cpu_run(tmp_path, "tls_nginx_tls", 1, 30000, 4.0, us_per_request=20.0)
+    write_cpu_run(tmp_path, "tls_pm_tls", 1, 27000, 4.0, us_per_request=22.0)
+    write_cpu_run(tmp_path, "tls_nginx_tls_close", 1, 1000, 10.0, us_per_request=900.0)
+    write_cpu_run(tmp_path, "tls_pm_tls_close", 1, 2500, 10.0, us_per_request=400.0)
+
+    _text, _summary, failed, checks = render(tmp_path)
+
+    assert checks[TLS_RPS_CHECK]["result"] == "**PASS**"
+    # 2.5x nginx, but a resumed handshake against a full one says nothing
+    assert checks[TLS_HANDSHAKE_CHECK]["measured"].startswith("2.500x (1 round;")
+    assert checks[TLS_HANDSHAKE_CHECK]["result"] == (
+        "**FAIL** (nginx and Pointsman differ in session resumption: not like for like)"
+    )
+    assert failed
+
+
+def alog_meta() -> dict[str, str]:
+    return {
+        "skip_access_log": "0",
+        "access_log_skipped_because": "",
+        "access_log_settle_ms": "1000",
+    }
+
+
+def write_alog_lines(results: Path, n: int, lines: int, bytes_per_line: int = 350) -> None:
+    (results / f"alog_pm_log_on_{n}.lines").write_text(
+        f"lines={lines}\nbytes={lines * bytes_per_line}\n"
+    )
+
+
+def test_access_log_targets_use_per_round_ratios_and_count_lines(tmp_path: Path) -> None:
+    write_results(tmp_path, 3, extra_meta=alog_meta())
+    write_wrk(tmp_path, "nginx", {n: (30000, 4.0) for n in (1, 2, 3)})
+    write_wrk(tmp_path, "pointsman", {n: (27000, 4.0) for n in (1, 2, 3)})
+    (tmp_path / "access_log_sample.txt").write_text('{"status":200,"path":"/"}\n')
+    # CPU per request, log on / off: 1.10, 1.20, 1.12 (median 1.12: passes; the ratio of the
+    # medians, 22.4 / 19.0 = 1.18, would fail)
+    for n, (off_us, on_us, on_rps) in {
+        1: (20.0, 22.0, 27000),
+        2: (19.0, 22.8, 26000),
+        3: (17.0, 19.04, 28000),
+    }.items():
+        write_cpu_run(tmp_path, "alog_pm_log_off", n, 30000, 4.0, us_per_request=off_us)
+        write_cpu_run(tmp_path, "alog_pm_log_on", n, on_rps, 4.4, us_per_request=on_us)
+        write_alog_lines(tmp_path, n, on_rps * 10 + 50)  # requests in flight at the end: logged
+
+    text, summary, failed, checks = render(tmp_path)
+
+    cpu = checks[ALOG_CPU_CHECK]
+    assert cpu["measured"].startswith("1.120x (median of 3 per-round ratios 1.10-1.20;")
+    assert cpu["required"] == "≤ 1.15x"
+    assert cpu["result"] == "**PASS**"
+    lines = checks[ALOG_LINES_CHECK]
+    assert lines["measured"] == (
+        "810,150 lines for 810,000 requests over 3 run(s) (r1 270,050 / 270,000, "
+        "r2 260,050 / 260,000, r3 280,050 / 280,000; 350 bytes a line)"
+    )
+    assert lines["result"] == "**PASS**"
+    assert not failed
+
+    assert "## Access log" in text
+    assert '```\n{"status":200,"path":"/"}\n```' in text
+    assert (
+        "| req/s, log on / off | 0.90, 0.87, 0.93 | **0.90x** (27,000 vs 30,000) | (no target) |"
+        in text
+    )
+    alog = summary["access_log"]
+    assert alog["cpu_ratios"]["median"] == pytest.approx(1.12, abs=1e-3)
+    assert alog["lines"]["bytes_per_line"] == pytest.approx(350)
+    assert [r["lines"] for r in alog["lines"]["per_round"]] == [270050, 260050, 280050]
+
+
+def test_access_log_fails_on_cpu_and_lost_lines(tmp_path: Path) -> None:
+    write_results(tmp_path, 2, extra_meta=alog_meta())
+    for n in (1, 2):
+        write_cpu_run(tmp_path, "alog_pm_log_off", n, 30000, 4.0, us_per_request=20.0)
+        write_cpu_run(tmp_path, "alog_pm_log_on", n, 20000, 9.0, us_per_request=31.0)
+    write_alog_lines(tmp_path, 1, 200_000)
+    write_alog_lines(tmp_path, 2, 150_000)  # 50,000 requests never logged (dropped)
+
+    _text, summary, failed, checks = render(tmp_path)
+
+    assert checks[ALOG_CPU_CHECK]["measured"].startswith("1.550x (median of 2 per-round")
+    assert checks[ALOG_CPU_CHECK]["result"] == "**FAIL**"
+    assert checks[ALOG_LINES_CHECK]["result"] == (
+        "**FAIL** (round 2: 50,000 requests without a line)"
+    )
+    assert summary["access_log"]["lines"]["per_round"][1] == {
+        "round": 2,
+        "lines": 150000,
+        "requests": 200000,
+        "bytes": 150000 * 350,
+    }
+    assert failed
+
+
+def test_tls_and_access_log_phases_skipped_and_missing(tmp_path: Path) -> None:
+    write_results(tmp_path, 1)  # an older meta.env: no keys of these phases at all
+    write_wrk(tmp_path, "nginx", {1: (30000, 4.0)})
+    write_wrk(tmp_path, "pointsman", {1: (27000, 4.0)})
+
+    text, summary, failed, checks = render(tmp_path)
+
+    assert "## TLS termination\n\nSkipped (not in this run)." in text
+    assert "## Access log\n\nSkipped (not in this run)." in text
+    for name in (TLS_RPS_CHECK, TLS_HANDSHAKE_CHECK, ALOG_CPU_CHECK, ALOG_LINES_CHECK):
+        assert checks[name]["result"] == "SKIPPED"
+    assert not failed
+
+    # skipped for a reason run.sh found
+    why = "pointsman check refuses a TLS listener: x.yaml:1: listen: expected host:port"
+    write_results(tmp_path, 1, extra_meta={"skip_tls": "1", "tls_skipped_because": why})
+    text, summary, failed, checks = render(tmp_path)
+    assert f"## TLS termination\n\nSkipped ({why})." in text
+    assert summary["tls"] == {"skipped": why}
+
+    # the phases ran, but left nothing: every target fails
+    write_results(tmp_path, 1, extra_meta={**tls_meta(), **alog_meta()})
+    _text, _summary, failed, checks = render(tmp_path)
+    for name in (TLS_RPS_CHECK, TLS_HANDSHAKE_CHECK, ALOG_CPU_CHECK, ALOG_LINES_CHECK):
+        assert checks[name]["result"] == "**FAIL** (no result)"
+    assert failed
