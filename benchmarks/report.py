@@ -1010,7 +1010,8 @@ def workers_section(
     conns = meta.get("wrk_conns", "?")
     order = ", ".join(key for key, _ in WORKER_TARGETS)
     lines.append(
-        f"Same wrk settings and backend as above, {meta.get('rounds', '1')} round(s) of the "
+        f"Same wrk settings and backend as above, "
+        f"{meta.get('workers_rounds', meta.get('rounds', '1'))} round(s) of the "
         "targets below, each a server of its own started once for this phase and kept "
         "running for all its rounds (on ports of its own). "
         + order_note(meta, order)

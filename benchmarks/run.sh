@@ -56,6 +56,8 @@
 #   BENCH_THREADS [2]         wrk -t                          BENCH_CONNS [50]   wrk -c
 #   BENCH_ROUNDS [5]          rounds of every wrk run, order alternating (see above); the
 #                             targets use the median of the per-round ratios
+#   BENCH_WORKERS_ROUNDS [9]  rounds of phase 5 (workers): its p99 ratio against nginx swings
+#                             0.56-2.91 per round on 2 shared CPUs, so its median needs more
 #   BENCH_IDLE_CONNS [10000]  idle connections                BENCH_IDLE_HOLD [5] seconds held
 #   BENCH_STREAM_SIZE [1G]    size of the streamed file (truncate -s syntax, 1G = 1 GiB)
 #   BENCH_STREAM_TIMEOUT [180] max seconds per streaming transfer
@@ -75,7 +77,7 @@
 #                             `access_log`; not with the stand-in)
 #   BENCH_STRICT=1            exit 3 if a target fails
 #   BENCH_START_TIMEOUT [20]  seconds to wait for each server to answer
-#   BENCH_TIMEOUT [1800]      hard limit for the whole run (a default run takes ~24 min)
+#   BENCH_TIMEOUT [2400]      hard limit for the whole run (a default run takes ~27 min)
 #   BENCH_WORKDIR [benchmarks/work]   BENCH_RESULTS_MD [benchmarks/RESULTS.md]
 #   PYTHON [.venv/bin/python]
 #   POINTSMAN_CMD [".venv/bin/pointsman run --config {config}"]
@@ -96,6 +98,7 @@ BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_CONNS=${BENCH_CONNS:-50}
 BENCH_ROUNDS=${BENCH_ROUNDS:-5}
+BENCH_WORKERS_ROUNDS=${BENCH_WORKERS_ROUNDS:-9}
 BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 BENCH_IDLE_HOLD=${BENCH_IDLE_HOLD:-5}
 BENCH_STREAM_SIZE=${BENCH_STREAM_SIZE:-1G}
@@ -117,7 +120,7 @@ BENCH_SKIP_TLS=${BENCH_SKIP_TLS:-0}
 BENCH_SKIP_ACCESS_LOG=${BENCH_SKIP_ACCESS_LOG:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-20}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-2400}
 WORK=${BENCH_WORKDIR:-$BENCH_DIR/work}
 RESULTS_MD=${BENCH_RESULTS_MD:-$BENCH_DIR/RESULTS.md}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
@@ -131,7 +134,8 @@ die() {
     exit 1
 }
 
-for var in BENCH_SECONDS BENCH_WARMUP BENCH_THREADS BENCH_CONNS BENCH_ROUNDS BENCH_IDLE_CONNS \
+for var in BENCH_SECONDS BENCH_WARMUP BENCH_THREADS BENCH_CONNS BENCH_ROUNDS \
+    BENCH_WORKERS_ROUNDS BENCH_IDLE_CONNS \
     BENCH_STREAM_TIMEOUT BENCH_START_TIMEOUT BENCH_TIMEOUT BENCH_FLIPS BENCH_FLEET_CHANGES; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, got '${!var}'"
 done
@@ -141,8 +145,10 @@ done
     die "BENCH_UPLOAD_VIA must be 'direct' or 'nginx'"
 [[ $BENCH_FLEET_LOAD == a || $BENCH_FLEET_LOAD == b || $BENCH_FLEET_LOAD == both ]] ||
     die "BENCH_FLEET_LOAD must be 'a', 'b' or 'both'"
-((BENCH_SECONDS >= 1 && BENCH_ROUNDS >= 1 && BENCH_CONNS >= BENCH_THREADS)) ||
-    die "need BENCH_SECONDS >= 1, BENCH_ROUNDS >= 1 and BENCH_CONNS >= BENCH_THREADS"
+((BENCH_SECONDS >= 1 && BENCH_ROUNDS >= 1 && BENCH_WORKERS_ROUNDS >= 1 &&
+    BENCH_CONNS >= BENCH_THREADS)) ||
+    die "need BENCH_SECONDS >= 1, BENCH_ROUNDS >= 1, BENCH_WORKERS_ROUNDS >= 1 and" \
+        "BENCH_CONNS >= BENCH_THREADS"
 
 # Expected duration: each wrk run costs warm-up + run + ~0.3 s (measured: ~0.2 s for wrk's
 # start-up, the log line and the control API calls), 3 targets and 5 shadow phases per round
@@ -155,8 +161,9 @@ done
 # ~0.5 s and ~TLS_SETUP s for the certificate, its two servers and the resumption probes; the
 # access-log phase's 2 runs per round at ~0.5 s, ~ALOG_SETTLE_MS twice per round waiting for
 # the log's last batch, and ~ALOG_SETUP s to start and stop its two servers. At the defaults:
-# 5 x (8 x 12.3 s + 4 x 12.5 s + 2 x 12.5 s + 4 x 12.5 s + 2 x 12.5 s + 3 s) + 16 s + 18 s
-# + 6 s + 4 s + 100 s, about 24 minutes; each round adds about 250 s.
+# 5 x (8 x 12.3 s + 2 x 12.5 s + 4 x 12.5 s + 2 x 12.5 s + 3 s) + 9 x 4 x 12.5 s + 16 s
+# + 18 s + 6 s + 4 s + 100 s, about 27 minutes; each round adds about 200 s, each workers
+# round 50 s.
 FLEET_SETUP=4
 TLS_SETUP=6
 ALOG_SETUP=4
@@ -176,7 +183,7 @@ fi
 expected=$((BENCH_ROUNDS * wrk_runs * (10 * (BENCH_WARMUP + BENCH_SECONDS) + 3) / 10 + 10))
 if ((workers_runs)); then
     per_run=$((10 * (BENCH_WARMUP + BENCH_SECONDS) + 5)) # tenths of a second
-    expected=$((expected + BENCH_ROUNDS * workers_runs * per_run / 10 + 5))
+    expected=$((expected + BENCH_WORKERS_ROUNDS * workers_runs * per_run / 10 + 5))
     ((BENCH_FLIPS == 0)) || expected=$((expected + BENCH_SECONDS + 1))
 fi
 if ((fleet_runs)); then
@@ -826,6 +833,7 @@ ETCD_VERSION=""
     echo "wrk_seconds=$BENCH_SECONDS"
     echo "wrk_warmup=$BENCH_WARMUP"
     echo "rounds=$BENCH_ROUNDS"
+    echo "workers_rounds=$BENCH_WORKERS_ROUNDS"
     echo "round_order=alternating"
     echo "skip_wrk=$BENCH_SKIP_WRK"
     echo "skip_idle=$BENCH_SKIP_IDLE"
@@ -1100,9 +1108,9 @@ if [[ -z $WORKERS_SKIPPED ]]; then
         fi
     done
     mid_wait="$((BENCH_SECONDS / 2)).$((BENCH_SECONDS % 2 * 5))" # the mid-run scrape
-    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+    for ((round = 1; round <= BENCH_WORKERS_ROUNDS; round++)); do
         round_order "$round" nginx_w2 pm_w2 pm_w1 pm_w2_shared
-        log "round $round/$BENCH_ROUNDS, workers: ${ROUND_ORDER[*]}"
+        log "round $round/$BENCH_WORKERS_ROUNDS, workers: ${ROUND_ORDER[*]}"
         for phase in "${ROUND_ORDER[@]}"; do
             pid=${W_PID[$phase]:-}
             if [[ -z $pid ]] || ! alive "$pid"; then
@@ -1127,7 +1135,7 @@ if [[ -z $WORKERS_SKIPPED ]]; then
             cpu_total=$CPU_TOTAL
             cpu_master=$CPU_MASTER
             wall_start=$EPOCHREALTIME
-            log "round $round/$BENCH_ROUNDS: workers, $phase ${BENCH_SECONDS}s"
+            log "round $round/$BENCH_WORKERS_ROUNDS: workers, $phase ${BENCH_SECONDS}s"
             wrk_ok=1
             run_wrk "$BENCH_SECONDS" "$url" "$base.txt" || wrk_ok=0
             wall_end=$EPOCHREALTIME

@@ -477,6 +477,17 @@ def write_workers_phase(results: Path) -> None:
         )
 
 
+def test_the_workers_phase_says_its_own_round_count(tmp_path: Path) -> None:
+    # BENCH_WORKERS_ROUNDS: the workers phase runs more rounds than the others
+    write_results(tmp_path, 2, extra_meta={**workers_meta(), "workers_rounds": "3"})
+    write_workers_phase(tmp_path)
+
+    text, _summary, _failed, checks = render(tmp_path)
+
+    assert "Same wrk settings and backend as above, 3 round(s) of the targets below" in text
+    assert checks[WORKERS_RPS_CHECK]["measured"].startswith("0.950x (median of 3 per-round")
+
+
 def test_workers_targets_use_per_round_ratios(tmp_path: Path) -> None:
     write_results(tmp_path, 3, extra_meta=workers_meta())
     write_workers_phase(tmp_path)
