@@ -143,6 +143,14 @@ class AdminClient:
         """GET /v1/fleet: the fleet's members and their applied version (404 on one host)."""
         return self._call("GET", "/v1/fleet")
 
+    def counters(self, route: str) -> Reply:
+        """GET /v1/routes/ROUTE/counters: requests, 5xx and latency per pool, host-wide."""
+        return self._call("GET", f"/v1/routes/{_quote(route)}/counters")
+
+    def shadows(self, route: str) -> Reply:
+        """GET /v1/routes/ROUTE/shadows: each shadow's comparison counters."""
+        return self._call("GET", f"/v1/routes/{_quote(route)}/shadows")
+
     def set_weights(
         self, route: str, weights: Mapping[str, int], if_match: int | None = None
     ) -> Reply:

@@ -14,7 +14,6 @@ import sys
 import termios
 import time
 import tty
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import FrameType
@@ -95,22 +94,16 @@ def interval_arg(text: str) -> float:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _get(client: AdminClient, path: str) -> Reply:
-    # control/client.py has no call for these two reads yet; `_call` is its one transport.
-    return client._call("GET", path)
-
-
 def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _read_route(client: AdminClient, route: dict[str, Any]) -> RouteRead:
     name = _text(route.get("name"))
-    quoted = urllib.parse.quote(name, safe="")
     token = client.token is not None
     problems: list[str] = []
     at = counters = None
-    reply = _get(client, f"/v1/routes/{quoted}/counters")
+    reply = client.counters(name)
     if reply.ok:
         at = time.monotonic()
         try:
@@ -121,7 +114,7 @@ def _read_route(client: AdminClient, route: dict[str, Any]) -> RouteRead:
         problems.append(f"counters: {refusal(reply, token)}")
     shadows: dict[str, MismatchCounters] = {}
     if route.get("shadows"):
-        reply = _get(client, f"/v1/routes/{quoted}/shadows")
+        reply = client.shadows(name)
         views = reply.body.get("shadows") if isinstance(reply.body, dict) else None
         if reply.ok and isinstance(views, list):
             for view in views:
