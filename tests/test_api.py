@@ -267,6 +267,18 @@ async def test_reads_need_the_token_on_a_non_loopback_admin_listener(
         assert answer.status == 200, answer.text
 
 
+async def test_head_answers_as_get_does_without_a_body(start_service: StartService) -> None:
+    rs = await start_service(admin_host="0.0.0.0")
+    get = await rs.call("GET", ROUTE)
+    head = await rs.call("HEAD", ROUTE)
+    assert (head.status, head.text) == (200, "")
+    assert head.headers["ETag"] == get.headers["ETag"]
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    # the same token check as GET (no body to carry the error, only the status)
+    assert (await rs.call("HEAD", ROUTE, token=None)).status == 401
+    assert (await rs.call("HEAD", ROUTE, token="wrong")).status == 403
+
+
 # --- writes --------------------------------------------------------------------------------
 
 
