@@ -71,6 +71,10 @@ STRINGS: Final[Schema] = {"type": "array", "items": {"type": "string"}}
 NUMBER: Final[Schema] = {"type": "number"}
 COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
 BOOLEAN: Final[Schema] = {"type": "boolean"}
+NUMBER_OR_NULL: Final[Schema] = {"type": ["number", "null"]}
+INTEGER_OR_NULL: Final[Schema] = {"type": ["integer", "null"]}
+STRING_OR_NULL: Final[Schema] = {"type": ["string", "null"]}
+BOOLEAN_OR_NULL: Final[Schema] = {"type": ["boolean", "null"]}
 # Durations in request bodies: seconds, or a string like "30s", "500ms", "1m", "1h".
 DURATION: Final[Schema] = {
     "oneOf": [
@@ -107,7 +111,7 @@ def schemas() -> dict[str, Schema]:
             "addresses": STRINGS,
             "resolutions": COUNT,
             "failures": COUNT,
-            "last_error": {"type": ["string", "null"]},
+            "last_error": STRING_OR_NULL,
         }
     )
     weights = map_of(COUNT)
@@ -121,7 +125,7 @@ def schemas() -> dict[str, Schema]:
                 "description": "The pool with all the traffic, when exactly one has weight.",
             },
             "previous": nullable(
-                obj({"weights": weights, "live": {"type": ["string", "null"]}}),
+                obj({"weights": weights, "live": STRING_OR_NULL}),
             ),
             "flips": COUNT,
             "rollbacks": COUNT,
@@ -161,7 +165,7 @@ def schemas() -> dict[str, Schema]:
             "methods": STRINGS,
             "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
             "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 10_000},
-            "baseline": {"type": ["string", "null"]},
+            "baseline": STRING_OR_NULL,
             "compare": ref("CompareSettings"),
         }
     )
@@ -217,7 +221,7 @@ def schemas() -> dict[str, Schema]:
                 "type": "array",
                 "items": {"type": "array", "items": STRING, "minItems": 2, "maxItems": 2},
             },
-            "request_body": {"type": ["string", "null"]},
+            "request_body": STRING_OR_NULL,
             "request_body_truncated": BOOLEAN,
             "endpoint": STRING,
             "primary_status": {"type": "integer"},
@@ -253,8 +257,8 @@ def schemas() -> dict[str, Schema]:
             "admin": STRING,
             "version": COUNT,
             "lag": COUNT,
-            "workers": {"type": ["integer", "null"]},
-            "error": {"type": ["string", "null"]},
+            "workers": INTEGER_OR_NULL,
+            "error": STRING_OR_NULL,
         }
     )
     fleet = obj(
@@ -349,8 +353,8 @@ def health_schema() -> Schema:
         {
             "kind": {"const": "etcd"},
             "reachable": BOOLEAN,
-            "seconds_since_sync": {"type": ["number", "null"]},
-            "error": {"type": ["string", "null"]},
+            "seconds_since_sync": NUMBER_OR_NULL,
+            "error": STRING_OR_NULL,
         }
     )
     return obj(
@@ -368,29 +372,29 @@ def rollout_schemas() -> dict[str, Schema]:
         {
             "requests": COUNT,
             "errors": COUNT,
-            "error_rate": {"type": ["number", "null"]},
-            "p99_ms": {"type": ["number", "null"]},
+            "error_rate": NUMBER_OR_NULL,
+            "p99_ms": NUMBER_OR_NULL,
         }
     )
     check = obj(
         {
             "name": STRING,
-            "value": {"type": ["number", "null"]},
-            "threshold": {"type": ["number", "null"]},
-            "passed": {"type": ["boolean", "null"]},
+            "value": NUMBER_OR_NULL,
+            "threshold": NUMBER_OR_NULL,
+            "passed": BOOLEAN_OR_NULL,
             "note": STRING,
         }
     )
     analysis = obj(
         {
-            "at": {"type": ["number", "null"]},
+            "at": NUMBER_OR_NULL,
             "outcome": {"enum": ["pass", "fail", "inconclusive"]},
             "summary": STRING,
             "checks": {"type": "array", "items": check},
             "candidate": window,
             "stable": window,
             "mismatch": nullable(
-                obj({"compared": COUNT, "mismatched": COUNT, "rate": {"type": ["number", "null"]}})
+                obj({"compared": COUNT, "mismatched": COUNT, "rate": NUMBER_OR_NULL})
             ),
         }
     )
@@ -415,9 +419,9 @@ def rollout_schemas() -> dict[str, Schema]:
                     "min_requests": {"type": "integer", "minimum": 1},
                     "max_error_rate": NUMBER,
                     "max_error_rate_vs_stable": NUMBER,
-                    "max_p99_ms": {"type": ["number", "null"]},
-                    "max_p99_vs_stable": {"type": ["number", "null"]},
-                    "max_mismatch_rate": {"type": ["number", "null"]},
+                    "max_p99_ms": NUMBER_OR_NULL,
+                    "max_p99_vs_stable": NUMBER_OR_NULL,
+                    "max_mismatch_rate": NUMBER_OR_NULL,
                     "failure_limit": {"type": "integer", "minimum": 1},
                 }
             ),
@@ -426,8 +430,8 @@ def rollout_schemas() -> dict[str, Schema]:
             "webhooks": nullable(
                 obj(
                     {
-                        "url": {"type": ["string", "null"]},
-                        "confirm_url": {"type": ["string", "null"]},
+                        "url": STRING_OR_NULL,
+                        "confirm_url": STRING_OR_NULL,
                         "timeout": NUMBER,
                         "retries": COUNT,
                     }
@@ -443,16 +447,16 @@ def rollout_schemas() -> dict[str, Schema]:
             "candidate": STRING,
             "stable": STRING,
             "step": {"type": "integer", "minimum": -1, "description": "-1 before the first step"},
-            "percent": {"type": ["integer", "null"]},
+            "percent": INTEGER_OR_NULL,
             "steps": {"type": "array", "items": {"type": "integer"}},
             "weights": map_of(COUNT),
             "time_in_step": NUMBER,
             "step_interval": NUMBER,
-            "next_analysis_in": {"type": ["number", "null"]},
+            "next_analysis_in": NUMBER_OR_NULL,
             "window_seconds": NUMBER,
             "consecutive_failures": COUNT,
             "failure_limit": {"type": "integer", "minimum": 1},
-            "reason": {"type": ["string", "null"]},
+            "reason": STRING_OR_NULL,
             "last_analysis": nullable(ref("Analysis")),
             "spec": ref("RolloutSpec"),
             "started_at": NUMBER,
