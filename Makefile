@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # The per-request modules, compiled in place to C extensions by mypyc (see setup.py).
-HOT_MODULES := proxy/http1.py proxy/access_log.py proxy/request.py proxy/upstream.py proxy/router.py proxy/metrics.py proxy/stats.py proxy/shadow.py proxy/shadow_records.py proxy/shadow_registry.py
+HOT_MODULES := proxy/http1.py proxy/access_log.py proxy/request.py proxy/upstream.py proxy/router.py proxy/metrics.py proxy/stats.py proxy/shadow.py proxy/shadow_records.py proxy/shadow_registry.py proxy/tls_transport.py
 COMPILED := proxy/.compiled
 
 .PHONY: run fleet test lint typecheck unit bench build clean fuzz image compose-check

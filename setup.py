@@ -19,6 +19,7 @@ HOT_MODULES = [
     "proxy/shadow.py",
     "proxy/shadow_records.py",
     "proxy/shadow_registry.py",
+    "proxy/tls_transport.py",
 ]
 
 ext_modules = []

@@ -25,6 +25,7 @@ from proxy.router import RoutingTable
 from proxy.shadow_metrics import ShadowCollector
 from proxy.shadow_registry import ShadowedRoute, Shadows
 from proxy.tls import CertificateCollector, ServerCertificates, client_context
+from proxy.tls_transport import TlsListener, listening_sockets
 from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")
@@ -47,7 +48,8 @@ class ProxyServer:
         self.metrics.collectors.append(ShadowCollector(self.shadows))
         self.metrics.collectors.append(CertificateCollector(lambda: self.config))
         self.ctx: ProxyContext | None = None
-        self._servers: list[asyncio.Server] = []  # one per listener, in the config's order
+        # One per listener, in the config's order.
+        self._servers: list[asyncio.Server | TlsListener] = []
         # Per TLS listener (by index in config.listeners): its certificates, reloadable.
         self.certificates: dict[int, ServerCertificates] = {}
         self.access_log: AccessLog | None = None
@@ -194,7 +196,7 @@ class ProxyServer:
 
     async def _listen(
         self, ctx: ProxyContext, index: int, listener: Listener, sock: socket.socket | None
-    ) -> asyncio.Server:
+    ) -> asyncio.Server | TlsListener:
         loop = ctx.loop
         context = None
         if listener.tls is not None:
@@ -206,18 +208,21 @@ class ProxyServer:
         def connection() -> asyncio.Protocol:
             return cast(asyncio.Protocol, DownstreamConnection(ctx, tls))
 
-        # A handshake is part of the request head's time (timeouts.header_read).
-        handshake = self.config.timeouts.header_read if tls else None
-        if sock is not None:
-            return await loop.create_server(
-                connection, sock=sock, backlog=LISTEN_BACKLOG, ssl=context,
-                ssl_handshake_timeout=handshake,
-            )  # fmt: skip
         address = listener.address
+        if context is not None:
+            # OpenSSL on the socket itself (proxy/tls_transport.py says why). A handshake is
+            # part of the request head's time (timeouts.header_read).
+            if sock is not None:
+                sock.listen(LISTEN_BACKLOG)
+                socks = [sock]
+            else:
+                socks = listening_sockets(address.host, address.port, LISTEN_BACKLOG)
+            return TlsListener(loop, socks, context, connection, self.config.timeouts.header_read)
+        if sock is not None:
+            return await loop.create_server(connection, sock=sock, backlog=LISTEN_BACKLOG)
         return await loop.create_server(
-            connection, address.host, address.port, backlog=LISTEN_BACKLOG, reuse_address=True,
-            ssl=context, ssl_handshake_timeout=handshake,
-        )  # fmt: skip
+            connection, address.host, address.port, backlog=LISTEN_BACKLOG, reuse_address=True
+        )
 
     async def start(
         self,
