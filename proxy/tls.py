@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -140,9 +140,30 @@ class ServerCertificates:
         return self.default
 
     def _choose(
-        self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext
+        self, ssl_object: ssl.SSLObject | SniOwner, server_name: str | None, _: ssl.SSLContext
     ) -> None:
         ssl_object.context = self.context_for(server_name)
+
+
+class SniOwner:
+    """The Python owner of one connection's `_ssl._SSLSocket` (proxy/tls_transport.py).
+    OpenSSL's SNI callback is given the owner (or, with none, the plain socket, which has no
+    `context` to set), and setting `context` here switches that connection's certificate.
+    Interpreted, not compiled: the owner is held by weak reference, which a native class
+    does not support."""
+
+    __slots__ = ("__weakref__", "connection")
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return cast(ssl.SSLContext, self.connection.context)
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        self.connection.context = context
 
 
 def client_context(tls: UpstreamTls) -> ssl.SSLContext:

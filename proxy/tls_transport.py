@@ -1,18 +1,19 @@
-"""TLS listeners on `ssl.SSLSocket`: OpenSSL reads and writes the socket itself.
+"""TLS listeners with OpenSSL on the socket itself (a socket BIO, as nginx drives it).
 
 asyncio's (and uvloop's) TLS runs OpenSSL on memory BIOs: every record is read from the
 socket into a buffer, copied into the BIO, decrypted, and the other way round for writes,
 with a state machine in between. Measured on a new connection per request (handshake, one
 request, close), that costs about 290-300 us of CPU per connection for a bare uvloop server
-against about 240 us for the same server on an SSLSocket, which is how nginx drives OpenSSL
-(a socket BIO). A new connection's cost is what limits the handshake rate, so the data
-listeners with `tls` use the classes here instead of `create_server(ssl=...)`.
+against about 240 us for the same server on an ssl.SSLSocket. A new connection's cost is
+what limits the handshake rate, so the data listeners with `tls` use the classes here
+instead of `create_server(ssl=...)`.
 
 `TlsListener` accepts from a listening socket with the loop's reader callbacks, and gives
-each connection a `TlsTransport`: the handshake runs on the socket in non-blocking steps,
-then the protocol gets `connection_made` (as with asyncio, only after a good handshake),
-`data_received`, `eof_received`, `pause_writing`/`resume_writing` and `connection_lost`.
-The transport offers what the data plane uses of asyncio.Transport: write, close, abort,
+each connection a `TlsTransport` over the C object under ssl.SSLSocket (`_ssl._SSLSocket`):
+the handshake runs on the socket in non-blocking steps, then the protocol gets
+`connection_made` (as with asyncio, only after a good handshake), `data_received`,
+`eof_received`, `pause_writing`/`resume_writing` and `connection_lost`. The transport offers
+what the data plane uses of asyncio.Transport: write, close, abort,
 pause_reading/resume_reading, set_write_buffer_limits, is_closing, get_extra_info.
 
 Two OpenSSL rules shape the writing side. CPython sets no partial writes on its SSL objects
@@ -32,6 +33,8 @@ import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
+
+from proxy.tls import SniOwner
 
 log = logging.getLogger("pointsman.tls")
 
@@ -65,6 +68,25 @@ class TlsProtocol(Protocol):
     def resume_writing(self) -> None: ...
 
 
+class TlsConnection(Protocol):
+    """What the transport calls of `_ssl._SSLSocket`, the C object under ssl.SSLSocket and
+    ssl.SSLObject (SSLContext._wrap_socket makes it; Python's ssl.py is its only other user)."""
+
+    context: ssl.SSLContext
+    owner: Any  # what the SNI callback is given (held by weak reference)
+
+    def do_handshake(self) -> None: ...
+    def read(self, size: int) -> bytes: ...
+    def write(self, data: bytes) -> int: ...
+    def pending(self) -> int: ...
+    def shutdown(self) -> Any: ...
+    def getpeercert(self, binary_form: bool = False) -> Any: ...
+    def cipher(self) -> tuple[str, str, int] | None: ...
+    def compression(self) -> str | None: ...
+    def version(self) -> str | None: ...
+    def selected_alpn_protocol(self) -> str | None: ...
+
+
 class TlsListener:
     """Accepts TLS connections on `sockets` (listening, non-blocking). The stand-in for the
     asyncio.Server that `create_server` returns: `sockets`, `close`, `wait_closed`."""
@@ -80,6 +102,11 @@ class TlsListener:
         self.loop = loop
         self.sockets = sockets
         self.context = context
+        # The C object under ssl.SSLSocket (the same OpenSSL calls on the socket), made
+        # without SSLSocket's Python constructor: that takes another socket object, a
+        # getsockname, a getpeername, a getsockopt and two ioctls, 11 us per connection.
+        self.wrap: Callable[..., TlsConnection] = context._wrap_socket  # type: ignore[attr-defined]
+        self.sni = context.sni_callback is not None
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
         self.serving = True
@@ -149,12 +176,14 @@ class TlsTransport:
         "loop",
         "lost",
         "low",
+        "owner",
         "protocol",
         "queue",
         "read_wants_write",
         "reader_on",
         "reading",
         "sock",
+        "tls",
         "writer_on",
         "writing_paused",
     )
@@ -163,12 +192,13 @@ class TlsTransport:
         self.listener = listener
         loop = self.loop = listener.loop
         self.protocol: TlsProtocol | None = None  # made once the handshake succeeds
-        # wrap_socket takes over the descriptor (`sock` is detached) and keeps its
-        # non-blocking mode: every TLS call below returns at once or raises want-read/write.
-        self.sock: ssl.SSLSocket = listener.context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        )
-        self.fd = self.sock.fileno()
+        self.sock = sock  # non-blocking: every TLS call below returns or raises want-*
+        tls = self.tls = listener.wrap(sock, True, None, owner=None, session=None)
+        # The SNI callback needs an owner whose `context` it can set (see SniOwner).
+        self.owner: SniOwner | None = None
+        if listener.sni:
+            tls.owner = self.owner = SniOwner(tls)
+        self.fd = sock.fileno()
         self.extra: dict[str, Any] = {"peername": peer}
         self.blocked: bytes | None = None  # a write OpenSSL refused for now: retried as is
         self.queue: list[bytes] = []  # writes behind `blocked`
@@ -188,16 +218,45 @@ class TlsTransport:
             self.handshake_timer = loop.call_later(timeout, self._handshake_timed_out)
         self._handshake()
 
+    # ----------------------------------------------------------------- the watchers
+    #
+    # uvloop makes a poll handle for a descriptor on its first add_reader or add_writer and
+    # closes it when the last is removed; each one made costs an ioctl and epoll_ctl calls
+    # (strace, a new connection per request: 6 ioctl and 12 epoll_ctl per connection while
+    # each handshake step and each pause re-registered). So one reader callback serves the
+    # handshake and the reads, and pause_reading is lazy: the reader stays registered until
+    # it fires while paused, and a pause undone before more data comes costs no system call.
+
+    def _watch_reads(self, on: bool) -> None:
+        if on != self.reader_on:
+            self.reader_on = on
+            if on:
+                self.loop.add_reader(self.fd, self._readable)
+            else:
+                self.loop.remove_reader(self.fd)
+
+    def _watch_writes(self, on: bool) -> None:
+        if on != self.writer_on:
+            self.writer_on = on
+            if on:
+                self.loop.add_writer(self.fd, self._writable)
+            else:
+                self.loop.remove_writer(self.fd)
+
     # ----------------------------------------------------------------- the handshake
 
     def _handshake(self) -> None:
         try:
-            self.sock.do_handshake()
+            self.tls.do_handshake()
         except ssl.SSLWantReadError:
-            self._want(read=True, write=False, callback=self._handshake)
+            self._watch_writes(False)
+            self._watch_reads(True)
             return
         except ssl.SSLWantWriteError:
-            self._want(read=False, write=True, callback=self._handshake)
+            # Reads unwatched meanwhile: bytes waiting from the client would wake the reader
+            # again and again while the socket stays full.
+            self._watch_reads(False)
+            self._watch_writes(True)
             return
         except (ssl.SSLError, OSError):
             # A client that speaks no TLS, offers nothing we accept, or goes away: nothing
@@ -207,89 +266,71 @@ class TlsTransport:
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
-        self._want(read=False, write=False, callback=self._handshake)
+        self._watch_writes(False)
         if not self.listener.serving:
             self._release()  # the listener closed (drain) while this handshake ran
             return
         protocol = self.protocol = self.listener.protocol_factory()
         protocol.connection_made(cast(asyncio.BaseTransport, self))
-        if not self.closing:
-            self._update_reader()
-            if self.reading and self.sock.pending():
-                self.loop.call_soon(self._read)  # the client's first bytes came with its Finished
+        if not self.closing and self.reading:
+            self._watch_reads(True)
+            if self.tls.pending():
+                self.loop.call_soon(self._readable)  # bytes that came with the Finished
 
     def _handshake_timed_out(self) -> None:
         self.handshake_timer = None
         if self.protocol is None and not self.closing:
             self._release()
 
-    def _want(self, *, read: bool, write: bool, callback: Callable[[], None]) -> None:
-        loop = self.loop
-        if read:
-            loop.add_reader(self.fd, callback)
-        elif self.reader_on:
-            loop.remove_reader(self.fd)
-        self.reader_on = read
-        if write:
-            loop.add_writer(self.fd, callback)
-        elif self.writer_on:
-            loop.remove_writer(self.fd)
-        self.writer_on = write
-
     # ----------------------------------------------------------------- reading
 
-    def _update_reader(self) -> None:
-        want = self.reading and not self.closing and not self.read_wants_write
-        if want and not self.reader_on:
-            self.loop.add_reader(self.fd, self._read)
-            self.reader_on = True
-        elif not want and self.reader_on:
-            self.loop.remove_reader(self.fd)
-            self.reader_on = False
-
-    def _read(self) -> None:
-        if not self.reading or self.closing:
-            return
+    def _readable(self) -> None:
         protocol = self.protocol
-        assert protocol is not None
+        if protocol is None:
+            self._handshake()
+            return
+        if not self.reading or self.closing or self.read_wants_write:
+            self._watch_reads(False)  # a lazy pause met data: now stop watching
+            return
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.tls.read(READ_SIZE)
         except ssl.SSLWantReadError:
             return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            data = b""  # a TCP end without close_notify (SSLSocket's suppress_ragged_eofs)
         except ssl.SSLWantWriteError:
             # OpenSSL must send (a TLS 1.3 KeyUpdate answer) before it can go on reading.
             self.read_wants_write = True
-            self._update_reader()
+            self._watch_reads(False)
             self._update_writer()
             return
         except (ssl.SSLError, OSError) as exc:
             self._fail(exc)
             return
         if not data:
-            # close_notify, or the TCP connection ended (suppress_ragged_eofs): TLS has no
+            # close_notify, or the TCP connection ended: TLS has no
             # half-close here, so whatever the protocol answers, the connection closes once
             # what is queued has been written (as asyncio's SSL transport does).
             self.reading = False
-            self._update_reader()
+            self._watch_reads(False)
             protocol.eof_received()
             self.close()
             return
         protocol.data_received(data)
         # A decrypted record may wait in OpenSSL's buffer, where epoll cannot see it.
-        if self.reading and not self.closing and self.sock.pending():
-            self.loop.call_soon(self._read)
+        if self.reading and not self.closing and self.tls.pending():
+            self.loop.call_soon(self._readable)
 
     def pause_reading(self) -> None:
-        if self.reading:
-            self.reading = False
-            self._update_reader()
+        self.reading = False  # lazily: see the watchers
 
     def resume_reading(self) -> None:
         if not self.reading and not self.closing:
             self.reading = True
-            self._update_reader()
-            if self.protocol is not None and self.sock.pending():
-                self.loop.call_soon(self._read)
+            if self.protocol is not None and not self.read_wants_write:
+                self._watch_reads(True)
+                if self.tls.pending():
+                    self.loop.call_soon(self._readable)
 
     def is_reading(self) -> bool:
         return self.reading and not self.closing
@@ -313,7 +354,7 @@ class TlsTransport:
     def _send(self, data: bytes) -> bool:
         """Write `data` (all or nothing); False if it is held in `blocked` or failed."""
         try:
-            self.sock.send(data)
+            self.tls.write(data)
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
             if self.blocked is None:
                 self.blocked = data
@@ -327,26 +368,24 @@ class TlsTransport:
         return True
 
     def _update_writer(self) -> None:
-        want = self.blocked is not None or self.read_wants_write
-        if want and not self.writer_on:
-            self.loop.add_writer(self.fd, self._writable)
-            self.writer_on = True
-        elif not want and self.writer_on:
-            self.loop.remove_writer(self.fd)
-            self.writer_on = False
+        self._watch_writes(self.blocked is not None or self.read_wants_write)
 
     def _writable(self) -> None:
+        if self.protocol is None:
+            self._handshake()
+            return
         if self.read_wants_write:
             self.read_wants_write = False
             self._update_writer()
-            self._update_reader()
-            self._read()
+            if self.reading and not self.closing:
+                self._watch_reads(True)
+                self._readable()
             if self.lost:
                 return
         blocked = self.blocked
         if blocked is not None:
             try:
-                self.sock.send(blocked)
+                self.tls.write(blocked)
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             except (ssl.SSLError, OSError) as exc:
@@ -401,8 +440,7 @@ class TlsTransport:
         """Close once the queued bytes are written: a close_notify, then the socket."""
         if self.closing:
             return
-        self.closing = True
-        self._update_reader()
+        self.closing = True  # reads stop lazily (see the watchers), or with the socket
         if self.blocked is None and not self.read_wants_write:
             self._shutdown()
 
@@ -415,9 +453,9 @@ class TlsTransport:
 
     def _shutdown(self) -> None:
         # One close_notify and no wait for the client's (nginx's no_wait_shutdown): the
-        # second SSL_shutdown that unwrap() makes raises want-read, the first has sent ours.
+        # second SSL_shutdown that shutdown() makes raises want-read, the first sent ours.
         try:
-            self.sock.unwrap()
+            self.tls.shutdown()
         except (ssl.SSLError, OSError, ValueError):
             pass
         self._lose(None)
@@ -456,24 +494,23 @@ class TlsTransport:
         extra = self.extra
         if name in extra:
             return extra[name]
-        sock = self.sock
         if name == "socket":
-            return sock
+            return self.sock
         if name == "ssl_object":
-            return sock
+            return self.tls
         if name == "sslcontext":
-            return sock.context
+            return self.tls.context
         if name == "sockname":
             try:
-                return sock.getsockname()
+                return self.sock.getsockname()
             except OSError:
                 return default
         if name == "peercert":
-            return sock.getpeercert()
+            return self.tls.getpeercert()
         if name == "cipher":
-            return sock.cipher()
+            return self.tls.cipher()
         if name == "compression":
-            return sock.compression()
+            return self.tls.compression()
         return default
 
     def set_protocol(self, protocol: TlsProtocol) -> None:
