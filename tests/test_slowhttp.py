@@ -33,17 +33,20 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 
 from control.service import Service
 from proxy.config import StateConfig
-from tests.conftest import Backend, BackendFactory, config_for
+from proxy.config_loader import parse_config
+from tests.conftest import Backend, BackendFactory, config_for, on_free_ports
+from tests.test_tls import write_pems
 from tests.test_workers import run_service
 
 TIMEOUT = 2.0  # header_read, body_read and client_write, seconds
@@ -96,21 +99,56 @@ class Proxy:
     backend: Backend
 
 
+async def start_proxy(
+    backend_factory: BackendFactory, tmp_path: Path, tls: tuple[Path, Path] | None
+) -> tuple[Proxy, Callable[[], Awaitable[None]]]:
+    """Pointsman on a plain listener, or a TLS one with `tls` (certificate, key)."""
+    backend = await backend_factory("blue", backend_handler)
+    config = config_for({"blue": [backend.address]}, extra=TIMEOUTS)
+    if tls is not None:
+        # The workers parse the config's text: the listener gets its `tls` there.
+        listen = "listen: 127.0.0.1:1\n"
+        assert listen in config.text
+        tls_listen = f"listen: {{address: 127.0.0.1:1, tls: {{cert: {tls[0]}, key: {tls[1]}}}}}\n"
+        config = on_free_ports(parse_config(config.text.replace(listen, tls_listen), "<test>"))
+    config = replace(config, state=StateConfig(path=str(tmp_path / "state.json")))
+    service, session, admin, url = await run_service(config, workers=1)
+    if tls is not None:
+        url = url.replace("http://", "https://", 1)
+
+    async def stop() -> None:
+        await session.close()
+        await service.stop()
+
+    return Proxy(service, session, admin, url, backend), stop
+
+
 @pytest.fixture
 async def proxy(
     backend_factory: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Proxy]:
     """Pointsman (master + 1 worker) in front of one backend, with the short timeouts."""
     monkeypatch.delenv("POINTSMAN_TOKEN", raising=False)
-    backend = await backend_factory("blue", backend_handler)
-    config = config_for({"blue": [backend.address]}, extra=TIMEOUTS)
-    config = replace(config, state=StateConfig(path=str(tmp_path / "state.json")))
-    service, session, admin, url = await run_service(config, workers=1)
+    started, stop = await start_proxy(backend_factory, tmp_path, None)
     try:
-        yield Proxy(service, session, admin, url, backend)
+        yield started
     finally:
-        await session.close()
-        await service.stop()
+        await stop()
+
+
+@pytest.fixture
+async def tls_proxy(
+    backend_factory: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Proxy]:
+    """The same behind a TLS listener (a certificate for 127.0.0.1 made with trustme; the
+    probes and slowhttptest do not verify it)."""
+    monkeypatch.delenv("POINTSMAN_TOKEN", raising=False)
+    pems = write_pems(trustme.CA().issue_cert("127.0.0.1"), tmp_path, "listener")
+    started, stop = await start_proxy(backend_factory, tmp_path, (pems.cert, pems.key))
+    try:
+        yield started
+    finally:
+        await stop()
 
 
 # --------------------------------------------------------------------------- what is watched
@@ -270,7 +308,8 @@ async def attack(
     )
     output = asyncio.ensure_future(process.communicate())
     samples: list[Sample] = []
-    probes = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    # ssl=False: the TLS variant's certificate is the test's own (plain URLs ignore it)
+    probes = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=False))
 
     port = int(proxy.url.rsplit(":", 1)[1])
 
@@ -415,6 +454,19 @@ async def test_slow_bodies_are_cut_at_body_read(proxy: Proxy, tmp_path: Path) ->
 
 @pytest.mark.timeout(30)
 async def test_slow_readers_are_cut_at_client_write(proxy: Proxy, tmp_path: Path) -> None:
+    await slow_readers_are_cut(proxy, tmp_path)
+
+
+@pytest.mark.timeout(30)
+async def test_slow_readers_over_tls_are_cut_at_client_write(
+    tls_proxy: Proxy, tmp_path: Path
+) -> None:
+    """The same through a TLS listener: its own transport (proxy/tls_transport.py) holds
+    what OpenSSL could not write and pauses the protocol, as uvloop's plain one does."""
+    await slow_readers_are_cut(tls_proxy, tmp_path)
+
+
+async def slow_readers_are_cut(proxy: Proxy, tmp_path: Path) -> None:
     before = await rejected(proxy, "client_write_timeout")
 
     # 64 GETs of /big (4 MiB) through a TCP window of 512-1024 bytes (-w, -y), 32 bytes (-z)
