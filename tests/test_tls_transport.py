@@ -394,9 +394,9 @@ async def pattern(request: web.Request) -> web.StreamResponse:
 
 
 async def test_pointsman_over_tls_relays_a_large_response_to_a_slow_reader_and_a_large_upload(
-    start_tls: StartTls,
+    start_tls: StartTls,  # noqa: F811  (the fixture, imported from test_tls)
     tmp_path: Path,
-    ca: trustme.CA,  # noqa: F811
+    ca: trustme.CA,
 ) -> None:
     backend = await Backend("blue", pattern).start()
     try:
@@ -414,9 +414,8 @@ async def test_pointsman_over_tls_relays_a_large_response_to_a_slow_reader_and_a
             assert hashlib.sha256(body).digest() == hashlib.sha256(expected).digest()
             # The same connection, kept alive: an upload of 3 MiB, in writes of odd sizes.
             upload = expected[: 3 * 1024 * 1024]
-            writer.write(
-                f"POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(upload)}\r\n\r\n".encode()
-            )
+            head = f"POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(upload)}\r\n\r\n"
+            writer.write(head.encode())
             for start in range(0, len(upload), 70_001):
                 writer.write(upload[start : start + 70_001])
                 await writer.drain()
