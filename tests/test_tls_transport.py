@@ -14,7 +14,7 @@ import hashlib
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,18 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
-def run_on(loop_name: str, scenario: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        runner.run(asyncio.wait_for(scenario, LIMIT * 3))
+RunOnLoop = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@pytest.fixture(params=list(LOOPS))
+def run(request: pytest.FixtureRequest) -> RunOnLoop:
+    """Runs a test's scenario on a new loop of each kind (the test runs once per kind)."""
+
+    def run_on(scenario: Coroutine[Any, Any, None]) -> None:
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            runner.run(asyncio.wait_for(scenario, LIMIT * 3))
+
+    return run_on
 
 
 class Recorder:
@@ -144,14 +153,8 @@ def read_to_end(client: ssl.SSLSocket) -> bytes:
     return bytes(got)
 
 
-LoopName = str
-Scenario = Callable[..., Awaitable[None]]
-loops = pytest.mark.parametrize("loop_name", list(LOOPS))
-
-
-@loops
 def test_bytes_cross_both_ways_and_close_sends_close_notify_after_them(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     async def scenario() -> None:
         def answer(protocol: Recorder, _: bytes) -> None:
@@ -175,12 +178,11 @@ def test_bytes_cross_both_ways_and_close_sends_close_notify_after_them(
         assert protocol.transport is not None and protocol.transport.is_closing()
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_abort_drops_queued_bytes_and_sends_no_close_notify(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     async def scenario() -> None:
         def abort(protocol: Recorder, _: bytes) -> None:
@@ -204,12 +206,11 @@ def test_abort_drops_queued_bytes_and_sends_no_close_notify(
         assert protocol.lost_with is None
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_a_client_eof_reaches_the_protocol_then_the_connection_closes(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     async def scenario() -> None:
         server = Server(server_tls, Recorder, None)
@@ -223,12 +224,11 @@ def test_a_client_eof_reaches_the_protocol_then_the_connection_closes(
         assert protocol.events == ["made", "eof", "lost"]
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_writes_past_the_high_mark_pause_the_protocol_and_arrive_whole(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     """8 MiB written at once to a client that reads only after a pause: OpenSSL refuses
     (want-write) once the socket buffer is full, the transport holds the bytes, tells the
@@ -269,12 +269,11 @@ def test_writes_past_the_high_mark_pause_the_protocol_and_arrive_whole(
         assert transport.get_write_buffer_size() == 0
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_pause_reading_holds_data_and_resume_delivers_all_of_it_in_order(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     size = 2 * 1024 * 1024
     payload = hashlib.sha256(b"seed").digest() * (size // 32)
@@ -303,12 +302,11 @@ def test_pause_reading_holds_data_and_resume_delivers_all_of_it_in_order(
         writer.close()
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_a_silent_client_is_dropped_after_the_handshake_timeout(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     async def scenario() -> None:
         server = Server(server_tls, Recorder, 0.2)
@@ -325,12 +323,11 @@ def test_a_silent_client_is_dropped_after_the_handshake_timeout(
         writer.close()
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_plain_http_on_a_tls_port_is_closed_and_the_listener_goes_on(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     async def scenario() -> None:
         server = Server(server_tls, Recorder, None)
@@ -355,12 +352,11 @@ def test_plain_http_on_a_tls_port_is_closed_and_the_listener_goes_on(
         writer.close()
         server.listener.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
-@loops
 def test_a_closed_listener_takes_no_connection_and_keeps_the_open_ones(
-    loop_name: LoopName, ca: trustme.CA, server_tls: ssl.SSLContext
+    run: RunOnLoop, ca: trustme.CA, server_tls: ssl.SSLContext
 ) -> None:
     async def scenario() -> None:
         def echo(protocol: Recorder, data: bytes) -> None:
@@ -378,7 +374,7 @@ def test_a_closed_listener_takes_no_connection_and_keeps_the_open_ones(
         assert await reader.readexactly(10) == b"still here"
         writer.close()
 
-    run_on(loop_name, scenario())
+    run(scenario())
 
 
 # ---------------------------------------------------------------- through Pointsman
