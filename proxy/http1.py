@@ -24,7 +24,7 @@ import httptools
 import orjson
 
 from proxy.access_log import AccessLog, Entry
-from proxy.request import Reject, Request, split_absolute_form
+from proxy.request import Reject, Request, canonical_length, split_absolute_form
 from proxy.shadow_records import PrimaryCapture
 from proxy.upstream import (
     STANDARD_CONNECTION_TOKENS,
@@ -545,7 +545,7 @@ class DownstreamConnection:
                     raise Reject(400, "empty Host header", "bad_host")
                 req.host = value
             elif code == _H_CONTENT_LENGTH:
-                req.content_length = value
+                value = req.content_length = canonical_length(value)
             elif code == _H_COOKIE:
                 req.cookie = value if req.cookie is None else req.cookie + b"; " + value
             elif code == _H_REQUEST_ID:

@@ -16,6 +16,7 @@ from typing import Final, Protocol, cast
 import httptools
 
 from proxy.config import Address, EjectionConfig, UpstreamSettings, UpstreamTls, address_text
+from proxy.request import canonical_length
 from proxy.tasks import cancel_and_wait
 
 # Upstream write buffer high-water mark: above it the client's request body stops being read.
@@ -396,7 +397,7 @@ class UpstreamConnection:
         if code == _R_END_TO_END:
             self.head_lines.append(name + b": " + value + b"\r\n")
         elif code == _R_CONTENT_LENGTH:
-            self.content_length = value
+            value = self.content_length = canonical_length(value)
             self.head_lines.append(name + b": " + value + b"\r\n")
         elif code == _R_CONNECTION:  # repeated lines add up (RFC 9110 5.3)
             tokens = [t.strip() for t in value.lower().split(b",") if t.strip()]

@@ -662,3 +662,37 @@ async def test_a_request_after_an_empty_line_is_served(
         writer.close()
     assert (first.body, second.body) == (b"/first", b"/second")
     assert upstream.errors == []
+
+
+# -- Content-Length with leading zeros (make fuzz found the response side) -----------------------
+
+LONG_ZEROS = b"0" * 70  # llhttp takes any number of leading zeros; h11 refuses over 20 digits
+
+
+async def test_a_content_length_with_leading_zeros_goes_on_in_canonical_form(
+    strict_upstream: StrictFactory, proxy_factory: ProxyFactory
+) -> None:
+    # The request side: a strict upstream gets "Content-Length: 5", and the body.
+    upstream = await strict_upstream()
+    proxy = await start(proxy_factory, upstream)
+    data = request(b"/up", b"Content-Length: %b5" % LONG_ZEROS, method=b"POST") + b"hello"
+    [response] = await exchange(proxy.port, data, [b"POST"])
+    assert response.status == 200
+    assert upstream.errors == []
+    [received] = upstream.requests
+    assert received.get(b"content-length") == [b"5"]
+    assert received.body == b"hello"
+
+    # The response side: a strict client gets "Content-Length: 3", and the body.
+    def zeros(_: Framed) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %b3\r\n\r\nabc" % LONG_ZEROS
+
+    answering = await ClosingUpstream(zeros).start()
+    try:
+        proxy = await start(proxy_factory, answering)
+        [relayed_response] = await exchange(proxy.port, request(b"/down"), [b"GET"])
+    finally:
+        await answering.stop()
+    assert relayed_response.status == 200
+    assert relayed_response.get(b"content-length") == [b"3"]
+    assert relayed_response.body == b"abc"
