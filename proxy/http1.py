@@ -24,7 +24,7 @@ import httptools
 import orjson
 
 from proxy.access_log import AccessLog, Entry
-from proxy.request import Reject, Request, canonical_length, split_absolute_form
+from proxy.request import Reject, Request, split_absolute_form
 from proxy.shadow_records import PrimaryCapture
 from proxy.upstream import (
     STANDARD_CONNECTION_TOKENS,
@@ -32,6 +32,7 @@ from proxy.upstream import (
     UpstreamConnection,
     WriteBatch,
     add_trailer,
+    canonical_length,
     last_chunk,
     usual_spellings,
     without_named,

@@ -67,19 +67,6 @@ class Request:
             self.body.append(data)
 
 
-_ZERO: Final = ord("0")
-
-
-def canonical_length(value: bytes) -> bytes:
-    """A Content-Length value as the next hop gets it: llhttp has checked it is digits that fit
-    in 64 bits but takes leading zeros, any number of them, which a next hop may refuse (h11
-    refuses more than 20 digits) or read otherwise; nginx re-spells it too. Free when it is
-    already canonical (no leading zero), as nearly every value is."""
-    if len(value) > 1 and value[0] == _ZERO:
-        return b"%d" % int(value)
-    return value
-
-
 _ABSOLUTE_SCHEMES: Final = (b"http", b"https")
 # Bytes an authority may not hold (RFC 3986 3.2: no userinfo here, no delimiters or controls).
 _NOT_IN_AUTHORITY: Final = frozenset(b'@/?#\\"<>^`{|} \t')

@@ -16,7 +16,6 @@ from typing import Final, Protocol, cast
 import httptools
 
 from proxy.config import Address, EjectionConfig, UpstreamSettings, UpstreamTls, address_text
-from proxy.request import canonical_length
 from proxy.tasks import cancel_and_wait
 
 # Upstream write buffer high-water mark: above it the client's request body stops being read.
@@ -103,6 +102,19 @@ def forwarded_trailer(name: bytes) -> bool:
     """Whether a trailer field goes on to the next hop (as a trailer: never as a header)."""
     lname = name.lower()
     return lname not in _TRAILERS_DROPPED and not lname.startswith(b"content-")
+
+
+_ZERO: Final = ord("0")
+
+
+def canonical_length(value: bytes) -> bytes:
+    """A Content-Length value as the next hop gets it: llhttp has checked it is digits that fit
+    in 64 bits but takes leading zeros, any number of them, which a next hop may refuse (h11
+    refuses more than 20 digits) or read otherwise; nginx re-spells it too. Free when it is
+    already canonical (no leading zero), as nearly every value is."""
+    if len(value) > 1 and value[0] == _ZERO:
+        return b"%d" % int(value)
+    return value
 
 
 def add_trailer(trailers: list[bytes] | None, name: bytes, value: bytes) -> list[bytes] | None:
