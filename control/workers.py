@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from proxy.config import Address, Config
 from proxy.host_counters import Counts, add_counts, add_samples, apply, retired
 from proxy.ipc import ChannelClosed, encode, read_message
-from proxy.server import LISTEN_BACKLOG, ProxyServer
+from proxy.server import ProxyServer, listening_socket
 from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("pointsman.workers")
@@ -68,21 +68,6 @@ def worker_count(setting: int | None) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def listening_socket(listen: Address, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((listen.host, listen.port))
-        sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class WorkerSlot:

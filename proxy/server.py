@@ -25,13 +25,28 @@ from proxy.router import RoutingTable
 from proxy.shadow_metrics import ShadowCollector
 from proxy.shadow_registry import ShadowedRoute, Shadows
 from proxy.tls import CertificateCollector, ServerCertificates, client_context
-from proxy.tls_transport import TlsListener, listening_sockets
+from proxy.tls_transport import TlsListener
 from proxy.upstream import EndpointPool, Upstreams
 
 log = logging.getLogger("pointsman.server")
 
 # Listen backlog: bursts of new connections queue in the kernel rather than being refused.
 LISTEN_BACKLOG = 4096
+
+
+def listening_socket(listen: Address, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((listen.host, listen.port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class ProxyServer:
@@ -212,12 +227,9 @@ class ProxyServer:
         if context is not None:
             # OpenSSL on the socket itself (proxy/tls_transport.py says why). A handshake is
             # part of the request head's time (timeouts.header_read).
-            if sock is not None:
-                sock.listen(LISTEN_BACKLOG)
-                socks = [sock]
-            else:
-                socks = listening_sockets(address.host, address.port, LISTEN_BACKLOG)
-            return TlsListener(loop, socks, context, connection, self.config.timeouts.header_read)
+            if sock is None:
+                sock = listening_socket(address, reuse_port=False)
+            return TlsListener(loop, sock, context, connection, self.config.timeouts.header_read)
         if sock is not None:
             return await loop.create_server(connection, sock=sock, backlog=LISTEN_BACKLOG)
         return await loop.create_server(

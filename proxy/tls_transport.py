@@ -82,28 +82,25 @@ class TlsConnection(Protocol):
     def write(self, data: bytes) -> int: ...
     def pending(self) -> int: ...
     def shutdown(self) -> Any: ...
-    def getpeercert(self, binary_form: bool = False) -> Any: ...
-    def cipher(self) -> tuple[str, str, int] | None: ...
-    def compression(self) -> str | None: ...
     def version(self) -> str | None: ...
     def selected_alpn_protocol(self) -> str | None: ...
 
 
 class TlsListener:
-    """Accepts TLS connections on `sockets` (listening, non-blocking). The stand-in for the
-    asyncio.Server that `create_server` returns: `sockets`, `close`, `wait_closed`."""
+    """Accepts TLS connections on a listening socket. The stand-in for the asyncio.Server
+    that `create_server` returns: `sockets`, `close`, `wait_closed`."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sockets: list[socket.socket],
+        sock: socket.socket,
         context: ssl.SSLContext,
         protocol_factory: Callable[[], TlsProtocol],
         handshake_timeout: float | None,
     ) -> None:
         self.loop = loop
-        self.sockets = sockets
-        self.context = context
+        self.sock = sock
+        self.sockets = [sock]  # as asyncio.Server has them
         # The C object under ssl.SSLSocket (the same OpenSSL calls on the socket), made
         # without SSLSocket's Python constructor: that takes another socket object, a
         # getsockname, a getpeername, a getsockopt and two ioctls, 11 us per connection.
@@ -113,11 +110,11 @@ class TlsListener:
         self.handshake_timeout = handshake_timeout
         self.serving = True
         self.retry: asyncio.TimerHandle | None = None  # accepting again after a resource error
-        for sock in sockets:
-            sock.setblocking(False)
-            loop.add_reader(sock.fileno(), self._accept, sock)
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
 
-    def _accept(self, listening: socket.socket) -> None:
+    def _accept(self) -> None:
+        listening = self.sock
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = listening.accept()
@@ -136,30 +133,27 @@ class TlsListener:
             TlsTransport(self, sock, peer)
 
     def _pause_accepting(self) -> None:
-        for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
+        self.loop.remove_reader(self.sock.fileno())
         self.retry = self.loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self.retry = None
         if self.serving:
-            for sock in self.sockets:
-                self.loop.add_reader(sock.fileno(), self._accept, sock)
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting and close the listening sockets (connections stay open)."""
+        """Stop accepting and close the listening socket (connections stay open)."""
         if not self.serving:
             return
         self.serving = False
         if self.retry is not None:
             self.retry.cancel()
             self.retry = None
-        for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
     async def wait_closed(self) -> None:
-        """Nothing to wait for: close() released the sockets (asyncio.Server's interface)."""
+        """Nothing to wait for: close() released the socket (asyncio.Server's interface)."""
 
 
 class TlsTransport:
@@ -170,7 +164,6 @@ class TlsTransport:
         "blocked",
         "buffered",
         "closing",
-        "extra",
         "fd",
         "handshake_timer",
         "high",
@@ -179,6 +172,7 @@ class TlsTransport:
         "lost",
         "low",
         "owner",
+        "peer",
         "protocol",
         "queue",
         "read_wants_write",
@@ -201,7 +195,7 @@ class TlsTransport:
         if listener.sni:
             tls.owner = self.owner = SniOwner(tls)
         self.fd = sock.fileno()
-        self.extra: dict[str, Any] = {"peername": peer}
+        self.peer = peer
         self.blocked: bytes | None = None  # a write OpenSSL refused for now: retried as is
         self.queue: list[bytes] = []  # writes behind `blocked`
         self.buffered = 0  # bytes in blocked and queue
@@ -307,7 +301,7 @@ class TlsTransport:
             self._update_writer()
             return
         except (ssl.SSLError, OSError) as exc:
-            self._fail(exc)
+            self._lose(exc)
             return
         if not data:
             # close_notify, or the TCP connection ended: TLS has no
@@ -339,19 +333,15 @@ class TlsTransport:
 
     # ----------------------------------------------------------------- writing
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         if self.closing or not data:
             return  # closed: the bytes have nowhere to go (asyncio drops them too)
         if self.blocked is not None or self.read_wants_write:
-            chunk = bytes(data)
-            self.queue.append(chunk)
-            self.buffered += len(chunk)
+            self.queue.append(data)
+            self.buffered += len(data)
             self._check_high()
             return
-        self._send(bytes(data) if not isinstance(data, bytes) else data)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
+        self._send(data)
 
     def _send(self, data: bytes) -> bool:
         """Write `data` (all or nothing); False if it is held in `blocked` or failed."""
@@ -365,7 +355,7 @@ class TlsTransport:
             self._check_high()
             return False
         except (ssl.SSLError, OSError) as exc:
-            self._fail(exc)
+            self._lose(exc)
             return False
         return True
 
@@ -391,7 +381,7 @@ class TlsTransport:
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             except (ssl.SSLError, OSError) as exc:
-                self._fail(exc)
+                self._lose(exc)
                 return
             self.blocked = None
             self.buffered -= len(blocked)
@@ -427,12 +417,6 @@ class TlsTransport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self.low, self.high)
-
-    def can_write_eof(self) -> bool:
-        return False
-
     # ----------------------------------------------------------------- closing
 
     def is_closing(self) -> bool:
@@ -448,10 +432,8 @@ class TlsTransport:
 
     def abort(self) -> None:
         """Close at once: queued bytes are dropped, no close_notify is sent."""
-        if self.lost:
-            return
-        self.closing = True
-        self._lose(None)
+        if not self.lost:
+            self._lose(None)
 
     def _shutdown(self) -> None:
         # One close_notify and no wait for the client's (nginx's no_wait_shutdown): the
@@ -462,12 +444,8 @@ class TlsTransport:
             pass
         self._lose(None)
 
-    def _fail(self, exc: Exception) -> None:
-        self.closing = True
-        self._lose(exc)
-
     def _lose(self, exc: Exception | None) -> None:
-        self.lost = True
+        """Close the socket and tell the protocol, if there is one yet."""
         self._release()
         if self.protocol is not None:
             self.loop.call_soon(self.protocol.connection_lost, exc)
@@ -482,68 +460,18 @@ class TlsTransport:
         self.blocked = None
         self.queue = []
         self.buffered = 0
-        if self.reader_on:
-            self.loop.remove_reader(self.fd)
-            self.reader_on = False
-        if self.writer_on:
-            self.loop.remove_writer(self.fd)
-            self.writer_on = False
+        self._watch_reads(False)
+        self._watch_writes(False)
         self.sock.close()
 
     # ----------------------------------------------------------------- about it
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        extra = self.extra
-        if name in extra:
-            return extra[name]
+        """What the data plane and its tests ask of a transport."""
+        if name == "peername":
+            return self.peer
         if name == "socket":
             return self.sock
         if name == "ssl_object":
             return self.tls
-        if name == "sslcontext":
-            return self.tls.context
-        if name == "sockname":
-            try:
-                return self.sock.getsockname()
-            except OSError:
-                return default
-        if name == "peercert":
-            return self.tls.getpeercert()
-        if name == "cipher":
-            return self.tls.cipher()
-        if name == "compression":
-            return self.tls.compression()
         return default
-
-    def set_protocol(self, protocol: TlsProtocol) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> TlsProtocol | None:
-        return self.protocol
-
-
-def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Bound, listening sockets for host:port: one per address the name resolves to (as
-    create_server makes them: SO_REUSEADDR, IPv6 sockets IPv6-only)."""
-    sockets: list[socket.socket] = []
-    seen: set[tuple[Any, ...]] = set()
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        for family, kind, proto, _, address in infos:
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets

@@ -23,9 +23,10 @@ import trustme
 import uvloop
 from aiohttp import web
 
-from proxy.config import Certificate
+from proxy.config import Address, Certificate
+from proxy.server import listening_socket
 from proxy.tls import server_context
-from proxy.tls_transport import TlsListener, TlsTransport, listening_sockets
+from proxy.tls_transport import TlsListener, TlsTransport
 from tests.conftest import Backend
 from tests.test_cli import read_response
 from tests.test_tls import StartTls, client_context, start_tls, write_pems  # noqa: F401
@@ -110,7 +111,7 @@ class Server:
 
         self.listener = TlsListener(
             asyncio.get_running_loop(),
-            listening_sockets("127.0.0.1", 0, 128),
+            listening_socket(Address("127.0.0.1", 0), reuse_port=False),
             context,
             make,
             timeout,
