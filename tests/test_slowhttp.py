@@ -316,6 +316,11 @@ async def attack(
     async def sample() -> Sample:
         at = time.monotonic() - started
         status, seconds = await probe(probes, proxy.url)
+        # The gauge first, the kernel's sockets after: a transport closes its socket before
+        # the protocol hears of it, so a gauge that shows a connection gone implies a socket
+        # read later is gone too (the other order raced: a socket snapshot taken just before
+        # the closes, a gauge just after).
+        open_connections = await metric(proxy, "pointsman_open_connections")
         sockets = tcp_sockets(port)
         fin_wait = [queued for state, queued in sockets if state == "04"]
         samples.append(
@@ -326,7 +331,7 @@ async def attack(
                 rss_kib=sum(rss_kib(p) for p in pids),
                 worker_rss_kib=rss_kib(pids[1]),
                 upstream=established_to(proxy.backend.port),
-                open_connections=await metric(proxy, "pointsman_open_connections"),
+                open_connections=open_connections,
                 established=sum(1 for state, _ in sockets if state == "01"),
                 fin_wait=len(fin_wait),
                 fin_wait_bytes=sum(fin_wait),
