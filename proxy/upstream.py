@@ -279,16 +279,17 @@ class ChunkedBodyReader:
     connection's own parser, which has no on_header (see UpstreamConnection.on_headers_complete),
     so each chunked body gets one of these; it is used once and dropped."""
 
-    __slots__ = ("conn", "parser", "priming")
+    __slots__ = ("conn", "done", "parser", "priming")
 
     def __init__(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         self.parser = httptools.HttpResponseParser(self)
-        self.priming = True
+        self.priming = True  # while the stand-in head is parsed
+        self.done = False  # once the body has ended: any byte after it is not the upstream's
         self.parser.feed_data(_CHUNKED_HEAD)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.priming:
+        if not (self.priming or self.done):
             self.conn.trailer(name, value)
 
     def on_headers_complete(self) -> None:
@@ -301,6 +302,7 @@ class ChunkedBodyReader:
         self.conn.on_body(body)
 
     def on_message_complete(self) -> None:
+        self.done = True
         conn = self.conn
         conn.chunked_body = None
         conn.on_message_complete()
@@ -421,10 +423,18 @@ class UpstreamConnection:
             self.tunnel = True
             client.start_tunnel(data[upgrade.args[0] :])
             return False
-        except httptools.HttpParserCallbackError as exc:
+        except httptools.HttpParserError as exc:
+            # Bytes after a complete response: the client's next exchange may have begun on
+            # this connection inside feed_data (start_request clears self.chunk), or it may be
+            # over (llhttp's "data after close"). They answer nothing: only this connection is
+            # bad, and it is not trusted again.
+            stray = self.chunk is not data or self.client is not client
             self.chunk = b""
-            if self.client is not client:
-                self.close()  # bytes after the end of the response: do not trust this connection
+            if stray:
+                self.close()
+                return False
+            if not isinstance(exc, httptools.HttpParserCallbackError):
+                client.upstream_bad_response(self, exc)
                 return False
             cause = exc.__context__
             # The aborted parser cannot go on: a fresh one for the next response.
@@ -436,15 +446,6 @@ class UpstreamConnection:
                 self.on_message_complete()  # HEAD: the head is all there is
                 return True
             client.upstream_bad_response(self, cause or exc)
-            return False
-        except httptools.HttpParserError as exc:
-            self.chunk = b""
-            if self.client is not client:
-                # Bytes after a complete response that said Connection: close (llhttp's
-                # "data after close"): the exchange is over; only this connection is bad.
-                self.close()
-                return False
-            client.upstream_bad_response(self, exc)
             return False
         # A head still incomplete at the end of the read that began it (start_request clears
         # self.chunk: a pipelined request may start its exchange inside feed_data).
@@ -467,17 +468,14 @@ class UpstreamConnection:
         """Parse `data` as the chunked body being read; False as for _read."""
         try:
             reader.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if self.client is not client:
-                self.close()  # bytes after the end of the response, as in _read
-                return False
-            client.upstream_bad_response(self, exc.__context__ or exc)
-            return False
         except httptools.HttpParserError as exc:
-            if self.client is not client:
+            if reader.done or self.client is not client:
+                # Bytes after the end of the response (the client may have sent its next
+                # request on this connection already): do not trust this connection.
                 self.close()
                 return False
-            client.upstream_bad_response(self, exc)
+            cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+            client.upstream_bad_response(self, cause or exc)
             return False
         return True
 
@@ -525,6 +523,8 @@ class UpstreamConnection:
         else:
             raw = self.chunk
             start = self.head_start
+            if not raw:  # start_request cleared it: a new exchange began inside this read
+                raise ValueError("data after the end of the response")  # see _read
         while raw[start] != _H:
             start += 1  # CR and LF, which llhttp skips between messages
         line_end = start + 12  # after "HTTP/1.1 200"

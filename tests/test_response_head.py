@@ -355,3 +355,20 @@ def test_a_large_body_in_the_same_read_as_the_head_is_not_a_large_head() -> None
     body = b"x" * (MAX_RESPONSE_HEAD * 2)
     _, sink = feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
     assert not sink.bad and sink.complete == 1
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ],
+    ids=["length", "chunked"],
+)
+def test_bytes_after_a_response_are_not_the_answer_to_a_pipelined_request(first: bytes) -> None:
+    # The next request goes out on the connection as the first response ends, inside the
+    # read; a whole response after it in the same read answers nothing that was sent then.
+    conn, sink = feed_exchanges([first + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"], [])
+    assert [head[0] for head in sink.heads] == [200] and bytes(sink.body) == b"ok"
+    assert not sink.bad  # nothing is blamed on the request just sent...
+    assert conn.closed  # ...which the closed connection fails instead
