@@ -280,8 +280,10 @@ async def test_top_in_a_terminal_shows_the_route_live_and_q_restores_the_termina
     assert blue.errors == "0.0%", screen
     assert 10.0 <= percent(green.errors) <= 40.0, screen
     # Blue's backends take 20 ms: its p99 lies in the (10 ms, 25 ms] bucket or, on a busy
-    # machine, a later one.
-    assert 10.0 < _number(blue.p99) <= 100.0, screen
+    # machine, a later one. With about 35 requests in the rate window the p99 is the slowest
+    # of them: one slow request in a full `make test` run showed 196 ms (the (100, 250]
+    # bucket). The bound still catches a wrong unit or the +Inf bucket.
+    assert 10.0 < _number(blue.p99) <= 250.0, screen
 
     await tmux.type("q")
 
