@@ -27,6 +27,7 @@ from proxy.access_log import AccessLog, Entry
 from proxy.request import Reject, Request, split_absolute_form
 from proxy.shadow_records import PrimaryCapture
 from proxy.upstream import (
+    NO_BODY_STATUSES,
     STANDARD_CONNECTION_TOKENS,
     EndpointPool,
     UpstreamConnection,
@@ -116,7 +117,6 @@ _REQUEST_HEADER_CODES: Final = {
     b"cookie": _H_COOKIE,
     b"x-request-id": _H_REQUEST_ID,
 }
-_NO_BODY_STATUS: Final = frozenset({204, 304})
 # Other request headers clients commonly send (see request_spellings).
 _COMMON_REQUEST_HEADERS: Final = (
     b"accept", b"accept-encoding", b"accept-language", b"authorization", b"cache-control",
@@ -960,7 +960,7 @@ class DownstreamConnection:
                 raise ValueError("101 Switching Protocols to a request that asked for none")
             mode = MODE_NONE
             extra.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % conn.upgrade)
-        elif req.method == b"HEAD" or status in _NO_BODY_STATUS:
+        elif req.method == b"HEAD" or status in NO_BODY_STATUSES:
             mode = MODE_NONE
         elif conn.content_length is not None:
             mode = MODE_LENGTH

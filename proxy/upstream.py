@@ -53,8 +53,8 @@ _RESPONSE_HEADER_CODES: Final = {
     b"trailer": _R_HOP,
 }
 # By a header line's first byte: the lengths a name the proxy reads may have with that first
-# letter (the index of the colon after it). Most lines of a response head (Server, Date,
-# Content-Type...) are ruled out by this table alone, with no lower-casing or lookup.
+# letter (the index of the colon after it). A line none of _USUAL_NAMES starts is looked up
+# only where this table allows; most (Server, Date...) are ruled out with no lower().
 _CANDIDATE_LENGTHS: Final = [
     tuple(sorted({len(name) for name in _RESPONSE_HEADER_CODES if name[0] == byte | 0x20}))
     if 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
@@ -269,8 +269,9 @@ class _ChunkedBody(Exception):
 # as the real one was framed. (Keep-alive and status were taken from the real head.)
 _CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
-# Statuses after which llhttp reads no body whatever the head says (1xx are interim or 101).
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
+# Final statuses whose response has no body whatever its head says (RFC 9110 6.4.1; llhttp
+# reads none either). 1xx heads are interim, or 101's tunnel.
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class ChunkedBodyReader:
@@ -279,17 +280,21 @@ class ChunkedBodyReader:
     connection's own parser, which has no on_header (see UpstreamConnection.on_headers_complete),
     so each chunked body gets one of these; it is used once and dropped."""
 
-    __slots__ = ("conn", "done", "parser", "priming")
+    __slots__ = ("conn", "parser", "priming")
 
     def __init__(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         self.parser = httptools.HttpResponseParser(self)
         self.priming = True  # while the stand-in head is parsed
-        self.done = False  # once the body has ended: any byte after it is not the upstream's
         self.parser.feed_data(_CHUNKED_HEAD)
 
+    def reading(self) -> bool:
+        """Whether the body is being read: the connection holds this reader from just after
+        priming until the body has ended (bytes after that are not the upstream's answer)."""
+        return self.conn.chunked_body is self
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not (self.priming or self.done):
+        if self.reading():
             self.conn.trailer(name, value)
 
     def on_headers_complete(self) -> None:
@@ -302,7 +307,6 @@ class ChunkedBodyReader:
         self.conn.on_body(body)
 
     def on_message_complete(self) -> None:
-        self.done = True
         conn = self.conn
         conn.chunked_body = None
         conn.on_message_complete()
@@ -469,7 +473,7 @@ class UpstreamConnection:
         try:
             reader.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if reader.done or self.client is not client:
+            if not reader.reading() or self.client is not client:
                 # Bytes after the end of the response (the client may have sent its next
                 # request on this connection already): do not trust this connection.
                 self.close()
@@ -527,18 +531,14 @@ class UpstreamConnection:
                 raise ValueError("data after the end of the response")  # see _read
         while raw[start] != _H:
             start += 1  # CR and LF, which llhttp skips between messages
-        line_end = start + 12  # after "HTTP/1.1 200"
-        if raw[line_end] != _CR:  # a reason phrase: relayed once checked
+        line_end = start + 12  # after "HTTP/1.1 200"; then nothing, or SP and a reason
+        while raw[line_end] != _CR:
             line_end += 1
-            while raw[line_end] != _CR:
-                line_end += 1
-            if line_end > start + 13:
-                status_rest = raw[start + 9 : line_end]  # "200 OK"
-                if bad_reason(status_rest):
-                    raise ValueError("a control character in the reason phrase")
-                self.status_rest = status_rest
-            else:
-                self.status_rest = _STATUS_CODES[status]
+        if line_end > start + 13:  # a reason phrase: relayed once checked
+            status_rest = raw[start + 9 : line_end]  # "200 OK"
+            if bad_reason(status_rest):
+                raise ValueError("a control character in the reason phrase")
+            self.status_rest = status_rest
         else:
             self.status_rest = _STATUS_CODES[status]
         self.keep_alive = parser.should_keep_alive()
@@ -556,7 +556,7 @@ class UpstreamConnection:
             return
         if self.no_body:
             raise _NoBody
-        if self.chunked and status not in _NO_BODY_STATUSES:
+        if self.chunked and status not in NO_BODY_STATUSES:
             raise _ChunkedBody(body_at)
 
     def _read_head_lines(self, raw: bytes, line_end: int) -> int:
@@ -608,6 +608,7 @@ class UpstreamConnection:
                     continue  # relayed as it came
                 replacement = line[:value_at] + length_value + b"\r\n"
             elif code == _R_CONNECTION:
+                # (The usual value compared first: a set lookup hashes it.)
                 if value != b"keep-alive" and value not in STANDARD_CONNECTION_VALUES:
                     found = [t.strip() for t in value.lower().split(b",") if t.strip()]
                     named = [t for t in found if t not in STANDARD_CONNECTION_TOKENS]

@@ -262,9 +262,8 @@ class Pipelining(Recorder):
     """Starts the next exchange on the connection inside response_complete, as a client with
     pipelined requests does: while the parser is still inside the read that ended the last."""
 
-    def __init__(self, conn: UpstreamConnection, no_body: list[bool]) -> None:
+    def __init__(self, no_body: list[bool]) -> None:
         super().__init__()
-        self.conn = conn
         self.no_body = no_body
 
     def response_complete(self, conn: UpstreamConnection) -> None:
@@ -280,7 +279,7 @@ def feed_exchanges(
 
     async def run() -> tuple[UpstreamConnection, Pipelining]:
         conn = UpstreamConnection(EndpointPool(Address("127.0.0.1", 1), UpstreamSettings()))
-        sink = Pipelining(conn, no_body or [False] * len(responses))
+        sink = Pipelining(no_body or [False] * len(responses))
         conn.start_request(sink, sink.no_body[0])
         for reads in responses:
             for data in reads:
