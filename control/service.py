@@ -48,7 +48,7 @@ GRPC_UNAUTHENTICATED: Final = 16
 REGISTER_CALLS: Final = 2
 # Settings a reload cannot change: the listeners are bound, the workers started and the
 # state store opened with them. A reload keeps them and says which differ.
-RESTART_ONLY: Final = ("listen", "admin", "workers", "state", "dns")
+RESTART_ONLY: Final = ("listen", "admin", "workers", "worker_cpu_affinity", "state", "dns")
 
 
 def _restart_value(config: Config, key: str) -> object:
@@ -376,6 +376,7 @@ class Service:
             listeners=old.listeners if "listen" in restart else config.listeners,
             admin=old.admin,
             workers=old.workers,
+            worker_cpu_affinity=old.worker_cpu_affinity,
             state=old.state,
             dns=old.dns,
         )

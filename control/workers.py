@@ -17,13 +17,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.config import Address, Config
+from proxy.config import Address, Config, WorkerCpuAffinity
 from proxy.host_counters import Counts, add_counts, add_samples, apply, retired
 from proxy.ipc import ChannelClosed, encode, read_message
 from proxy.server import ProxyServer, listening_socket
@@ -70,13 +70,38 @@ def worker_count(setting: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_cpus(setting: WorkerCpuAffinity, count: int, allowed: Iterable[int]) -> list[int | None]:
+    """The CPU each worker slot is bound to (None: not bound), from the CPUs the master may
+    run on.
+
+    `auto` binds 2..len(allowed) workers one to a CPU, in CPU order. Unbound, two busy
+    workers can land on one core, and the one that waits stalls all its connections for up
+    to a scheduler tick (4 ms at HZ=250): that was most of the p99 gap to nginx in make
+    bench (see ARCHITECTURE.md). One worker has no such neighbour and may move to whichever
+    core is free; with more workers than CPUs some must share anyway.
+    """
+    cpus = sorted(allowed)
+    if setting == "off" or not 2 <= count <= len(cpus):
+        return [None] * count
+    return list(cpus[:count])
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on (empty where the OS cannot say: no binding)."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        return set()
+
+
 class WorkerSlot:
     """One worker position: its listening sockets (one per listener), and the worker process
     now serving them."""
 
-    def __init__(self, index: int, socks: list[socket.socket]) -> None:
+    def __init__(self, index: int, socks: list[socket.socket], cpu: int | None = None) -> None:
         self.index = index
         self.socks = socks
+        self.cpu = cpu  # the CPU its workers are bound to; None: any
         self.process: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
@@ -151,6 +176,7 @@ class Supervisor:
             if self.shared_socket
             else None
         )
+        cpus = worker_cpus(self.config.worker_cpu_affinity, self.count, allowed_cpus())
         for index in range(self.count):
             socks = []
             for position, address in enumerate(addresses):
@@ -159,7 +185,7 @@ class Supervisor:
                     # Port 0 (tests): the kernel picked one; every other slot joins that port.
                     addresses[position] = Address(address.host, int(sock.getsockname()[1]))
                 socks.append(sock)
-            self.slots.append(WorkerSlot(index, socks))
+            self.slots.append(WorkerSlot(index, socks, cpus[index]))
         self.ports = [address.port for address in addresses]
         listen = ", ".join(str(address) for address in addresses)
         loop = asyncio.get_running_loop()
@@ -192,6 +218,8 @@ class Supervisor:
         parent, child = socket.socketpair()
         listen_fds = [sock.fileno() for sock in slot.socks]
         listen_args = [arg for fd in listen_fds for arg in ("--listen-fd", str(fd))]
+        if slot.cpu is not None:
+            listen_args += ["--cpu", str(slot.cpu)]
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy.worker", "--slot", str(slot.index),
@@ -245,8 +273,8 @@ class Supervisor:
                 exited.cancel()
         slot.ready = True
         slot.ready_at = time.monotonic()
-        log.info("worker %d ready (pid %d, state version %d)", slot.index, process.pid,
-                 slot.version)  # fmt: skip
+        log.info("worker %d ready (pid %d, state version %d%s)", slot.index, process.pid,
+                 slot.version, "" if slot.cpu is None else f", CPU {slot.cpu}")  # fmt: skip
         return None
 
     @staticmethod

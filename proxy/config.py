@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from proxy.shadow_config import ShadowConfig
 from proxy.values import Expected as _Expected
@@ -275,6 +275,11 @@ def is_dns_name(host: str) -> bool:
     return False
 
 
+# `worker_cpu_affinity`: "auto" binds each of 2..CPUs workers to a CPU of its own (see
+# control/workers.py `worker_cpus`); "off" leaves every worker to the kernel's scheduler.
+WorkerCpuAffinity = Literal["auto", "off"]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[Listener, ...]  # at least one; the first is `listen`
@@ -285,6 +290,8 @@ class Config:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     state: StateConfig = field(default_factory=StateConfig)
     workers: int | None = None  # data-plane processes beside the master; None: `auto` (CPUs)
+    # Each worker bound to a CPU of its own ("auto") or left to the scheduler ("off").
+    worker_cpu_affinity: WorkerCpuAffinity = "auto"
     dns: DnsSettings = field(default_factory=DnsSettings)
     access_log: AccessLogConfig | None = None  # None: no access log
     source: str = "<string>"  # file the config came from, for messages

@@ -44,6 +44,7 @@ from proxy.config import (
     Timeouts,
     UpstreamSettings,
     UpstreamTls,
+    WorkerCpuAffinity,
     parse_address,
 )
 from proxy.shadow_config import ShadowConfig, ShadowSpecError, parse_shadow
@@ -65,8 +66,8 @@ _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 _TOP_KEYS = (
-    "listen", "admin", "workers", "timeouts", "limits", "upstream", "state", "dns",
-    "access_log", "routes",
+    "listen", "admin", "workers", "worker_cpu_affinity", "timeouts", "limits", "upstream",
+    "state", "dns", "access_log", "routes",
 )  # fmt: skip
 _LISTENER_KEYS = ("address", "tls")
 _SERVER_TLS_KEYS = ("cert", "key", "certificates")
@@ -121,6 +122,9 @@ class ConfigLoader(NodeReader):
         upstream = self.upstream(top["upstream"]) if "upstream" in top else UpstreamSettings()
         state = self.state(top["state"]) if "state" in top else StateConfig()
         workers = self.workers(top["workers"]) if "workers" in top else None
+        affinity: WorkerCpuAffinity = "auto"
+        if "worker_cpu_affinity" in top:
+            affinity = self.worker_cpu_affinity(top["worker_cpu_affinity"]) or affinity
         dns = self.dns(top["dns"]) if "dns" in top else DnsSettings()
         access_log = self.access_log(top["access_log"]) if "access_log" in top else None
         routes = self.routes(top["routes"]) if "routes" in top else None
@@ -136,6 +140,7 @@ class ConfigLoader(NodeReader):
             upstream=upstream,
             state=state,
             workers=workers,
+            worker_cpu_affinity=affinity,
             dns=dns,
             source=self.source,
         )
@@ -311,6 +316,19 @@ class ConfigLoader(NodeReader):
 
         count = self.converted(node, "workers", convert, expected)
         return count or None
+
+    def worker_cpu_affinity(self, node: Node) -> WorkerCpuAffinity | None:
+        """`auto` (each worker on a CPU of its own) or `off` (YAML reads a bare off as false)."""
+        expected = "expected 'auto' or 'off'"
+
+        def convert(value: object) -> WorkerCpuAffinity:
+            if value == "auto":
+                return "auto"
+            if value is False or value == "off":
+                return "off"
+            raise Expected(expected, value)
+
+        return self.converted(node, "worker_cpu_affinity", convert, expected)
 
     def admin(self, node: Node) -> tuple[AdminConfig, Node | None]:
         """The admin section, plus the node of its `listen` (for the clash check)."""

@@ -8,9 +8,10 @@ the current routing state), build the table, start accepting, say `ready`. Then 
 (`ejected`), answers `counters` and `ping`, and on `drain`, SIGTERM or a closed channel (the
 master is gone) it drains as one process does and exits.
 
-    python -m proxy.worker --slot N --listen-fd F [--listen-fd F2 ...] --control-fd C
+    python -m proxy.worker --slot N --listen-fd F [--listen-fd F2 ...] --control-fd C [--cpu K]
 
-(one --listen-fd per listener of the config, in its order).
+(one --listen-fd per listener of the config, in its order; --cpu: the CPU to run on, from
+`worker_cpu_affinity`).
 """
 
 from __future__ import annotations
@@ -203,17 +204,29 @@ class Worker:
             self.server.reopen_logs()
 
 
+def bind_to_cpu(cpu: int) -> None:
+    """Run on `cpu` only. A CPU taken away since the master looked (a changed cpuset) costs
+    the binding, not the worker."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError) as err:
+        log.warning("cannot bind to CPU %d (%s): running on any", cpu, err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proxy.worker")
     parser.add_argument("--slot", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, action="append", required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--cpu", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker {args.slot} %(name)s: %(message)s",
     )
+    if args.cpu is not None:
+        bind_to_cpu(args.cpu)
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)

@@ -352,6 +352,23 @@ def test_workers_must_be_auto_or_a_count_in_range(value: str, shown: str) -> Non
     ]
 
 
+@pytest.mark.parametrize(("value", "shown"), [("sometimes", "'sometimes'"), ("1", "1"),
+                                              ("true", "true"), ("[0, 1]", "a list")])  # fmt: skip
+def test_worker_cpu_affinity_must_be_auto_or_off(value: str, shown: str) -> None:
+    assert problems(MINIMAL + f"worker_cpu_affinity: {value}\n") == [
+        f"config/x.yaml:6: worker_cpu_affinity: expected 'auto' or 'off', got {shown}"
+    ]
+
+
+@pytest.mark.parametrize(("value", "setting"), [("auto", "auto"), ("off", "off"), ("'off'", "off")])
+def test_worker_cpu_affinity_auto_or_off(value: str, setting: str) -> None:
+    assert (
+        parse_config(MINIMAL + f"worker_cpu_affinity: {value}\n", SRC).worker_cpu_affinity
+        == setting
+    )
+    assert parse_config(MINIMAL, SRC).worker_cpu_affinity == "auto"  # the default
+
+
 @pytest.mark.parametrize(("value", "count"), [("auto", None), ("1", 1), ("512", 512)])
 def test_workers_auto_or_a_count(value: str, count: int | None) -> None:
     assert parse_config(MINIMAL + f"workers: {value}\n", SRC).workers == count

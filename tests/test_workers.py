@@ -28,8 +28,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.service import Service
-from control.workers import Supervisor, WorkerStartError
-from proxy.config import Config, EtcdSettings, StateConfig
+from control.workers import Supervisor, WorkerStartError, worker_cpus
+from proxy.config import Config, EtcdSettings, StateConfig, WorkerCpuAffinity
 from tests.conftest import Backend, BackendFactory, config_for, free_port
 from tests.etcd_server import EtcdServer, Relay
 from tests.test_api import TOKEN, admin_port, break_the_state_file, mend_the_state_file
@@ -118,7 +118,8 @@ async def run_service(
 async def start_host(
     backend_factory: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[StartHost]:
-    """start_host(pools, workers=2, route_extra="", weights=None, pool_extra=None) -> Host;
+    """start_host(pools, workers=2, route_extra="", weights=None, pool_extra=None,
+    etcd_url=None, affinity="auto") -> Host;
     pools is name -> backends. The config text (what workers parse) holds their addresses."""
     started: list[Host] = []
     monkeypatch.setenv("POINTSMAN_TOKEN", TOKEN)
@@ -130,6 +131,7 @@ async def start_host(
         weights: dict[str, int] | None = None,
         pool_extra: dict[str, str] | None = None,
         etcd_url: str | None = None,
+        affinity: WorkerCpuAffinity = "auto",
     ) -> Host:
         config = config_for(
             {name: [b.address for b in backends] for name, backends in pools.items()},
@@ -144,6 +146,7 @@ async def start_host(
             config,
             state=StateConfig(path=str(tmp_path / f"state-{len(started)}.json"), etcd=fleet),
             timeouts=replace(config.timeouts, grace=2.0),
+            worker_cpu_affinity=affinity,
         )
         host = Host(*await run_service(config, workers))
         started.append(host)
@@ -589,6 +592,50 @@ async def test_a_killed_worker_is_replaced_and_the_others_requests_see_no_error(
     assert samples[("pointsman_worker_restarts_total", (("worker", "0"),))] == 1
     assert samples[("pointsman_worker_restarts_total", (("worker", "1"),))] == 0
     assert samples[("pointsman_workers_ready", ())] == 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "count", "allowed", "cpus"),
+    [("auto", 2, {0, 1}, [0, 1]), ("auto", 3, {2, 5, 7, 9}, [2, 5, 7]),
+     ("auto", 1, {0, 1}, [None]), ("auto", 3, {0, 1}, [None, None, None]),
+     ("off", 2, {0, 1}, [None, None]), ("auto", 2, set(), [None, None])],
+)  # fmt: skip
+def test_worker_cpus_binds_two_to_cpus_workers_one_to_a_cpu(
+    setting: WorkerCpuAffinity, count: int, allowed: set[int], cpus: list[int | None]
+) -> None:
+    assert worker_cpus(setting, count, allowed) == cpus
+
+
+@pytest.mark.parametrize("setting", ["auto", "off"])
+async def test_worker_cpu_affinity_binds_each_worker_and_its_replacement(
+    start_host: StartHost, backend_factory: BackendFactory, setting: WorkerCpuAffinity
+) -> None:
+    blue = await backend_factory("blue", echo("blue"))
+    host = await start_host({"blue": [blue]}, affinity=setting)
+    allowed = os.sched_getaffinity(0)  # the master runs in this process
+
+    def bound() -> list[set[int]]:
+        pids = [slot.pid for slot in host.supervisor.slots]
+        assert None not in pids
+        return [os.sched_getaffinity(pid) for pid in pids if pid is not None]
+
+    first = bound()
+    if setting == "off" or len(allowed) < 2:
+        assert first == [allowed, allowed]
+    else:  # one CPU each, not the same one, and one the master may use
+        assert all(len(cpus) == 1 for cpus in first), first
+        assert first[0] != first[1] and first[0] | first[1] <= allowed, first
+    victim = host.supervisor.slots[1]
+    pid = victim.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await wait_replaced(host, 1, pid)
+    assert bound() == first  # the new worker of the slot runs where the old one did
+    connection = Connection(host.proxy)
+    try:
+        assert await connection.get("/") == (200, "blue")
+    finally:
+        await connection.close()
 
 
 async def test_a_worker_that_stops_answering_is_killed_and_replaced(
