@@ -94,10 +94,20 @@ FLEET_TARGET_CHANGES = 200
 # In the order run.sh runs them in odd rounds (even rounds: reversed).
 WORKER_TARGETS: tuple[tuple[str, str], ...] = (
     ("nginx_w2", "nginx proxy, `worker_processes 2`"),
-    ("pm_w2", "Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker)"),
+    ("pm_w2", "Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker, each bound to a CPU)"),
+    ("nginx_w2_bound", "nginx proxy, `worker_processes 2`, `worker_cpu_affinity auto`"),
+    ("pm_w2_unbound", "Pointsman, `workers: 2`, `worker_cpu_affinity: off`"),
     ("pm_w1", "Pointsman, `workers: 1`"),
     ("pm_w2_shared", "Pointsman, `workers: 2`, `--shared-socket`"),
 )
+# No-target comparisons beside (a): the peers with and without their workers bound to CPUs.
+WORKER_AFFINITY_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("pm_w2", "nginx_w2_bound",
+     "Pointsman `workers: 2` / nginx `worker_processes 2` + `worker_cpu_affinity auto`"),
+    ("pm_w2_unbound", "nginx_w2",
+     "Pointsman `workers: 2` + `worker_cpu_affinity: off` / nginx `worker_processes 2`"),
+    ("pm_w2", "pm_w2_unbound", "Pointsman `workers: 2`, workers bound / unbound"),
+)  # fmt: skip
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 NUMBER_UNIT = re.compile(r"^([0-9.]+)([a-z]+)$")
@@ -989,8 +999,9 @@ WORKER_CHECKS: tuple[tuple[str, str], ...] = (
 def workers_section(
     results: Path, meta: dict[str, str]
 ) -> tuple[list[str], list[Check], dict[str, object]]:
-    """The workers phase: 2-worker nginx and Pointsman with 2 and 1 workers and a shared
-    socket; its four targets and the flip-latency target."""
+    """The workers phase: 2-worker nginx (unbound and bound to CPUs) and Pointsman with 2
+    workers (bound and unbound), 1 worker and a shared socket; its four targets and the
+    flip-latency target."""
     lines = ["## Workers", ""]
     names = [n for n, _ in WORKER_CHECKS]
     required = [r for _, r in WORKER_CHECKS]
@@ -1173,6 +1184,29 @@ def workers_section(
             "per_round": ratio_list(pairs),
         }
 
+    # (a') no target: each side with and without its workers bound to CPUs
+    others: dict[str, object] = {}
+    for num_key, den_key, what in WORKER_AFFINITY_PAIRS:
+        for metric, value in (
+            ("req/s", lambda x: x.wrk.rps),
+            ("p99", lambda x: x.wrk.p99_ms),
+        ):
+            pairs = paired_ratios(per_round(num_key, value), per_round(den_key, value))
+            label = f"(a') {metric}, {what}"
+            if not pairs:
+                rows.append(f"| {label} | - | - | (no target) | |")
+                continue
+            ratio = statistics.median(pairs.values())
+            rows.append(
+                f"| {label} | {values_text(pairs, lambda v: f'{v:.2f}')} | **{ratio:.2f}x** "
+                "| (no target) | |"
+            )
+            others[f"{metric} {num_key}/{den_key}"] = {
+                "median": ratio,
+                "per_round": ratio_list(pairs),
+            }
+    summary["affinity_ratios"] = others
+
     # (b) CPU per request, workers: 2 / workers: 1
     cpu_pairs = paired_ratios(
         per_round("pm_w2", lambda x: x.cpu_per_request),
@@ -1304,8 +1338,9 @@ def workers_section(
             }
 
     lines.append(
-        "Comparisons: (a)-(c) paired by round (the ratio of the two runs of the same round, "
-        "then the median of these per-round ratios; (c) the median of the per-round values); "
+        "Comparisons: (a), (a') and (b) paired by round (the ratio of the two runs of the "
+        "same round, then the median of these per-round ratios; (c) the median of the "
+        "per-round values); "
         "(d) the median over the rounds. The flips go to the route's pools green and blue in "
         "turn (both the backend nginx), each `POST /v1/routes/shop/flip` on a new connection, "
         "timed by the client from connect to the end of the answer; p50/p99 are nearest-rank "

@@ -14,9 +14,11 @@
 #   4. shadow isolation: Pointsman with no shadow, mirroring 100 % to a shadow answering
 #      after 1 s (slow.py) and to a fast shadow (CPU per request); nginx without and with its
 #      `mirror` module pointed at the same slow shadow
-#   5. workers: nginx proxy with `worker_processes 2`, Pointsman `workers: 2` (one
-#      SO_REUSEPORT socket per worker), `workers: 1`, `workers: 2` + `--shared-socket` (three
-#      more Pointsman instances, started for this phase and kept for all its rounds): req/s,
+#   5. workers: nginx proxy with `worker_processes 2`, and with `worker_cpu_affinity auto`
+#      too; Pointsman `workers: 2` (one SO_REUSEPORT socket per worker, each worker bound to
+#      a CPU: `worker_cpu_affinity: auto`, the default), the same with `worker_cpu_affinity:
+#      off`, `workers: 1`, `workers: 2` + `--shared-socket` (more Pointsman instances, started
+#      for this phase and kept for all its rounds): req/s,
 #      p99, CPU per request (master + workers), the master's CPU share, how the requests and
 #      connections spread over the workers; then BENCH_FLIPS flips through the control API
 #      while `workers: 2` is under wrk load (API answer latency)
@@ -42,7 +44,7 @@
 # wrk runs (1, 4, 5, 6, 7 and 8) are repeated in BENCH_ROUNDS rounds. Within a round the
 # targets run one right after another; odd rounds in the forward order (backend, nginx,
 # pointsman; shadow phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror; workers
-# phases nginx_w2, pm_w2, pm_w1, pm_w2_shared; fleet phases pm_file, pm_etcd; TLS phases
+# phases nginx_w2, pm_w2, nginx_w2_bound, pm_w2_unbound, pm_w1, pm_w2_shared; fleet phases pm_file, pm_etcd; TLS phases
 # nginx_tls, pm_tls, nginx_tls_close, pm_tls_close; access-log phases pm_log_off, pm_log_on),
 # even rounds in the reverse order (ABBA), so that a drift in machine speed weighs on both
 # sides of each comparison alike. report.py pairs the runs of each round: ratio per round
@@ -152,7 +154,7 @@ done
 
 # Expected duration: each wrk run costs warm-up + run + ~0.3 s (measured: ~0.2 s for wrk's
 # start-up, the log line and the control API calls), 3 targets and 5 shadow phases per round
-# (counted for the stand-in too, which skips them), 4 workers phases per round at ~0.5 s
+# (counted for the stand-in too, which skips them), 6 workers phases per round at ~0.5 s
 # (measured: ~0.35 s with the /metrics scrapes around them) plus ~5 s to start and stop that
 # phase's servers and the flip run (BENCH_SECONDS + 1 s); the fleet phase's 2 runs per round
 # at ~0.5 s (measured: ~0.35 s), ~FLEET_SETUP s to start and stop etcd and its three Pointsman
@@ -161,9 +163,9 @@ done
 # ~0.5 s and ~TLS_SETUP s for the certificate, its two servers and the resumption probes; the
 # access-log phase's 2 runs per round at ~0.5 s, ~ALOG_SETTLE_MS twice per round waiting for
 # the log's last batch, and ~ALOG_SETUP s to start and stop its two servers. At the defaults:
-# 5 x (8 x 12.3 s + 2 x 12.5 s + 4 x 12.5 s + 2 x 12.5 s + 3 s) + 9 x 4 x 12.5 s + 16 s
-# + 18 s + 6 s + 4 s + 100 s, about 27 minutes; each round adds about 200 s, each workers
-# round 50 s.
+# 5 x (8 x 12.3 s + 2 x 12.5 s + 4 x 12.5 s + 2 x 12.5 s + 3 s) + 9 x 6 x 12.5 s + 16 s
+# + 18 s + 6 s + 4 s + 100 s, about 31 minutes; each round adds about 200 s, each workers
+# round 75 s.
 FLEET_SETUP=4
 TLS_SETUP=6
 ALOG_SETUP=4
@@ -175,7 +177,7 @@ tls_runs=0
 alog_runs=0
 if [[ $BENCH_SKIP_WRK != 1 ]]; then
     wrk_runs=$((BENCH_SKIP_SHADOW == 1 ? 3 : 8))
-    [[ $BENCH_SKIP_WORKERS == 1 ]] || workers_runs=4
+    [[ $BENCH_SKIP_WORKERS == 1 ]] || workers_runs=6
     [[ $BENCH_SKIP_FLEET == 1 ]] || fleet_runs=2
     [[ $BENCH_SKIP_TLS == 1 ]] || tls_runs=4
     [[ $BENCH_SKIP_ACCESS_LOG == 1 ]] || alog_runs=2
@@ -448,7 +450,8 @@ mkdir -p "$WORK"
 rm -rf "$RESULTS" "$WORK"/backend "$WORK"/nginx-proxy "$WORK"/nginx-mirror "$WORK"/pointsman \
     "$WORK"/workers "$WORK"/fleet "$WORK"/tls "$WORK"/alog
 mkdir -p "$RESULTS" "$WORK"/{backend,nginx-proxy,nginx-mirror,pointsman}/tmp "$WORK/files" \
-    "$WORK"/workers/{nginx_w2/tmp,pm_w2,pm_w1,pm_w2_shared} "$WORK"/fleet/{pm_file,pm_a,pm_b} \
+    "$WORK"/workers/{nginx_w2/tmp,nginx_w2_bound/tmp,pm_w2,pm_w2_unbound,pm_w1,pm_w2_shared} \
+    "$WORK"/fleet/{pm_file,pm_a,pm_b} \
     "$WORK"/tls/{nginx_tls/tmp,pm_tls} "$WORK"/alog/{pm_log_off,pm_log_on}
 # nginx workers may run as an unprivileged user: the served file must be readable for them
 chmod 755 "$WORK" "$WORK/files"
@@ -456,11 +459,11 @@ chmod 755 "$WORK" "$WORK/files"
 read -r P_BACKEND P_NGINX P_PM P_ADMIN P_SINK P_SLOW P_MIRROR P_NGINX_W2 P_PM_W2 P_ADMIN_W2 \
     P_PM_W1 P_ADMIN_W1 P_PM_W2S P_ADMIN_W2S P_ETCD P_ETCD_PEER P_PM_FF P_ADMIN_FF P_PM_FA \
     P_ADMIN_FA P_PM_FB P_ADMIN_FB P_NGINX_TLS P_PM_TLS P_ADMIN_TLS P_PM_LOFF P_ADMIN_LOFF P_PM_LON \
-    P_ADMIN_LON < <(
+    P_ADMIN_LON P_NGINX_W2B P_PM_W2U P_ADMIN_W2U < <(
     "$PYTHON" - <<'EOF'
 import socket
 socks = []
-for _ in range(29):
+for _ in range(32):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -469,7 +472,8 @@ EOF
 )
 log "ports: backend $P_BACKEND, nginx proxy $P_NGINX, pointsman $P_PM (admin $P_ADMIN)," \
     "sink $P_SINK, slow shadow $P_SLOW, nginx mirror $P_MIRROR; workers phase: nginx" \
-    "$P_NGINX_W2, pointsman workers:2 $P_PM_W2 (admin $P_ADMIN_W2), workers:1 $P_PM_W1" \
+    "$P_NGINX_W2 (bound to CPUs $P_NGINX_W2B), pointsman workers:2 $P_PM_W2 (admin" \
+    "$P_ADMIN_W2; unbound $P_PM_W2U, admin $P_ADMIN_W2U), workers:1 $P_PM_W1" \
     "(admin $P_ADMIN_W1), workers:2 shared socket $P_PM_W2S (admin $P_ADMIN_W2S); fleet" \
     "phase: etcd $P_ETCD (peer $P_ETCD_PEER), file store $P_PM_FF (admin $P_ADMIN_FF)," \
     "member A $P_PM_FA (admin $P_ADMIN_FA), member B $P_PM_FB (admin $P_ADMIN_FB); TLS phase:" \
@@ -546,9 +550,9 @@ EOF
 
 # Reverse-proxy nginx: the reference Pointsman is compared with; with 1 worker (phases 1 and
 # 4) and with 2 (workers phase), otherwise the same.
-nginx_proxy_conf() { # dir port worker_processes
+nginx_proxy_conf() { # dir port worker_processes [extra main-context lines]
     cat <<EOF
-$(nginx_head "$1" "" "$3")
+$(nginx_head "$1" "${4:-}" "$3")
 http {
 $(nginx_http_common "$1")
     upstream backend {
@@ -568,6 +572,9 @@ EOF
 }
 nginx_proxy_conf "$WORK/nginx-proxy" "$P_NGINX" 1 >"$WORK/nginx-proxy/nginx.conf"
 nginx_proxy_conf "$WORK/workers/nginx_w2" "$P_NGINX_W2" 2 >"$WORK/workers/nginx_w2/nginx.conf"
+# nginx's own binding of each worker to a CPU, the peer of Pointsman's worker_cpu_affinity.
+nginx_proxy_conf "$WORK/workers/nginx_w2_bound" "$P_NGINX_W2B" 2 "worker_cpu_affinity auto;" \
+    >"$WORK/workers/nginx_w2_bound/nginx.conf"
 
 # nginx with its mirror module copying every request to the slow shadow (the peer Pointsman's
 # shadow isolation is measured against).
@@ -651,6 +658,9 @@ EOF
 # Phases 1-4 compare with one nginx worker: one Pointsman worker (and its master) likewise.
 pm_config "$P_PM" "$P_ADMIN" 1 "$WORK/pointsman" >"$PM_CONFIG"
 pm_config "$P_PM_W2" "$P_ADMIN_W2" 2 "$WORK/workers/pm_w2" >"$WORK/workers/pm_w2/pointsman.yaml"
+pm_config "$P_PM_W2U" "$P_ADMIN_W2U" 2 "$WORK/workers/pm_w2_unbound" "" \
+    "worker_cpu_affinity: off                # each worker left to the scheduler" \
+    >"$WORK/workers/pm_w2_unbound/pointsman.yaml"
 pm_config "$P_PM_W1" "$P_ADMIN_W1" 1 "$WORK/workers/pm_w1" >"$WORK/workers/pm_w1/pointsman.yaml"
 pm_config "$P_PM_W2S" "$P_ADMIN_W2S" 2 "$WORK/workers/pm_w2_shared" \
     >"$WORK/workers/pm_w2_shared/pointsman.yaml"
@@ -1064,18 +1074,23 @@ scrape_metrics() { # admin_port outfile : the master's /metrics (an empty file i
 }
 
 if [[ -z $WORKERS_SKIPPED ]]; then
-    # Four targets, all started once for this phase and kept running for all its rounds (each
+    # Six targets, all started once for this phase and kept running for all its rounds (each
     # on its own ports), all proxying to the same backend nginx; stopped before the memory tests.
     declare -A W_PID=() W_PORT=() W_ADMIN=() W_WORKERS=()
-    W_PORT=([nginx_w2]=$P_NGINX_W2 [pm_w2]=$P_PM_W2 [pm_w1]=$P_PM_W1 [pm_w2_shared]=$P_PM_W2S)
-    W_ADMIN=([pm_w2]=$P_ADMIN_W2 [pm_w1]=$P_ADMIN_W1 [pm_w2_shared]=$P_ADMIN_W2S)
-    W_WORKERS=([nginx_w2]=2 [pm_w2]=2 [pm_w1]=1 [pm_w2_shared]=2)
-    log "workers phase: starting nginx proxy (worker_processes 2) and Pointsman workers: 2," \
-        "workers: 1, workers: 2 --shared-socket"
-    start_bg "$WORK/workers/nginx_w2/stdout.log" "$NGINX_BIN" -p "$WORK/workers/nginx_w2" \
-        -c "$WORK/workers/nginx_w2/nginx.conf" -e "$WORK/workers/nginx_w2/error.log"
-    W_PID[nginx_w2]=$LAST_PID
-    for name in pm_w2 pm_w1 pm_w2_shared; do
+    W_PORT=([nginx_w2]=$P_NGINX_W2 [nginx_w2_bound]=$P_NGINX_W2B [pm_w2]=$P_PM_W2
+        [pm_w2_unbound]=$P_PM_W2U [pm_w1]=$P_PM_W1 [pm_w2_shared]=$P_PM_W2S)
+    W_ADMIN=([pm_w2]=$P_ADMIN_W2 [pm_w2_unbound]=$P_ADMIN_W2U [pm_w1]=$P_ADMIN_W1
+        [pm_w2_shared]=$P_ADMIN_W2S)
+    W_WORKERS=([nginx_w2]=2 [nginx_w2_bound]=2 [pm_w2]=2 [pm_w2_unbound]=2 [pm_w1]=1
+        [pm_w2_shared]=2)
+    log "workers phase: starting nginx proxy (worker_processes 2, unbound and bound to CPUs)" \
+        "and Pointsman workers: 2 (bound and unbound), workers: 1, workers: 2 --shared-socket"
+    for name in nginx_w2 nginx_w2_bound; do
+        start_bg "$WORK/workers/$name/stdout.log" "$NGINX_BIN" -p "$WORK/workers/$name" \
+            -c "$WORK/workers/$name/nginx.conf" -e "$WORK/workers/$name/error.log"
+        W_PID[$name]=$LAST_PID
+    done
+    for name in pm_w2 pm_w2_unbound pm_w1 pm_w2_shared; do
         extra=""
         [[ $name == pm_w2_shared ]] && extra="--shared-socket"
         pm_argv "$WORK/workers/$name/pointsman.yaml" "${W_PORT[$name]}" "${W_ADMIN[$name]}" \
@@ -1084,12 +1099,14 @@ if [[ -z $WORKERS_SKIPPED ]]; then
         start_bg "$WORK/workers/$name/pointsman.log" "${PM_ARGV[@]}"
         W_PID[$name]=$LAST_PID
     done
-    wait_http "nginx proxy (2 workers)" "http://127.0.0.1:$P_NGINX_W2/" "${W_PID[nginx_w2]}" \
-        "$WORK/workers/nginx_w2/error.log" || {
-        warn "its rounds are skipped"
-        unset 'W_PID[nginx_w2]'
-    }
-    for name in pm_w2 pm_w1 pm_w2_shared; do
+    for name in nginx_w2 nginx_w2_bound; do
+        wait_http "nginx proxy $name" "http://127.0.0.1:${W_PORT[$name]}/" "${W_PID[$name]}" \
+            "$WORK/workers/$name/error.log" || {
+            warn "its rounds are skipped"
+            unset "W_PID[$name]"
+        }
+    done
+    for name in pm_w2 pm_w2_unbound pm_w1 pm_w2_shared; do
         logfile=$WORK/workers/$name/pointsman.log
         if wait_http "Pointsman $name admin" "http://127.0.0.1:${W_ADMIN[$name]}/healthz" \
             "${W_PID[$name]}" "$logfile" &&
@@ -1109,7 +1126,7 @@ if [[ -z $WORKERS_SKIPPED ]]; then
     done
     mid_wait="$((BENCH_SECONDS / 2)).$((BENCH_SECONDS % 2 * 5))" # the mid-run scrape
     for ((round = 1; round <= BENCH_WORKERS_ROUNDS; round++)); do
-        round_order "$round" nginx_w2 pm_w2 pm_w1 pm_w2_shared
+        round_order "$round" nginx_w2 pm_w2 nginx_w2_bound pm_w2_unbound pm_w1 pm_w2_shared
         log "round $round/$BENCH_WORKERS_ROUNDS, workers: ${ROUND_ORDER[*]}"
         for phase in "${ROUND_ORDER[@]}"; do
             pid=${W_PID[$phase]:-}

@@ -542,14 +542,16 @@ def test_workers_targets_use_per_round_ratios(tmp_path: Path) -> None:
     assert "| (d) open connections mid-run max/min over the workers, shared socket | 4.00, " in text
     # the absolute figures: medians per target, and the spread per round
     assert (
-        "| Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker) | 26,000 | 1.50 ms "
+        "| Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker, each bound to a CPU) "
+        "| 26,000 | 1.50 ms "
         "| 4.40 ms | 38.0 µs | 2.00 % | 1.11 | 1.08 | 0 |" in text
     )
     assert (
         "| nginx proxy, `worker_processes 2` | 30,000 | 1.50 ms | 4.00 ms | 15.0 µs | - |" in text
     )
     assert (
-        "| 1 | Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker) | 26,000 | 2.20 ms "
+        "| 1 | Pointsman, `workers: 2` (one SO_REUSEPORT socket per worker, each bound to a CPU) "
+        "| 26,000 | 2.20 ms "
         "| 40.0 µs | 1.00 % | 53.8 % / 46.2 % | 1.17 | 26 / 24 | 1.08 |" in text
     )
     assert "| 3 | Pointsman, `workers: 2`, `--shared-socket` | 26,000 | 4.00 ms | 38.5 µs " in text
@@ -621,6 +623,31 @@ def test_workers_targets_fail_on_cpu_master_share_and_slow_flips(tmp_path: Path)
     # a worker replaced during a run shows beside the errors
     assert "| 1.00 | 1.00 | 0; 1 worker restart(s) |" in text
     assert failed
+
+
+def test_workers_compare_each_side_with_and_without_its_workers_bound(tmp_path: Path) -> None:
+    write_results(tmp_path, 2, extra_meta=workers_meta(flips=0))
+    spread = {"requests": {0: 150000, 1: 150000}, "open_conns": {0: 25, 1: 25}}
+    for n in (1, 2):
+        write_workers_run(tmp_path, "nginx_w2", n, 30000, 4.0, total_ticks=450)
+        write_workers_run(tmp_path, "nginx_w2_bound", n, 30000, (2.0, 4.0)[n - 1],
+                          total_ticks=450)  # fmt: skip
+        write_workers_run(tmp_path, "pm_w2", n, 27000, 3.0, total_ticks=500, **spread)
+        write_workers_run(tmp_path, "pm_w2_unbound", n, (24000, 30000)[n - 1], 6.0,
+                          total_ticks=500, **spread)  # fmt: skip
+
+    text, summary, _failed, _checks = render(tmp_path)
+
+    row = "| (a') p99, Pointsman `workers: 2` / nginx `worker_processes 2` + `worker_cpu_affinity"
+    assert f"{row} auto` | 1.50, 0.75 | **1.12x** | (no target) | |" in text
+    row = "| (a') req/s, Pointsman `workers: 2` + `worker_cpu_affinity: off` / nginx"
+    assert f"{row} `worker_processes 2` | 0.80, 1.00 | **0.90x** | (no target) | |" in text
+    row = "| (a') p99, Pointsman `workers: 2`, workers bound / unbound | 0.50, 0.50 | **0.50x** |"
+    assert row in text
+    ratios = summary["workers"]["affinity_ratios"]
+    assert ratios["p99 pm_w2/pm_w2_unbound"]["median"] == pytest.approx(0.5)
+    bound_row = "| nginx proxy, `worker_processes 2`, `worker_cpu_affinity auto` | 30,000 |"
+    assert bound_row in text
 
 
 def test_strict_exits_3_when_a_workers_target_fails(tmp_path: Path) -> None:
