@@ -270,8 +270,8 @@ def test_missing_listen_uses_line_of_the_containing_mapping() -> None:
 def test_unknown_keys_name_the_allowed_ones() -> None:
     assert problems(MINIMAL + "colour: red\n") == [
         "config/x.yaml:6: colour: unknown key "
-        "(allowed: listen, admin, workers, timeouts, limits, upstream, state, dns, access_log,"
-        " routes)"
+        "(allowed: listen, admin, workers, worker_cpu_affinity, timeouts, limits, upstream, "
+        "state, dns, access_log, routes)"
     ]
     assert problems(MINIMAL + "    colour: red\n") == [
         "config/x.yaml:6: routes[0].colour: unknown key "
@@ -657,8 +657,8 @@ routes:
         "config/x.yaml:3: limits.max_body_bytes: expected a size like '64KiB' or '1MiB', "
         "got 'lots'",
         "config/x.yaml:4: extra: unknown key "
-        "(allowed: listen, admin, workers, timeouts, limits, upstream, state, dns, access_log,"
-        " routes)",
+        "(allowed: listen, admin, workers, worker_cpu_affinity, timeouts, limits, upstream, "
+        "state, dns, access_log, routes)",
         "config/x.yaml:10: routes[0].weights.gren: unknown pool 'gren' (pools: blue, green)",
         "config/x.yaml:11: routes[1].name: duplicate route name 'shop' "
         "(first used by routes[0] on line 6)",
