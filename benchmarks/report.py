@@ -1184,6 +1184,20 @@ def workers_section(
             "per_round": ratio_list(pairs),
         }
 
+    def no_target_row(
+        label: str, values: dict[int, float], fmt: Callable[[float], str], suffix: str = ""
+    ) -> float | None:
+        """A comparison row without a target: the per-round values and their median (None,
+        and a row of dashes, when there were no rounds)."""
+        if not values:
+            rows.append(f"| {label} | - | - | (no target) | |")
+            return None
+        med = statistics.median(values.values())
+        rows.append(
+            f"| {label} | {values_text(values, fmt)} | **{fmt(med)}{suffix}** | (no target) | |"
+        )
+        return med
+
     # (a') no target: each side with and without its workers bound to CPUs
     others: dict[str, object] = {}
     for num_key, den_key, what in WORKER_AFFINITY_PAIRS:
@@ -1192,15 +1206,9 @@ def workers_section(
             ("p99", lambda x: x.wrk.p99_ms),
         ):
             pairs = paired_ratios(per_round(num_key, value), per_round(den_key, value))
-            label = f"(a') {metric}, {what}"
-            if not pairs:
-                rows.append(f"| {label} | - | - | (no target) | |")
+            ratio = no_target_row(f"(a') {metric}, {what}", pairs, lambda v: f"{v:.2f}", "x")
+            if ratio is None:
                 continue
-            ratio = statistics.median(pairs.values())
-            rows.append(
-                f"| {label} | {values_text(pairs, lambda v: f'{v:.2f}')} | **{ratio:.2f}x** "
-                "| (no target) | |"
-            )
             others[f"{metric} {num_key}/{den_key}"] = {
                 "median": ratio,
                 "per_round": ratio_list(pairs),
@@ -1266,14 +1274,9 @@ def workers_section(
         ):
             values = per_round(key, value)
             label = f"(d) {what} max/min over the workers, {socket_kind}"
-            if not values:
-                rows.append(f"| {label} | - | - | (no target) | |")
+            med = no_target_row(label, values, fmt_spread)
+            if med is None:
                 continue
-            med = statistics.median(values.values())
-            rows.append(
-                f"| {label} | {values_text(values, fmt_spread)} | **{fmt_spread(med)}** "
-                "| (no target) | |"
-            )
             spreads[f"{key}_{what.split()[0]}"] = {
                 "median": finite(med),
                 "per_round": [{"round": n, "ratio": finite(v)} for n, v in values.items()],
