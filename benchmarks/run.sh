@@ -44,8 +44,9 @@
 # wrk runs (1, 4, 5, 6, 7 and 8) are repeated in BENCH_ROUNDS rounds. Within a round the
 # targets run one right after another; odd rounds in the forward order (backend, nginx,
 # pointsman; shadow phases pm_plain, pm_slow, pm_fast, nginx_plain, nginx_mirror; workers
-# phases nginx_w2, pm_w2, nginx_w2_bound, pm_w2_unbound, pm_w1, pm_w2_shared; fleet phases pm_file, pm_etcd; TLS phases
-# nginx_tls, pm_tls, nginx_tls_close, pm_tls_close; access-log phases pm_log_off, pm_log_on),
+# phases nginx_w2, pm_w2, nginx_w2_bound, pm_w2_unbound, pm_w1, pm_w2_shared; fleet phases
+# pm_file, pm_etcd; TLS phases nginx_tls, pm_tls, nginx_tls_close, pm_tls_close; access-log
+# phases pm_log_off, pm_log_on),
 # even rounds in the reverse order (ABBA), so that a drift in machine speed weighs on both
 # sides of each comparison alike. report.py pairs the runs of each round: ratio per round
 # (Pointsman / nginx, 1 s shadow / no shadow, etcd store / file store, log on / off, ...), and

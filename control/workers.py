@@ -60,14 +60,20 @@ class WorkerStartError(Exception):
     """Workers cannot be started or keep dying before they are ready (one line)."""
 
 
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on (empty where the OS cannot say: no binding)."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        return set()
+
+
 def worker_count(setting: int | None) -> int:
-    """`workers: auto` (None) is the number of CPUs this process may run on."""
+    """`workers: auto` (None) is the number of CPUs this process may run on (where the OS
+    cannot say, the number of CPUs)."""
     if setting is not None:
         return setting
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return len(allowed_cpus()) or max(1, os.cpu_count() or 1)
 
 
 def worker_cpus(setting: WorkerCpuAffinity, count: int, allowed: Iterable[int]) -> list[int | None]:
@@ -84,14 +90,6 @@ def worker_cpus(setting: WorkerCpuAffinity, count: int, allowed: Iterable[int]) 
     if setting == "off" or not 2 <= count <= len(cpus):
         return [None] * count
     return list(cpus[:count])
-
-
-def allowed_cpus() -> set[int]:
-    """The CPUs this process may run on (empty where the OS cannot say: no binding)."""
-    try:
-        return os.sched_getaffinity(0)
-    except (AttributeError, OSError):  # not Linux
-        return set()
 
 
 class WorkerSlot:
@@ -218,12 +216,11 @@ class Supervisor:
         parent, child = socket.socketpair()
         listen_fds = [sock.fileno() for sock in slot.socks]
         listen_args = [arg for fd in listen_fds for arg in ("--listen-fd", str(fd))]
-        if slot.cpu is not None:
-            listen_args += ["--cpu", str(slot.cpu)]
+        cpu_args = [] if slot.cpu is None else ["--cpu", str(slot.cpu)]
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy.worker", "--slot", str(slot.index),
-                *listen_args, "--control-fd", str(child.fileno()),
+                *listen_args, *cpu_args, "--control-fd", str(child.fileno()),
                 "--log-level", self.log_level,
                 pass_fds=(*listen_fds, child.fileno()),
                 # Its own session: a terminal's Ctrl-C reaches the master only, which drains
